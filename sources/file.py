@@ -17,6 +17,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+# FFmpeg's own complaints ("moov atom not found") would precede our one-sentence errors.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
 from sources.frame import Frame, SourceEnded, SourceError
 
 # Presentation times within this many seconds of a sampling instant count as reaching it, so

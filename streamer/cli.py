@@ -8,14 +8,17 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from memory.fifo import BudgetError
+from memory.errors import BudgetError
 from memory.records import FrameRecord
 from sources.frame import SourceError
-from streamer.adapters.embedded import clock
-from streamer.engine import Engine, EngineConfig
+from streamer.clock import clock
 from streamer.errors import UserError
 from streamer.replay import ReplayQuestion, ReplayResult, ReplaySummary
+
+if TYPE_CHECKING:
+    from streamer.engine import Engine
 
 EXIT_USAGE = 2
 
@@ -102,11 +105,19 @@ class Printer:
 
 
 def run_replay(args: argparse.Namespace, video: Path, questions_path: Path, out: Path | None) -> int:
-    from streamer.replay import Replay, load_questions, write_results
+    from sources.file import FileSource
+    from streamer.replay import Replay, check_question_times, load_questions, write_results
 
+    # Check every input before the models load, so a mistake costs a second, not a minute.
     questions = load_questions(questions_path)
-    engine = _engine(args)
-    replay = Replay(engine, video, questions, fps=args.fps, realtime=args.realtime)
+    source = FileSource(video, fps=args.fps, realtime=args.realtime)
+    try:
+        check_question_times(questions, source)
+        engine = _engine(args)
+    except BaseException:
+        source.close()
+        raise
+    replay = Replay(engine, source, questions)
     printer = Printer(args.quiet)
     duration = replay.source.duration
     if not args.quiet:
@@ -130,13 +141,8 @@ def run_replay(args: argparse.Namespace, video: Path, questions_path: Path, out:
 
 def _engine(args: argparse.Namespace) -> Engine:
     from streamer.adapters.embedded import EmbeddedAdapter
+    from streamer.engine import Engine, EngineConfig
 
-    if args.budget < 256:
-        raise UserError(f"--budget {args.budget} is too small; give at least 256 tokens.")
-    if args.fps <= 0:
-        raise UserError(f"--fps {args.fps:g} must be positive.")
-    if args.top_k < 0:
-        raise UserError(f"--top-k {args.top_k} must be 0 or more.")
     config = EngineConfig(
         budget_tokens=args.budget, max_new_tokens=max(1, args.max_new_tokens), retrieval_top_k=args.top_k
     )
@@ -165,10 +171,24 @@ def run_demo(args: argparse.Namespace) -> int:
     return run_replay(args, stream.video, stream.questions_path, args.out)
 
 
+def check_options(args: argparse.Namespace) -> None:
+    if args.budget < 256:
+        raise UserError(f"--budget {args.budget} is too small; give at least 256 tokens.")
+    if args.fps <= 0:
+        raise UserError(f"--fps {args.fps:g} must be positive.")
+    if args.top_k < 0:
+        raise UserError(f"--top-k {args.top_k} must be 0 or more.")
+    if args.llm is not None:
+        from streamer.llm import check_llm_path
+
+        check_llm_path(args.llm)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
+        check_options(args)
         if args.command == "demo":
             return run_demo(args)
         return run_replay(args, args.video, args.questions, args.out)

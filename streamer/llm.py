@@ -51,11 +51,15 @@ def resolve_llm(llm: str | None = None, progress: bool = True) -> Path:
     """A loadable Hugging Face folder for `llm`: None (the packaged default), a folder, or a .gguf file."""
     if llm is None:
         return convert_gguf(packaged_gguf(), progress=progress)
+    path = check_llm_path(llm)
+    return path if path.is_dir() else convert_gguf(path, progress=progress)
+
+
+def check_llm_path(llm: str) -> Path:
+    """`llm` as a path if it is a Hugging Face model folder or a .gguf file; otherwise a UserError."""
     path = Path(llm).expanduser()
-    if path.is_dir() and (path / "config.json").is_file():
+    if (path.is_dir() and (path / "config.json").is_file()) or (path.is_file() and path.suffix == ".gguf"):
         return path
-    if path.is_file() and path.suffix == ".gguf":
-        return convert_gguf(path, progress=progress)
     raise UserError(
         f"Unknown --llm '{llm}': give a local Hugging Face model folder (with config.json) or a .gguf file."
     )

@@ -9,21 +9,25 @@ line per question, `{"id", "t", "question", "answer", "ttft_ms", "latency_ms", "
 from __future__ import annotations
 
 import json
+import math
 import re
 import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memory.records import FrameRecord
 from sources.file import FileSource
 from sources.frame import SourceEnded
-from streamer.engine import Engine
 from streamer.errors import UserError
-from streamer.query import Answer
 
-_LETTER = re.compile(r"\b([A-H])\b")
+if TYPE_CHECKING:  # the engine pulls in torch; the question checks must stay quick to import
+    from streamer.engine import Engine
+    from streamer.query import Answer
+
+_LETTERS = "ABCDEFGH"
+_LETTER = re.compile(r"\b(?!A [a-z])([A-H])\b")  # a capital A before a lowercase word is the article
 
 
 @dataclass(frozen=True)
@@ -102,8 +106,8 @@ def load_questions(path: Path) -> list[ReplayQuestion]:
             raise UserError(f"{where}: expected a JSON object with id, t and question.")
         qid = _field(record, "id", (str, int), where)
         t = float(_field(record, "t", (int, float), where))
-        if t < 0:
-            raise UserError(f"{where}: time t={t} is negative; give seconds from the start of the video.")
+        if not math.isfinite(t) or t < 0:
+            raise UserError(f"{where}: time t={t} is not a time; give seconds from the start of the video (>= 0).")
         text = _field(record, "question", str, where)
         options = record.get("options")
         if options is not None and (
@@ -113,6 +117,8 @@ def load_questions(path: Path) -> list[ReplayQuestion]:
         answer = record.get("answer")
         if answer is not None and not isinstance(answer, str):
             raise UserError(f"{where}: field 'answer' must be a string.")
+        if options and answer is not None and _option_letter(tuple(options), answer) not in _LETTERS[: len(options)]:
+            raise UserError(f"{where}: answer '{answer}' is neither an option's letter nor an option's text.")
         questions.append(ReplayQuestion(str(qid), t, text, tuple(options) if options else None, answer))
     if not questions:
         raise UserError(f"Questions file '{path}' has no questions; add one JSON object per line.")
@@ -125,7 +131,7 @@ def score(question: ReplayQuestion, answer: str) -> bool | None:
         return None
     expected = question.answer.strip()
     if question.options:
-        letter = expected.upper() if len(expected) == 1 else _option_letter(question.options, expected)
+        letter = _option_letter(question.options, expected)
         found = _LETTER.search(answer)
         if found:
             return found.group(1) == letter
@@ -135,10 +141,24 @@ def score(question: ReplayQuestion, answer: str) -> bool | None:
 
 
 def _option_letter(options: tuple[str, ...], expected: str) -> str:
+    """The letter an expected answer stands for: itself if it is one letter, else its option's letter."""
+    expected = expected.strip()
+    if len(expected) == 1:
+        return expected.upper()
     for i, option in enumerate(options):
         if option.strip().lower() == expected.lower():
             return chr(65 + i)
     return expected.upper()
+
+
+def check_question_times(questions: list[ReplayQuestion], source: FileSource) -> None:
+    """Every question must fall inside the video."""
+    late = [q for q in questions if q.t > source.duration + 1e-6]
+    if late:
+        raise UserError(
+            f"Question '{late[0].id}' is at t={late[0].t:g} s, past the end of the video "
+            f"({source.duration:.1f} s); move it inside the video."
+        )
 
 
 class Replay:
@@ -147,22 +167,13 @@ class Replay:
     def __init__(
         self,
         engine: Engine,
-        video: Path,
+        source: FileSource,
         questions: list[ReplayQuestion],
-        fps: float = 1.0,
-        realtime: bool = False,
         stream_id: str = "replay",
     ) -> None:
+        check_question_times(questions, source)
         self.engine = engine
-        self.source = FileSource(video, fps=fps, realtime=realtime)
-        duration = self.source.duration
-        late = [q for q in questions if q.t > duration + 1e-6]
-        if late:
-            self.source.close()
-            raise UserError(
-                f"Question '{late[0].id}' is at t={late[0].t:g} s, past the end of the video ({duration:.1f} s); "
-                "move it inside the video."
-            )
+        self.source = source
         self.questions = questions
         self.stream_id = stream_id
         self.frames = 0
@@ -249,8 +260,11 @@ def write_results(path: Path, results: Iterable[ReplayResult], summary: ReplaySu
     """One JSON line per answer, then the summary under a "summary" key, written atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(path.name + ".partial")
-    with staging.open("w", encoding="utf-8") as out:
-        for result in results:
-            out.write(json.dumps(asdict(result)) + "\n")
-        out.write(json.dumps({"summary": asdict(summary)}) + "\n")
-    staging.replace(path)
+    try:
+        with staging.open("w", encoding="utf-8") as out:
+            for result in results:
+                out.write(json.dumps(asdict(result)) + "\n")
+            out.write(json.dumps({"summary": asdict(summary)}) + "\n")
+        staging.replace(path)
+    finally:
+        staging.unlink(missing_ok=True)

@@ -17,6 +17,7 @@ import torch
 
 from sources.frame import Frame
 from streamer.adapters.base import FrameTokens, ModelAdapter
+from streamer.clock import clock
 from streamer.llm import load_llm, resolve_llm
 from streamer.retrieval import TextEmbedder
 from streamer.rope import RotaryShift
@@ -28,14 +29,6 @@ SYSTEM_PROMPT = (
 FRAMES_HEADER = "Video frames:\n"
 QUESTION_PREFIX = "\nQuestion: "
 _SLOT = "\x00frames\x00"
-
-
-def clock(seconds: float) -> str:
-    """Stream time as [MM:SS] (or [H:MM:SS] past an hour)."""
-    whole = int(seconds)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
 class TextPromptAdapter(ModelAdapter):

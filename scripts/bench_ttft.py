@@ -1,0 +1,386 @@
+"""Benchmark: time to first token from the streaming KV cache vs re-prefilling the same context.
+
+Part A ingests real frames of the demo stream through the embedded engine and reports where ingest
+time goes per frame. Part B builds 1, 5 and 20 minutes of stream cheaply: the vision models are
+replaced by the descriptions part A produced, replayed in a cycle, so the text embedding and the
+LM prefill of every frame stay real. At each checkpoint it asks a few questions three ways:
+from the streaming cache with retrieval (the default), from the streaming cache reading every
+resident frame, and by prefilling that same resident context from scratch.
+
+    python scripts/bench_ttft.py [--minutes 1 5 20] [--fps 1] [--budget 4096] [--sample-frames 60]
+                                 [--repeats 3] [--out scripts/results/bench_ttft.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import shlex
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from memory.kv_cache import StreamingCache
+from sources.file import FileSource
+from sources.frame import Frame, SourceEnded, SourceError
+from streamer.adapters.embedded import EmbeddedAdapter
+from streamer.engine import Engine, EngineConfig
+from streamer.errors import UserError
+from streamer.llm import cache_dir
+from streamer.needles import build_demo_stream
+from streamer.query import Answer
+from streamer.retrieval import select_blocks
+from streamer.vision import Detail, FrameDescriber, FrameDescription
+
+QUESTIONS = (
+    "What word was written on the sign?",
+    "What is on screen now?",
+    "What objects were seen?",
+)
+PROGRESS_EVERY = 100  # frames between progress lines while building part B's stream
+
+
+class RecordingDescriber:
+    """The real describer, keeping every description it makes."""
+
+    def __init__(self, describer: FrameDescriber) -> None:
+        self.describer = describer
+        self.descriptions: list[FrameDescription] = []
+
+    def describe(self, frame_bgr: np.ndarray, detail: Detail = "full") -> FrameDescription:
+        description = self.describer.describe(frame_bgr, detail)
+        self.descriptions.append(description)
+        return description
+
+
+class CyclingDescriber:
+    """Ignores the pixels and returns recorded descriptions in turn, without their vision timings."""
+
+    def __init__(self, descriptions: Sequence[FrameDescription]) -> None:
+        if not descriptions:
+            raise ValueError("CyclingDescriber needs at least one description")
+        self.descriptions = [dataclasses.replace(d, timings_ms={}) for d in descriptions]
+        self.next = 0
+
+    def describe(self, frame_bgr: np.ndarray, detail: Detail = "full") -> FrameDescription:
+        description = self.descriptions[self.next % len(self.descriptions)]
+        self.next += 1
+        return description
+
+
+@dataclass
+class Checkpoint:
+    """What was measured after `frames` frames; every list has one entry per question and repeat."""
+
+    frames: int
+    seconds_to_build: float
+    resident_frames: int
+    resident_tokens: int
+    history_tokens: int
+    ingest_ms_per_frame: float
+    retrieval_tokens: list[int] = field(default_factory=list)
+    retrieval_ttft_ms: list[float] = field(default_factory=list)
+    retrieval_ask_ms: list[float] = field(default_factory=list)
+    full_ttft_ms: list[float] = field(default_factory=list)
+    reprefill_ttft_ms: list[float] = field(default_factory=list)
+    reprefill_tokens: list[int] = field(default_factory=list)
+    same_first_token: list[bool] = field(default_factory=list)
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+async def read_frames(video: Path, fps: float, count: int) -> list[Frame]:
+    """The first `count` frames of `video` sampled at `fps` (fewer if the video ends first)."""
+    source = FileSource(video, fps=fps)
+    frames: list[Frame] = []
+    try:
+        while len(frames) < count:
+            try:
+                frames.append(await source.recv())
+            except SourceEnded:
+                break
+    finally:
+        source.close()
+    return frames
+
+
+def sample_ingest(engine: Engine, fps: float, count: int) -> tuple[dict[str, float], float, list[FrameDescription]]:
+    """Part A: ingest real demo frames; mean ms per frame by step, mean tokens per frame, descriptions."""
+    adapter = engine.adapter
+    assert isinstance(adapter, EmbeddedAdapter)
+    video = build_demo_stream(cache_dir() / "demo").video
+    frames = asyncio.run(read_frames(video, fps, count))
+    if len(frames) < count:
+        progress(f"The demo stream has only {len(frames)} frames at {fps:g} fps; sampling those.")
+    adapter.frame_tokens(frames[0])  # warm up the vision models and the embedder, untimed
+    recorder = RecordingDescriber(adapter.describer)
+    adapter.describer = recorder
+    try:
+        stream = engine.add_stream("sample")
+        started = time.perf_counter()
+        for frame in frames:
+            engine.push_frame("sample", frame)
+        progress(f"part A: ingested {len(frames)} real frames in {time.perf_counter() - started:.1f} s")
+    finally:
+        adapter.describer = recorder.describer
+    tokens = statistics.fmean(record.tokens for record in stream.memory.records)
+    engine.remove_stream("sample")
+    return stream.stats.mean_ms(), tokens, recorder.descriptions
+
+
+def ask_one_token(engine: Engine, stream_id: str, question: str) -> tuple[Answer, float]:
+    """Ask with generation stopped after the first token; the answer and ms from `ask` to that token.
+
+    Answer.ttft_ms starts when generation starts, after the blocks were chosen; the wall time here
+    also counts the snapshot and the choice (the question's embedding and the similarity ranking).
+    """
+    stop_after_first = threading.Event()
+    stop_after_first.set()
+    started = time.perf_counter()
+    first_token_at: float | None = None
+    deltas = engine.ask(stream_id, question, cancel=stop_after_first)
+    while True:
+        try:
+            next(deltas)
+        except StopIteration as finished:
+            answer: Answer = finished.value
+            break
+        first_token_at = first_token_at or time.perf_counter()
+    return answer, ((first_token_at or time.perf_counter()) - started) * 1000
+
+
+def reprefill_first_token(
+    adapter: EmbeddedAdapter, engine: Engine, stream_id: str, question: str
+) -> tuple[float, int, str]:
+    """Prefill system prompt, every resident frame line and the question into a fresh cache.
+
+    Returns ms from the start (tokenisation included) to the first token, the tokens prefilled, and
+    the first token's text.
+    """
+    blocks = list(engine.stream(stream_id).memory.blocks)
+    started = time.perf_counter()
+    text = adapter.system_text + "".join(b.record.text + "\n" for b in blocks) + adapter.question_text(question)
+    ids = adapter.ids(text)
+    cache = StreamingCache(adapter.num_layers)
+    token = int(torch.argmax(adapter.next_token_logits(adapter.embed_ids(ids), cache)))
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    first = "" if adapter.is_stop(token) else adapter.decode([token]).strip()
+    return elapsed_ms, int(ids.shape[1]), first
+
+
+def retrieval_tokens(engine: Engine, stream_id: str, question: str) -> int:
+    """Tokens the default (retrieval) context holds for `question`: the sink plus the chosen blocks."""
+    memory = engine.stream(stream_id).memory
+    config = engine.config
+    chosen = select_blocks(
+        list(memory.blocks),
+        question,
+        engine.adapter.question_vector(question),
+        config.retrieval_top_k,
+        config.window_seconds,
+        config.anchor_seconds,
+    )
+    return memory.sink_tokens + sum(block.length for block in chosen)
+
+
+def measure(engine: Engine, stream_id: str, point: Checkpoint, repeats: int) -> None:
+    """Ask every question `repeats` times each way, interleaved so that noise hits all three alike."""
+    adapter = engine.adapter
+    assert isinstance(adapter, EmbeddedAdapter)
+    top_k = engine.config.retrieval_top_k
+    ask_one_token(engine, stream_id, QUESTIONS[0])  # warm-up, untimed
+    reprefill_first_token(adapter, engine, stream_id, QUESTIONS[0])
+    for question in QUESTIONS:
+        point.retrieval_tokens.append(retrieval_tokens(engine, stream_id, question))
+    for _ in range(repeats):
+        for question in QUESTIONS:
+            answer, ask_ms = ask_one_token(engine, stream_id, question)
+            point.retrieval_ttft_ms.append(answer.ttft_ms)
+            point.retrieval_ask_ms.append(ask_ms)
+            engine.config.retrieval_top_k = 0
+            try:
+                full, _ = ask_one_token(engine, stream_id, question)
+            finally:
+                engine.config.retrieval_top_k = top_k
+            point.full_ttft_ms.append(full.ttft_ms)
+            ms, tokens, first = reprefill_first_token(adapter, engine, stream_id, question)
+            point.reprefill_ttft_ms.append(ms)
+            point.reprefill_tokens.append(tokens)
+            point.same_first_token.append(first == full.text)
+
+
+def build_and_measure(
+    engine: Engine, descriptions: Sequence[FrameDescription], fps: float, minutes: Sequence[float], repeats: int
+) -> list[Checkpoint]:
+    """Part B: one stream fed synthetic frames described by the recorded descriptions, measured at each length."""
+    adapter = engine.adapter
+    assert isinstance(adapter, EmbeddedAdapter)
+    real_describer = adapter.describer
+    adapter.describer = CyclingDescriber(descriptions)
+    pixels = np.zeros((1, 1, 3), dtype=np.uint8)  # never looked at
+    stream = engine.add_stream("bench")
+    memory = stream.memory
+    targets = sorted({max(1, round(m * 60 * fps)) for m in minutes})
+    points: list[Checkpoint] = []
+    pushed = 0
+    started = time.perf_counter()
+    try:
+        for target in targets:
+            while pushed < target:
+                engine.push_frame("bench", Frame(pixels, pushed / fps, time.time(), pushed))
+                pushed += 1
+                if pushed % PROGRESS_EVERY == 0 or pushed == target:
+                    progress(
+                        f"part B: pushed {pushed}/{targets[-1]} frames, {memory.resident_tokens} tokens resident, "
+                        f"{time.perf_counter() - started:.1f} s"
+                    )
+            ingest = stream.stats.mean_ms()
+            point = Checkpoint(
+                frames=pushed,
+                seconds_to_build=time.perf_counter() - started,
+                resident_frames=len(memory.blocks),
+                resident_tokens=memory.resident_tokens,
+                history_tokens=memory.sink_tokens + sum(record.tokens for record in memory.records),
+                ingest_ms_per_frame=ingest.get("text_embedding", 0.0) + ingest.get("prefill", 0.0),
+            )
+            asked = time.perf_counter()
+            measure(engine, "bench", point, repeats)
+            points.append(point)
+            progress(f"part B: measured at {pushed} frames in {time.perf_counter() - asked:.1f} s")
+    finally:
+        adapter.describer = real_describer
+    return points
+
+
+def ingest_table(mean_ms: dict[str, float], tokens_per_frame: float) -> list[str]:
+    lines = ["| step | ms / frame |", "|---|---:|"]
+    lines += [f"| {step} | {ms:.1f} |" for step, ms in mean_ms.items()]
+    lines.append(f"| **total** | **{sum(mean_ms.values()):.1f}** |")
+    lines.append("")
+    lines.append(f"Frame lines average {tokens_per_frame:.1f} LM tokens.")
+    return lines
+
+
+def ttft_table(points: Sequence[Checkpoint], fps: float) -> list[str]:
+    def row(label: str, cells: Sequence[str]) -> str:
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    def ms(values: Sequence[list[float]]) -> list[str]:
+        return [f"{statistics.median(v):.1f}" for v in values]
+
+    heads = [f"{p.frames / fps / 60:g} min ({p.frames} frames)" for p in points]
+    full = [statistics.median(p.full_ttft_ms) for p in points]
+    retrieval = [statistics.median(p.retrieval_ttft_ms) for p in points]
+    reprefill = [statistics.median(p.reprefill_ttft_ms) for p in points]
+    return [
+        row("", heads),
+        "|---|" + "---:|" * len(points),
+        row("frames resident / pushed", [f"{p.resident_frames} / {p.frames}" for p in points]),
+        row("tokens resident (sink + resident frames)", [str(p.resident_tokens) for p in points]),
+        row("tokens read with retrieval (median)", [str(int(statistics.median(p.retrieval_tokens))) for p in points]),
+        row("tokens re-prefilled (median)", [str(int(statistics.median(p.reprefill_tokens))) for p in points]),
+        row("tokens since the stream start (not run)", [str(p.history_tokens) for p in points]),
+        row("ingest ms / frame (text embedding + prefill)", [f"{p.ingest_ms_per_frame:.1f}" for p in points]),
+        row("stream build time so far (s)", [f"{p.seconds_to_build:.1f}" for p in points]),
+        row("**TTFT streaming, retrieval** (ms)", ms([p.retrieval_ttft_ms for p in points])),
+        row("TTFT streaming, retrieval, from `ask()` (ms)", ms([p.retrieval_ask_ms for p in points])),
+        row("**TTFT streaming, whole resident context** (ms)", ms([p.full_ttft_ms for p in points])),
+        row("**TTFT re-prefill, whole resident context** (ms)", ms([p.reprefill_ttft_ms for p in points])),
+        row("re-prefill / streaming (whole context)", [f"{r / f:.1f}x" for r, f in zip(reprefill, full, strict=True)]),
+        row("re-prefill / streaming (retrieval)", [f"{r / s:.1f}x" for r, s in zip(reprefill, retrieval, strict=True)]),
+        row(
+            "same first token, re-prefill vs streaming (whole context)",
+            [f"{sum(p.same_first_token)}/{len(p.same_first_token)}" for p in points],
+        ),
+    ]
+
+
+def report(
+    args: argparse.Namespace,
+    model: str,
+    ingest: tuple[dict[str, float], float, int],
+    points: Sequence[Checkpoint],
+    run_seconds: float,
+) -> str:
+    mean_ms, tokens_per_frame, sampled = ingest
+    command = "python " + shlex.join(sys.argv)
+    when = datetime.now().astimezone().isoformat(timespec="seconds")
+    lines = [
+        "# Time to first token: streaming KV cache vs re-prefill",
+        "",
+        f"`{command}` — {when}, torch threads {torch.get_num_threads()}, {model}, "
+        f"budget {args.budget} tokens, whole run {run_seconds:.0f} s",
+        "",
+        f"## A. Ingest cost per frame ({sampled} real demo-stream frames at {args.fps:g} fps)",
+        "",
+        *ingest_table(mean_ms, tokens_per_frame),
+        "",
+        f"## B. Time to first token (median of {len(QUESTIONS)} questions x {args.repeats} repeats)",
+        "",
+        *ttft_table(points, args.fps),
+        "",
+        "- Part B replays part A's frame descriptions in a cycle instead of running the vision models;",
+        "  the text embedding and the LM prefill of every frame are real.",
+        "- Streaming: `Engine.ask` on the stream's cache; `Answer.ttft_ms` runs from the start of",
+        "  generation (context gather + question prefill + first token). The `ask()` row also counts",
+        "  the snapshot and the block choice (question embedding, similarity ranking).",
+        "- Whole resident context: `retrieval_top_k = 0`. Re-prefill: a fresh cache, one forward over",
+        "  system prompt + every resident frame line + question, timed from tokenisation to the first token.",
+        "- Tokens since the stream start: what re-prefilling the whole history would read (FIFO evicts",
+        "  beyond the budget); past the model's context window it is not even possible.",
+        f"- Questions: {'; '.join(QUESTIONS)}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--minutes", type=float, nargs="+", default=[1.0, 5.0, 20.0], help="stream lengths measured")
+    parser.add_argument("--fps", type=float, default=1.0, help="frames per second of stream (default 1)")
+    parser.add_argument("--budget", type=int, default=4096, help="KV tokens resident per stream (default 4096)")
+    parser.add_argument("--sample-frames", type=int, default=60, help="real frames ingested in part A (default 60)")
+    parser.add_argument("--repeats", type=int, default=3, help="times each question is asked each way (default 3)")
+    parser.add_argument("--out", type=Path, default=Path("scripts/results/bench_ttft.md"), help="markdown output")
+    args = parser.parse_args(argv)
+    if args.fps <= 0 or min(args.minutes) <= 0:
+        parser.error("--fps and --minutes must be positive")
+    if args.budget < 256:
+        parser.error(f"--budget {args.budget} is too small; give at least 256 tokens")
+    if args.sample_frames < 1 or args.repeats < 1:
+        parser.error("--sample-frames and --repeats must be at least 1")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    started = time.perf_counter()
+    try:
+        progress("Loading models...")
+        engine = Engine(EmbeddedAdapter.load(), EngineConfig(budget_tokens=args.budget))
+        mean_ms, tokens_per_frame, descriptions = sample_ingest(engine, args.fps, args.sample_frames)
+        points = build_and_measure(engine, descriptions, args.fps, args.minutes, args.repeats)
+    except (UserError, SourceError) as exc:
+        print(f"bench_ttft: error: {exc}", file=sys.stderr)
+        return 2
+    ingest = (mean_ms, tokens_per_frame, len(descriptions))
+    text = report(args, engine.adapter.name, ingest, points, time.perf_counter() - started)
+    print(text, end="")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text, encoding="utf-8")
+    progress(f"Wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""The engine core on the embedded default with real weights: exactness, budget, snapshots."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import torch
+
+from sources.file import FileSource
+from sources.frame import Frame
+from streamer.adapters.embedded import EmbeddedAdapter
+from streamer.engine import Engine, EngineConfig
+
+QUESTION = "What is on screen?"
+
+
+def real_frames(clip: Path, count: int, fps: float = 2.0) -> list[Frame]:
+    async def read() -> list[Frame]:
+        source = FileSource(clip, fps=fps)
+        try:
+            return [await source.recv() for _ in range(count)]
+        finally:
+            source.close()
+
+    return asyncio.run(read())
+
+
+@pytest.fixture(scope="module")
+def frames(bikes_clip: Path) -> list[Frame]:
+    return real_frames(bikes_clip, 12)
+
+
+def full_forward_logits(adapter: EmbeddedAdapter, lines: list[str], question: str) -> torch.Tensor:
+    """A plain forward pass over `[system | frame lines | question]`, no cache involved."""
+    pieces = [adapter.system_text, *(line + "\n" for line in lines), adapter.question_text(question)]
+    ids = torch.cat([adapter.ids(piece) for piece in pieces], dim=1)
+    with torch.inference_mode():
+        return adapter.model(input_ids=ids).logits[0, -1].float()
+
+
+def streaming_logits(engine: Engine, stream_id: str, question: str) -> torch.Tensor:
+    """The first answer token's logits exactly as `Engine.ask` computes them (every block read)."""
+    snapshot = engine.stream(stream_id).memory.snapshot()
+    try:
+        cache = snapshot.context(snapshot.blocks, engine.adapter.rotate_keys)
+        return engine.adapter.next_token_logits(engine.adapter.question_embeds(question), cache)
+    finally:
+        snapshot.close()
+
+
+def test_streaming_cache_equals_full_forward(embedded_adapter: EmbeddedAdapter, frames: list[Frame]) -> None:
+    engine = Engine(embedded_adapter, EngineConfig(budget_tokens=8192, retrieval_top_k=0))
+    engine.add_stream("cam")
+    records = [engine.push_frame("cam", frame) for frame in frames]
+    memory = engine.stream("cam").memory
+    assert all(r.resident for r in records) and memory.evicted_tokens == 0
+    streamed = streaming_logits(engine, "cam", QUESTION)
+    plain = full_forward_logits(embedded_adapter, [r.text for r in records], QUESTION)
+    torch.testing.assert_close(streamed, plain, atol=2e-4, rtol=1e-4)
+    assert int(streamed.argmax()) == int(plain.argmax())
+
+
+def test_answer_streams_text_and_reports_timing(embedded_adapter: EmbeddedAdapter, frames: list[Frame]) -> None:
+    engine = Engine(embedded_adapter, EngineConfig(max_new_tokens=12))
+    engine.add_stream("cam")
+    for frame in frames[:6]:
+        engine.push_frame("cam", frame)
+    deltas: list[str] = []
+    generator = engine.ask("cam", QUESTION)
+    try:
+        while True:
+            deltas.append(next(generator))
+    except StopIteration as stop:
+        answer = stop.value
+    assert len(deltas) > 1, "the answer arrives in pieces"
+    assert "".join(deltas).strip() == answer.text
+    assert 0 < answer.ttft_ms <= answer.latency_ms
+    assert answer.as_of == frames[5].stream_time
+    assert 0 < answer.tokens <= 12
+
+
+def test_budget_is_never_exceeded_and_records_survive_eviction(
+    embedded_adapter: EmbeddedAdapter, frames: list[Frame]
+) -> None:
+    config = EngineConfig(budget_tokens=400, evict_chunk=40, retrieval_top_k=0)
+    engine = Engine(embedded_adapter, config)
+    engine.add_stream("cam")
+    memory = engine.stream("cam").memory
+    for frame in frames * 2:
+        engine.push_frame("cam", frame)
+        assert memory.resident_tokens <= config.budget_tokens - config.answer_reserve
+    assert memory.evicted_tokens > 0
+    assert len(memory.records) == 2 * len(frames)
+    assert not memory.records[0].resident and memory.records[-1].resident
+    # After eviction the context is re-positioned to be contiguous; it must equal a plain forward
+    # over the same lines only at layer 0 (deeper layers saw older context), so check the answer runs.
+    answer_text = "".join(engine.ask("cam", QUESTION))
+    assert answer_text.strip()
+
+
+def test_snapshot_is_unchanged_by_ingest_during_the_answer(
+    embedded_adapter: EmbeddedAdapter, frames: list[Frame]
+) -> None:
+    engine = Engine(embedded_adapter, EngineConfig(budget_tokens=8192, retrieval_top_k=0))
+    engine.add_stream("cam")
+    for frame in frames[:5]:
+        engine.push_frame("cam", frame)
+    before = streaming_logits(engine, "cam", QUESTION)
+    memory = engine.stream("cam").memory
+    snapshot = memory.snapshot()
+    cache = snapshot.context(snapshot.blocks, embedded_adapter.rotate_keys)
+    embedded_adapter.prefill(embedded_adapter.question_embeds(QUESTION)[:, :-1], cache)
+    for frame in frames[5:9]:  # frames arrive while the question is being read
+        engine.push_frame("cam", frame)
+    last = embedded_adapter.question_embeds(QUESTION)[:, -1:]
+    during = embedded_adapter.next_token_logits(last, cache)
+    snapshot.close()
+    torch.testing.assert_close(during, before, atol=2e-4, rtol=1e-4)
+    assert memory.blocks[-1].record.sequence == frames[8].sequence
+
+
+def test_question_reads_recent_and_relevant_frames_only(embedded_adapter: EmbeddedAdapter, frames: list[Frame]) -> None:
+    from streamer.retrieval import select_blocks
+
+    engine = Engine(embedded_adapter, EngineConfig(retrieval_top_k=2, window_seconds=1.0, anchor_seconds=0.5))
+    engine.add_stream("cam")
+    for frame in frames:
+        engine.push_frame("cam", frame)
+    blocks = engine.stream("cam").memory.blocks
+    named = "What happened at 00:02?"
+    chosen = select_blocks(
+        tuple(blocks), named, embedded_adapter.question_vector(named), 2, window_seconds=1.0, anchor_seconds=0.5
+    )
+    times = [b.record.stream_time for b in chosen]
+    assert times == sorted(times)
+    assert 2.0 in times, "a time named in the question is read"
+    assert frames[-1].stream_time in times, "the newest frames are always read"
+    assert len(chosen) < len(blocks)
+    assert "".join(engine.ask("cam", named)).strip()

@@ -13,6 +13,7 @@ Tensor shapes: keys and values are (batch, kv_heads, tokens, head_dim), batch = 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,6 +21,41 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 # A function that moves keys rotated for positions p to positions p + delta (the model's RoPE).
 KeyRotation = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class KVSegment:
+    """A run of tokens' keys and values, one tensor per layer, keys rotated for `position` onward."""
+
+    keys: Sequence[torch.Tensor]
+    values: Sequence[torch.Tensor]
+    position: int
+
+    @property
+    def length(self) -> int:
+        return int(self.keys[0].shape[-2])
+
+
+def assemble(segments: Sequence[KVSegment], rotate: KeyRotation, device: torch.device | None = None) -> StreamingCache:
+    """A new cache holding `segments` in order at contiguous positions from 0.
+
+    Each segment's keys are re-rotated from where they were computed to where they land; segments
+    may live on the host, and are only read.
+    """
+    total = sum(segment.length for segment in segments)
+    first = segments[0].keys
+    device = device or first[0].device
+    store = KVStore.allocate([k.to(device) if k.device != device else k for k in first], total + 256)
+    for layer in range(len(first)):
+        at = 0
+        for segment in segments:
+            keys = segment.keys[layer].to(device, non_blocking=True)
+            values = segment.values[layer].to(device, non_blocking=True)
+            store.keys[layer][..., at : at + segment.length, :] = rotate(keys, at - segment.position)
+            store.values[layer][..., at : at + segment.length, :] = values
+            at += segment.length
+    store.written = total
+    return StreamingCache(len(first), store, total)
 
 
 class KVStore:
@@ -118,6 +154,16 @@ class StreamingCache(Cache):
     def length(self) -> int:
         return self.stream_layers[0].length
 
+    @property
+    def num_layers(self) -> int:
+        return len(self.stream_layers)
+
+    def segment(self, start: int, end: int) -> KVSegment:
+        """Views of tokens [start, end) of every layer."""
+        keys = [self.keys(layer)[..., start:end, :] for layer in range(self.num_layers)]
+        values = [self.values(layer)[..., start:end, :] for layer in range(self.num_layers)]
+        return KVSegment(keys, values, start)
+
     def keys(self, layer: int) -> torch.Tensor:
         """Keys of `layer` for this cache's tokens: (batch, kv_heads, length, head_dim), a view."""
         assert self.store is not None
@@ -208,26 +254,6 @@ class StreamingCache(Cache):
         self.base_length = min(self.base_length, length)
         for layer_cache in self.stream_layers:
             layer_cache.length = length
-
-    def gather(self, spans: Sequence[tuple[int, int]], rotate: KeyRotation) -> StreamingCache:
-        """A new cache holding tokens [start, end) of each span, in order, at contiguous positions.
-
-        Each span's keys are re-rotated from where they sit here to where they land; this cache is
-        only read, so it may be a fork shared with ingest.
-        """
-        assert self.store is not None
-        total = sum(end - start for start, end in spans)
-        fresh = KVStore.allocate(self.store.keys, total + 256)
-        for layer in range(len(self.layers)):
-            keys, values = self.store.keys[layer], self.store.values[layer]
-            at = 0
-            for start, end in spans:
-                fresh.keys[layer][..., at : at + end - start, :] = rotate(keys[..., start:end, :], at - start)
-                fresh.values[layer][..., at : at + end - start, :] = values[..., start:end, :]
-                at += end - start
-        fresh.owner = None
-        fresh.written = total
-        return StreamingCache(len(self.layers), fresh, total)
 
     def resident_bytes(self) -> int:
         """Bytes of key and value data this cache's tokens occupy."""

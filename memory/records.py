@@ -1,20 +1,28 @@
-"""What the memory remembers about every frame, whether or not its KV is still resident."""
+"""What the memory remembers about every frame, and where each frame's KV block lives."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
+import torch
+
+from memory.kv_cache import KVSegment, StreamingCache
+
+Location = Literal["device", "host", "gone"]
 
 
 @dataclass
 class FrameRecord:
     """A frame's small, permanent record.
 
+    frame_id: the frame's index in its memory's records (set when the memory adds it).
     tokens: how many KV tokens the frame's block holds (or held).
     detail: "full" or "terse" description.
-    resident: whether its KV block is in the compute-device cache now.
-    text_vector: unit-length embedding of `text` for retrieval by question, if the model has one.
+    location: where its KV block is: the compute device's cache, host memory, or nowhere.
+    text_vector: unit-length embedding of `text`, for retrieval by question, if the model has one.
+    key_summary: (layers, kv_heads * head_dim) mean un-rotated key of the block, for retrieval.
     """
 
     sequence: int
@@ -22,8 +30,14 @@ class FrameRecord:
     text: str
     tokens: int
     detail: str = "full"
-    resident: bool = True
+    location: Location = "device"
     text_vector: np.ndarray | None = None
+    key_summary: np.ndarray | None = None
+    frame_id: int = -1
+
+    @property
+    def resident(self) -> bool:
+        return self.location == "device"
 
 
 @dataclass(frozen=True)
@@ -37,3 +51,24 @@ class ResidentBlock:
     @property
     def end(self) -> int:
         return self.start + self.length
+
+    def segment(self, cache: StreamingCache) -> KVSegment:
+        """Views of this block's keys and values in `cache` (a snapshot fork of the resident cache)."""
+        return cache.segment(self.start, self.end)
+
+
+@dataclass(frozen=True)
+class OffloadedBlock:
+    """A frame's KV block moved to host memory; its keys are rotated for position `position`."""
+
+    record: FrameRecord
+    keys: list[torch.Tensor] = field(repr=False)
+    values: list[torch.Tensor] = field(repr=False)
+    position: int
+
+    @property
+    def length(self) -> int:
+        return int(self.keys[0].shape[-2])
+
+    def segment(self, cache: StreamingCache) -> KVSegment:
+        return KVSegment(self.keys, self.values, self.position)

@@ -292,7 +292,10 @@ def ttft_table(points: Sequence[Checkpoint], fps: float) -> list[str]:
         row("frames resident / pushed", [f"{p.resident_frames} / {p.frames}" for p in points]),
         row("tokens resident (sink + resident frames)", [str(p.resident_tokens) for p in points]),
         row("tokens read with retrieval (median)", [str(int(statistics.median(p.retrieval_tokens))) for p in points]),
-        row("tokens re-prefilled (median)", [str(int(statistics.median(p.reprefill_tokens))) for p in points]),
+        row(
+            "tokens re-prefilled, question included (median)",
+            [str(int(statistics.median(p.reprefill_tokens))) for p in points],
+        ),
         row("tokens since the stream start (not run)", [str(p.history_tokens) for p in points]),
         row("ingest ms / frame (text embedding + prefill)", [f"{p.ingest_ms_per_frame:.1f}" for p in points]),
         row("time spent pushing frames so far (s)", [f"{p.seconds_to_build:.1f}" for p in points]),

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, Field
 
-from memory.fifo import FifoMemory
+from memory.index import BlockIndex
+from memory.kv_cache import assemble
 from memory.records import FrameRecord
+from memory.stream_memory import Block, MemorySnapshot, StreamMemory
 from sources.frame import Frame
 from streamer.adapters.base import ModelAdapter
 from streamer.query import Answer, generate_answer
@@ -26,15 +28,20 @@ log = logging.getLogger(__name__)
 
 
 class EngineConfig(BaseModel):
-    """Limits shared by every stream of an engine."""
+    """Limits and retrieval settings shared by every stream of an engine."""
 
-    budget_tokens: int = Field(4096, ge=256, description="KV tokens resident per stream, sink included")
+    budget_tokens: int = Field(4096, ge=256, description="KV tokens resident on the device per stream, sink included")
+    host_budget_tokens: int = Field(
+        65536, ge=0, description="KV tokens per stream kept in host memory after leaving the device (0: drop them)"
+    )
     max_question_tokens: int = Field(64, ge=8)
     max_new_tokens: int = Field(48, ge=1)
     evict_chunk: int = Field(256, ge=1, description="tokens freed at once when the budget is full")
-    retrieval_top_k: int = Field(4, ge=0, description="frames a question reads by similarity (0: every resident frame)")
+    retrieval_top_k: int = Field(4, ge=0, description="frames a question reads by relevance (0: every resident frame)")
     window_seconds: float = Field(8.0, ge=0, description="recent frames every question reads")
     anchor_seconds: float = Field(3.0, ge=0, description="frames read around a time the question names")
+    internal_weight: float = Field(0.5, ge=0, description="weight of the key/query (internal) retrieval score")
+    text_weight: float = Field(1.0, ge=0, description="weight of the description/question (MiniLM) score")
 
     @property
     def answer_reserve(self) -> int:
@@ -62,7 +69,7 @@ class Stream:
     """One stream's memory and counters."""
 
     stream_id: str
-    memory: FifoMemory
+    memory: StreamMemory
     stats: IngestStats = field(default_factory=IngestStats)
 
 
@@ -77,22 +84,22 @@ class Engine:
         self.adapter = adapter
         self.config = config or EngineConfig()
         self.streams: dict[str, Stream] = {}
-        # One model, one forward at a time: torch already uses every core for a single forward.
-        self.model_lock = threading.Lock()
 
     def add_stream(self, stream_id: str) -> Stream:
         """Create a stream with an empty memory whose sink (the system prompt) is already prefilled."""
         if stream_id in self.streams:
             raise ValueError(f"stream '{stream_id}' already exists")
-        memory = FifoMemory(
+        config = self.config
+        memory = StreamMemory(
             self.adapter.num_layers,
-            self.config.budget_tokens,
+            config.budget_tokens,
             self.adapter.rotate_keys,
-            answer_reserve=self.config.answer_reserve,
-            evict_chunk=self.config.evict_chunk,
+            answer_reserve=config.answer_reserve,
+            evict_chunk=config.evict_chunk,
+            host_budget_tokens=config.host_budget_tokens,
+            index=BlockIndex(config.internal_weight, config.text_weight),
         )
-        with self.model_lock:
-            self.adapter.prefill(self.adapter.system_embeds(), memory.cache)
+        self.adapter.prefill(self.adapter.system_embeds(), memory.cache)
         memory.seal_sink()
         stream = Stream(stream_id, memory)
         self.streams[stream_id] = stream
@@ -113,19 +120,12 @@ class Engine:
         tokens = self.adapter.frame_tokens(frame, detail)
         memory = stream.memory
         record = FrameRecord(
-            frame.sequence,
-            frame.stream_time,
-            tokens.text,
-            tokens.length,
-            tokens.detail,
-            True,
-            tokens.text_vector,
+            frame.sequence, frame.stream_time, tokens.text, tokens.length, tokens.detail, text_vector=tokens.text_vector
         )
         with memory.lock:
             started = time.perf_counter()
             evicted = memory.make_room(tokens.length)
-            with self.model_lock:
-                self.adapter.prefill(tokens.embeds, memory.cache)
+            record.key_summary = self.adapter.prefill(tokens.embeds, memory.cache, summarize=True)
             memory.add(record)
             timings = dict(tokens.timings_ms)
             timings["prefill"] = (time.perf_counter() - started) * 1000
@@ -136,25 +136,35 @@ class Engine:
 
     def ask(self, stream_id: str, question: str, cancel: threading.Event | None = None) -> Generator[str, None, Answer]:
         """Stream the answer's text deltas; the generator returns the finished `Answer`."""
-        memory = self.stream(stream_id).memory
+        snapshot = self.stream(stream_id).memory.snapshot()
+        try:
+            chosen = self.choose_blocks(stream_id, snapshot, question)
+        except BaseException:
+            snapshot.close()
+            raise
         config = self.config
-        snapshot = memory.snapshot()
-        chosen = select_blocks(
-            snapshot.blocks,
-            question,
-            self.adapter.question_vector(question) if config.retrieval_top_k else None,
-            config.retrieval_top_k,
-            config.window_seconds,
-            config.anchor_seconds,
+        return (
+            yield from generate_answer(
+                self.adapter,
+                snapshot,
+                chosen,
+                question,
+                max_new_tokens=config.max_new_tokens,
+                max_question_tokens=config.max_question_tokens,
+                cancel=cancel,
+            )
         )
-        deltas = generate_answer(
-            self.adapter,
-            snapshot,
-            chosen,
-            question,
-            max_new_tokens=config.max_new_tokens,
-            max_question_tokens=config.max_question_tokens,
-            cancel=cancel,
+
+    def choose_blocks(self, stream_id: str, snapshot: MemorySnapshot, question: str) -> list[Block]:
+        """The blocks a question reads: see `streamer.retrieval.select_blocks`."""
+        config = self.config
+        scores = None
+        if config.retrieval_top_k:
+            adapter = self.adapter
+            sink = assemble([snapshot.cache.segment(0, snapshot.sink_tokens)], adapter.rotate_keys)
+            query = adapter.query_summary(adapter.question_embeds(question)[:, : config.max_question_tokens], sink)
+            index = self.stream(stream_id).memory.index
+            scores = index.scores(query, adapter.question_vector(question), upto=snapshot.frames)
+        return select_blocks(
+            snapshot, question, scores, config.retrieval_top_k, config.window_seconds, config.anchor_seconds
         )
-        with self.model_lock:
-            return (yield from deltas)

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from memory.fifo import MemorySnapshot
-from memory.records import ResidentBlock
+from memory.stream_memory import Block, MemorySnapshot
 from streamer.adapters.base import ModelAdapter
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -44,7 +43,7 @@ def content_words(text: str) -> set[str]:
     return {w for w in _WORD.findall(text.lower()) if len(w) > 2 and w not in _STOPWORDS}
 
 
-def evidence_spans(answer: str, blocks: Sequence[ResidentBlock], merge_gap: float = 2.0) -> list[list[float]]:
+def evidence_spans(answer: str, blocks: Sequence[Block], merge_gap: float = 2.0) -> list[list[float]]:
     """Time spans of the resident frames whose descriptions share content words with the answer.
 
     Frames closer than `merge_gap` seconds join one span [t0, t1].
@@ -84,7 +83,7 @@ class TextStream:
 def generate_answer(
     adapter: ModelAdapter,
     snapshot: MemorySnapshot,
-    chosen: Sequence[ResidentBlock],
+    chosen: Sequence[Block],
     question: str,
     max_new_tokens: int = 48,
     max_question_tokens: int = 64,

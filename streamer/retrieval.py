@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memory.records import ResidentBlock
+from memory.stream_memory import Block, MemorySnapshot
 from streamer.errors import ModelPackageMissing
 
 _CLOCK = re.compile(r"\b(?:(\d{1,2}):)?(\d{1,2}):(\d{2})\b")
@@ -63,26 +63,32 @@ def times_named(question: str) -> list[float]:
 
 
 def select_blocks(
-    blocks: Sequence[ResidentBlock],
+    snapshot: MemorySnapshot,
     question: str,
-    question_vector: np.ndarray | None,
+    scores: np.ndarray | None,
     top_k: int,
     window_seconds: float,
     anchor_seconds: float,
-) -> list[ResidentBlock]:
+) -> list[Block]:
     """The blocks a question reads, in time order.
 
-    top_k <= 0, or no embeddings to rank by, means every block. Otherwise: the `top_k` most similar
-    descriptions, every block within `window_seconds` of the newest frame, and every block within
-    `anchor_seconds` of a time the question names.
+    top_k <= 0, or no scores to rank by, means every resident block (and nothing from the host).
+    Otherwise, from resident and host blocks alike: every block within `window_seconds` of the
+    newest frame, every block within `anchor_seconds` of a time the question names, and the
+    `top_k` best-scoring others. `scores` is indexed by frame id.
     """
-    vectors = [b.record.text_vector for b in blocks]
-    if top_k <= 0 or question_vector is None or not blocks or any(v is None for v in vectors):
-        return list(blocks)
-    newest = blocks[-1].record.stream_time
-    chosen = {i for i, b in enumerate(blocks) if newest - b.record.stream_time <= window_seconds}
-    for t in times_named(question):
-        chosen |= {i for i, b in enumerate(blocks) if abs(b.record.stream_time - t) <= anchor_seconds}
-    scores = np.stack([v for v in vectors if v is not None]) @ question_vector
-    chosen |= {int(i) for i in np.argsort(-scores, kind="stable")[:top_k]}
-    return [blocks[i] for i in sorted(chosen)]
+    if top_k <= 0 or scores is None:
+        return list(snapshot.blocks)
+    candidates = snapshot.candidates()
+    newest = snapshot.as_of
+    named = times_named(question)
+    chosen = [
+        b
+        for b in candidates
+        if newest - b.record.stream_time <= window_seconds
+        or any(abs(b.record.stream_time - t) <= anchor_seconds for t in named)
+    ]
+    taken = {b.record.frame_id for b in chosen}
+    ranked = sorted((b for b in candidates if b.record.frame_id not in taken), key=lambda b: -scores[b.record.frame_id])
+    chosen += ranked[:top_k]
+    return sorted(chosen, key=lambda b: b.record.frame_id)

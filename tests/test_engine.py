@@ -121,21 +121,61 @@ def test_snapshot_is_unchanged_by_ingest_during_the_answer(
     assert memory.blocks[-1].record.sequence == frames[8].sequence
 
 
-def test_question_reads_recent_and_relevant_frames_only(embedded_adapter: EmbeddedAdapter, frames: list[Frame]) -> None:
-    from streamer.retrieval import select_blocks
-
-    engine = Engine(embedded_adapter, EngineConfig(retrieval_top_k=2, window_seconds=1.0, anchor_seconds=0.5))
+def test_question_reads_recent_relevant_and_named_frames(
+    embedded_adapter: EmbeddedAdapter, frames: list[Frame]
+) -> None:
+    config = EngineConfig(retrieval_top_k=2, window_seconds=1.0, anchor_seconds=0.5)
+    engine = Engine(embedded_adapter, config)
     engine.add_stream("cam")
     for frame in frames:
         engine.push_frame("cam", frame)
-    blocks = engine.stream("cam").memory.blocks
+    memory = engine.stream("cam").memory
     named = "What happened at 00:02?"
-    chosen = select_blocks(
-        tuple(blocks), named, embedded_adapter.question_vector(named), 2, window_seconds=1.0, anchor_seconds=0.5
-    )
+    snapshot = memory.snapshot()
+    chosen = engine.choose_blocks("cam", snapshot, named)
+    snapshot.close()
     times = [b.record.stream_time for b in chosen]
     assert times == sorted(times)
     assert 2.0 in times, "a time named in the question is read"
     assert frames[-1].stream_time in times, "the newest frames are always read"
-    assert len(chosen) < len(blocks)
+    always = {
+        b.record.frame_id
+        for b in memory.blocks
+        if frames[-1].stream_time - b.record.stream_time <= 1.0 or abs(b.record.stream_time - 2.0) <= 0.5
+    }
+    assert len(chosen) == len(always) + 2, "the window, the named time, and the top 2 others"
     assert "".join(engine.ask("cam", named)).strip()
+
+
+def test_offloaded_block_comes_back_for_a_question(embedded_adapter: EmbeddedAdapter, frames: list[Frame]) -> None:
+    config = EngineConfig(budget_tokens=400, evict_chunk=40, host_budget_tokens=10_000, retrieval_top_k=3)
+    engine = Engine(embedded_adapter, config)
+    engine.add_stream("cam")
+    for frame in frames * 2:
+        engine.push_frame("cam", frame)
+    memory = engine.stream("cam").memory
+    first = memory.records[0]
+    assert first.location == "host" and memory.host_tokens > 0
+    question = "What was seen at 00:00?"
+    snapshot = memory.snapshot()
+    chosen = engine.choose_blocks("cam", snapshot, question)
+    context = snapshot.context(chosen, embedded_adapter.rotate_keys)
+    assert any(b.record is first for b in chosen)
+    assert context.length == snapshot.sink_tokens + sum(b.record.tokens for b in chosen)
+    context.close()
+    snapshot.close()
+    assert "".join(engine.ask("cam", question)).strip()
+
+
+def test_host_tier_has_its_own_cap(embedded_adapter: EmbeddedAdapter, frames: list[Frame]) -> None:
+    config = EngineConfig(budget_tokens=400, evict_chunk=40, host_budget_tokens=100)
+    engine = Engine(embedded_adapter, config)
+    engine.add_stream("cam")
+    memory = engine.stream("cam").memory
+    for frame in frames * 2:
+        engine.push_frame("cam", frame)
+        assert memory.host_tokens <= config.host_budget_tokens
+    assert memory.dropped_tokens > 0
+    locations = [r.location for r in memory.records]
+    assert locations[0] == "gone" and "host" in locations and locations[-1] == "device"
+    assert locations == sorted(locations, key=["gone", "host", "device"].index), "oldest leave first"

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from memory.kv_cache import StreamingCache
+from memory.kv_cache import StreamingCache, assemble
 from streamer.rope import RotaryShift
 
 
@@ -140,7 +140,8 @@ def test_gather_builds_contiguous_context_without_touching_source(model: LlamaFo
     cache = StreamingCache(3)
     prefill(model, cache, ids)
     before = cache.keys(2).clone()
-    gathered = cache.gather([(0, 10), (50, 60), (90, 100)], RotaryShift(model.model.rotary_emb))
+    spans = [cache.segment(0, 10), cache.segment(50, 60), cache.segment(90, 100)]
+    gathered = assemble(spans, RotaryShift(model.model.rotary_emb))
     assert gathered.length == 30
     fresh = StreamingCache(3)
     prefill(model, fresh, torch.cat([ids[:, :10], ids[:, 50:60], ids[:, 90:]], 1))

@@ -6,7 +6,10 @@ frame tokens, question suffix), the tokenizer, the vision side and the position 
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,10 +44,17 @@ class FrameTokens:
 
 
 class ModelAdapter(ABC):
-    """A language model plus whatever turns frames into its tokens."""
+    """A language model plus whatever turns frames into its tokens.
+
+    Every forward pass takes `forward_lock`: torch already uses all cores for one pass, and ingest
+    and answers interleave pass by pass rather than competing.
+    """
 
     model: Any  # a transformers causal LM
     name: str
+
+    def __init__(self) -> None:
+        self.forward_lock = threading.RLock()
 
     @property
     def num_layers(self) -> int:
@@ -87,15 +97,62 @@ class ModelAdapter(ABC):
         """Text of generated tokens."""
 
     @torch.inference_mode()
-    def prefill(self, embeds: torch.Tensor, cache: StreamingCache) -> None:
-        """Append `embeds` to `cache` (keys and values of every layer); no logits needed."""
+    def prefill(self, embeds: torch.Tensor, cache: StreamingCache, summarize: bool = False) -> np.ndarray | None:
+        """Append `embeds` to `cache` (keys and values of every layer); no logits needed.
+
+        With `summarize`, also return the block's key summary: per layer the mean over its tokens
+        of the un-rotated keys, (layers, kv_heads * head_dim) float16.
+        """
         cache.reserve(int(embeds.shape[1]))
-        self.model.get_decoder()(inputs_embeds=embeds, past_key_values=cache, use_cache=True)
+        with self.forward_lock, self.projection_means("k_proj" if summarize else None) as means:
+            self.model.get_decoder()(inputs_embeds=embeds, past_key_values=cache, use_cache=True)
+        return np.stack(means).astype(np.float16) if summarize else None
+
+    @torch.inference_mode()
+    def query_summary(self, embeds: torch.Tensor, cache: StreamingCache) -> np.ndarray:
+        """A question's per-layer mean query, grouped onto the key heads: (layers, kv_heads * head_dim).
+
+        `cache` is the context the question is read against (the sink); it is left as it was.
+        """
+        fork = cache.fork()
+        try:
+            fork.reserve(int(embeds.shape[1]))
+            with self.forward_lock, self.projection_means("q_proj") as means:
+                self.model.get_decoder()(inputs_embeds=embeds, past_key_values=fork, use_cache=True)
+        finally:
+            fork.close()
+        config = self.model.config.get_text_config()
+        heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+        grouped = [q.reshape(kv_heads, heads // kv_heads, -1).mean(axis=1).reshape(-1) for q in means]
+        return np.stack(grouped).astype(np.float32)
+
+    @contextmanager
+    def projection_means(self, name: str | None) -> Iterator[list[np.ndarray]]:
+        """Collect, per decoder layer, the token-mean output of its attention's `name` projection."""
+        means: list[np.ndarray] = []
+        if name is None:
+            yield means
+            return
+
+        def keep(_module: Any, _inputs: Any, output: torch.Tensor) -> None:
+            means.append(output[0].float().mean(dim=0).cpu().numpy())
+
+        hooks = [getattr(layer.self_attn, name).register_forward_hook(keep) for layer in self.decoder_layers()]
+        try:
+            yield means
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    def decoder_layers(self) -> list[Any]:
+        """The language model's decoder layers, each with `self_attn.{q,k}_proj` (Llama/Qwen2 layout)."""
+        return list(self.model.get_decoder().layers)
 
     @torch.inference_mode()
     def next_token_logits(self, embeds: torch.Tensor, cache: StreamingCache) -> torch.Tensor:
         """Append `embeds` to `cache` and return the logits (vocab,) for the token that follows."""
         cache.reserve(int(embeds.shape[1]))
-        out = self.model(inputs_embeds=embeds, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        with self.forward_lock:
+            out = self.model(inputs_embeds=embeds, past_key_values=cache, use_cache=True, logits_to_keep=1)
         logits: torch.Tensor = out.logits[0, -1].float()
         return logits

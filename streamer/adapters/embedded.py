@@ -35,6 +35,7 @@ class TextPromptAdapter(ModelAdapter):
     """A chat LM whose frames arrive as text lines; the describer of frames is supplied separately."""
 
     def __init__(self, tokenizer: Any, model: Any, name: str) -> None:
+        super().__init__()
         self.tokenizer = tokenizer
         self.model = model
         self.name = name

@@ -1,0 +1,188 @@
+"""One stream's memory: a resident KV cache under a token budget, a host tier behind it, and records.
+
+Layout of the resident cache: `[sink | frame blocks, oldest first]`, positions contiguous from 0.
+When a new frame does not fit, the oldest blocks leave the device: their keys and values move to
+host memory (pinned on CUDA) and the remaining blocks move back by exact RoPE re-rotation. The host
+tier has its own token cap; past it the oldest host blocks are dropped. Every frame keeps its
+`FrameRecord` (time, description, retrieval vectors) whatever happens to its KV, so a question
+about it can still be routed, and a host block can come back for a question that needs it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from memory.errors import BudgetError
+from memory.index import BlockIndex
+from memory.kv_cache import KeyRotation, StreamingCache, assemble
+from memory.records import FrameRecord, OffloadedBlock, ResidentBlock
+
+Block = ResidentBlock | OffloadedBlock
+
+
+@dataclass(frozen=True)
+class MemorySnapshot:
+    """A consistent view for answering one question: a fork of the resident cache, the blocks in it,
+    and the host blocks, as of the newest frame."""
+
+    cache: StreamingCache
+    blocks: tuple[ResidentBlock, ...]
+    offloaded: tuple[OffloadedBlock, ...]
+    sink_tokens: int
+    as_of: float
+    frames: int  # records (and index entries) that existed when the snapshot was taken
+
+    def close(self) -> None:
+        self.cache.close()
+
+    def candidates(self) -> list[Block]:
+        """Every block a question could read, in time order."""
+        return [*self.offloaded, *self.blocks]
+
+    def context(self, chosen: Sequence[Block], rotate: KeyRotation) -> StreamingCache:
+        """A cache of `[sink | chosen blocks in time order]` at contiguous positions, for one question.
+
+        Choosing exactly the resident blocks returns the snapshot's own cache: nothing is copied.
+        """
+        if len(chosen) == len(self.blocks) and all(isinstance(b, ResidentBlock) for b in chosen):
+            return self.cache
+        ordered = sorted(chosen, key=lambda b: b.record.frame_id)
+        segments = [self.cache.segment(0, self.sink_tokens)] + [b.segment(self.cache) for b in ordered]
+        return assemble(segments, rotate, device=self.cache.keys(0).device)
+
+
+class StreamMemory:
+    """Sink plus the newest frames on the device, older frames on the host, a record for every frame.
+
+    budget_tokens: KV tokens allowed on the compute device, including `answer_reserve` tokens kept
+    free for a question and its answer.
+    evict_chunk: when a frame does not fit, free at least this many tokens at once, so the
+    re-rotation of the remaining blocks is paid once per chunk rather than once per frame.
+    host_budget_tokens: KV tokens kept in host memory; 0 drops evicted blocks at once.
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        budget_tokens: int,
+        rotate: KeyRotation,
+        answer_reserve: int = 128,
+        evict_chunk: int = 256,
+        host_budget_tokens: int = 0,
+        index: BlockIndex | None = None,
+    ) -> None:
+        if budget_tokens <= answer_reserve:
+            raise BudgetError(
+                f"Token budget {budget_tokens} leaves no room beside the {answer_reserve} tokens "
+                "reserved for answering; raise --budget."
+            )
+        self.cache = StreamingCache(num_layers)
+        self.budget_tokens = budget_tokens
+        self.answer_reserve = answer_reserve
+        self.evict_chunk = evict_chunk
+        self.host_budget_tokens = host_budget_tokens
+        self.rotate = rotate
+        self.index = index or BlockIndex()
+        self.sink_tokens = 0
+        self.records: list[FrameRecord] = []
+        self.blocks: deque[ResidentBlock] = deque()
+        self.offloaded: OrderedDict[int, OffloadedBlock] = OrderedDict()
+        self.host_tokens = 0
+        self.evicted_tokens = 0
+        self.dropped_tokens = 0
+        self.lock = threading.RLock()
+
+    @property
+    def resident_tokens(self) -> int:
+        return self.cache.length
+
+    @property
+    def frame_budget(self) -> int:
+        """Tokens available to frame blocks on the device."""
+        return self.budget_tokens - self.answer_reserve - self.sink_tokens
+
+    def seal_sink(self) -> None:
+        """Mark everything in the cache so far as the sink (the system prompt); it is never evicted."""
+        self.sink_tokens = self.cache.length
+        if self.frame_budget <= 0:
+            raise BudgetError(
+                f"Token budget {self.budget_tokens} is smaller than the system prompt ({self.sink_tokens}) "
+                f"plus the answer reserve ({self.answer_reserve}); raise --budget."
+            )
+
+    def make_room(self, new_tokens: int) -> list[FrameRecord]:
+        """Evict the oldest blocks until `new_tokens` more fit in the budget; returns what left the device."""
+        if new_tokens > self.frame_budget:
+            raise BudgetError(
+                f"A frame of {new_tokens} tokens cannot fit in a frame budget of {self.frame_budget}; raise --budget."
+            )
+        used = self.cache.length - self.sink_tokens
+        if used + new_tokens <= self.frame_budget:
+            return []
+        target = max(0, min(self.frame_budget - new_tokens, self.frame_budget - self.evict_chunk))
+        leaving: list[ResidentBlock] = []
+        while self.blocks and used > target:
+            block = self.blocks.popleft()
+            leaving.append(block)
+            used -= block.length
+        for block in leaving:
+            self._offload(block)
+        count = sum(block.length for block in leaving)
+        self.cache.remove(self.sink_tokens, count, self.rotate)
+        self.blocks = deque(ResidentBlock(b.record, b.start - count, b.length) for b in self.blocks)
+        self.evicted_tokens += count
+        return [block.record for block in leaving]
+
+    def _offload(self, block: ResidentBlock) -> None:
+        record = block.record
+        if self.host_budget_tokens < block.length:
+            record.location = "gone"
+            self.dropped_tokens += block.length
+            return
+        segment = self.cache.segment(block.start, block.end)
+        keys = [_to_host(k) for k in segment.keys]
+        values = [_to_host(v) for v in segment.values]
+        self.offloaded[record.frame_id] = OffloadedBlock(record, keys, values, block.start)
+        record.location = "host"
+        self.host_tokens += block.length
+        while self.host_tokens > self.host_budget_tokens:
+            _, oldest = self.offloaded.popitem(last=False)
+            oldest.record.location = "gone"
+            self.host_tokens -= oldest.length
+            self.dropped_tokens += oldest.length
+
+    def add(self, record: FrameRecord) -> ResidentBlock:
+        """Register the block just prefilled at the end of the cache for `record`, and index it."""
+        record.frame_id = self.index.add(record.key_summary, record.text_vector)
+        assert record.frame_id == len(self.records), "records and index must stay aligned"
+        block = ResidentBlock(record, self.cache.length - record.tokens, record.tokens)
+        self.records.append(record)
+        self.blocks.append(block)
+        return block
+
+    def snapshot(self) -> MemorySnapshot:
+        """A fork of the cache and the current blocks; ingest may continue while it is used."""
+        with self.lock:
+            as_of = self.records[-1].stream_time if self.records else 0.0
+            return MemorySnapshot(
+                self.cache.fork(),
+                tuple(self.blocks),
+                tuple(self.offloaded.values()),
+                self.sink_tokens,
+                as_of,
+                len(self.records),
+            )
+
+
+def _to_host(t: torch.Tensor) -> torch.Tensor:
+    """A host copy of `t`; pinned when it comes from CUDA so it can come back asynchronously."""
+    if t.device.type == "cuda":
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        host.copy_(t, non_blocking=True)
+        return host
+    return t.clone()

@@ -1,0 +1,264 @@
+"""Real vision-language models through transformers: a frame's tokens are its projected vision tokens.
+
+Supported families, all with 1-D RoPE language models so cached blocks can be re-positioned exactly:
+SmolVLM (`Idefics3ForConditionalGeneration`, Llama LM) and LLaVA-OneVision
+(`LlavaOnevisionForConditionalGeneration`, Qwen2 LM). Each frame goes through the model's own image
+processor, vision tower and connector (public `get_image_features` / `get_video_features`), and the
+resulting tokens are wrapped in the text the model's format puts around a video frame. Terse frames
+keep a quarter of the vision tokens: the grid is average-pooled over 2x2 cells.
+
+Only this module knows the families apart; the engine sees a `ModelAdapter` like any other.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from sources.frame import Frame
+from streamer.adapters.base import FrameTokens, ModelAdapter
+from streamer.clock import clock
+from streamer.errors import UserError
+from streamer.rope import RotaryShift
+
+SYSTEM_PROMPT = (
+    "You watch a live video. Its frames follow in time order, each after its stream time. "
+    "Answer the question about the video briefly."
+)
+FRAMES_HEADER = "Here are the video's frames."
+_SLOT = "\x00frames\x00"
+
+
+class VisionFormat(ABC):
+    """What one model family does to a picture before its language model reads it."""
+
+    model_type: ClassVar[str]  # `config.model_type` of the checkpoints this format reads
+    end_of_turn: ClassVar[str]  # the token that closes an assistant turn
+
+    @abstractmethod
+    def pixel_inputs(self, image_processor: Any, image: Image.Image, config: Any) -> dict[str, torch.Tensor]:
+        """The image processor's tensors for one frame, as the vision tower expects them."""
+
+    @abstractmethod
+    def vision_tokens(self, model: Any, pixels: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected vision tokens: (rows, cols, hidden) on their spatial grid, and (k, hidden) after the grid."""
+
+    @abstractmethod
+    def frame_text(self, stream_time: float) -> tuple[str, str]:
+        """The text before and after a frame's vision tokens."""
+
+
+class SmolVLMFormat(VisionFormat):
+    """SmolVLM / Idefics3: SigLIP tower, pixel-shuffle connector, Llama LM.
+
+    A frame is one tile (no splitting into sub-images) introduced by its time, as SmolVLM2 prompts
+    video: `Frame from MM:SS:<fake_token_around_image><global-img>` tokens `<fake_token_around_image>`.
+    """
+
+    model_type = "idefics3"
+    end_of_turn = "<end_of_utterance>"
+
+    def pixel_inputs(self, image_processor: Any, image: Image.Image, config: Any) -> dict[str, torch.Tensor]:
+        # Straight to one tile: the default first resize would scale the frame up to the splitting size.
+        tile = {"longest_edge": image_processor.max_image_size["longest_edge"]}
+        inputs = image_processor(images=[[image]], do_image_splitting=False, size=tile, return_tensors="pt")
+        return {"pixel_values": inputs["pixel_values"], "pixel_attention_mask": inputs["pixel_attention_mask"]}
+
+    def vision_tokens(self, model: Any, pixels: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens: torch.Tensor = model.get_image_features(**pixels).pooler_output[0]  # (rows * cols, hidden)
+        side = math.isqrt(tokens.shape[0])  # the connector's output grid is square, row-major
+        return tokens.view(side, side, -1), tokens[:0]
+
+    def frame_text(self, stream_time: float) -> tuple[str, str]:
+        return f"\nFrame from {clock(stream_time)}:<fake_token_around_image><global-img>", "<fake_token_around_image>"
+
+
+class LlavaOnevisionFormat(VisionFormat):
+    """LLaVA-OneVision: SigLIP tower, MLP projector, Qwen2 LM.
+
+    A frame is read as the model reads video frames: the whole picture at the tower's resolution,
+    projected, bilinearly halved on each side by the model, then its learned newline token.
+    """
+
+    model_type = "llava_onevision"
+    end_of_turn = "<|im_end|>"
+
+    def pixel_inputs(self, image_processor: Any, image: Image.Image, config: Any) -> dict[str, torch.Tensor]:
+        side = int(config.vision_config.image_size)
+        # A single pinpoint keeps the processor from tiling; its first patch is the whole frame resized.
+        inputs = image_processor(images=[image], image_grid_pinpoints=[[side, side]], return_tensors="pt")
+        return {"pixel_values_videos": inputs["pixel_values"][:, :1]}  # (1 video, 1 frame, C, H, W)
+
+    def vision_tokens(self, model: Any, pixels: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens: torch.Tensor = model.get_video_features(**pixels).pooler_output[0]  # grid, then newline
+        grid, newline = tokens[:-1], tokens[-1:]
+        side = math.isqrt(grid.shape[0])
+        return grid.view(side, side, -1), newline
+
+    def frame_text(self, stream_time: float) -> tuple[str, str]:
+        return f"\nFrame from {clock(stream_time)}:", ""
+
+
+FORMATS: dict[str, type[VisionFormat]] = {f.model_type: f for f in (SmolVLMFormat, LlavaOnevisionFormat)}
+
+
+def format_for(config: Any, name: str) -> VisionFormat:
+    """The format of a checkpoint's model family, or a UserError naming the families supported."""
+    model_type = str(getattr(config, "model_type", ""))
+    if model_type not in FORMATS:
+        supported = ", ".join(sorted(FORMATS))
+        raise UserError(f"'{name}' is a '{model_type}' model; the VLM adapter reads only {supported} checkpoints.")
+    return FORMATS[model_type]()
+
+
+def pool_grid(grid: torch.Tensor) -> torch.Tensor:
+    """(rows, cols, hidden) -> (ceil(rows / 2), ceil(cols / 2), hidden): the mean of each 2x2 cell.
+
+    Cells on an odd edge average the tokens they hold.
+    """
+    channels_first = grid.permute(2, 0, 1).unsqueeze(0).float()
+    pooled = F.avg_pool2d(channels_first, kernel_size=2, ceil_mode=True)
+    return pooled[0].permute(1, 2, 0).to(grid.dtype)
+
+
+def bgr_to_image(pixels: np.ndarray) -> Image.Image:
+    """A frame's BGR pixels as an RGB PIL image."""
+    return Image.fromarray(np.ascontiguousarray(pixels[..., ::-1]))
+
+
+class VisionLanguageAdapter(ModelAdapter):
+    """A transformers VLM with a 1-D RoPE language model; frames become its projected vision tokens.
+
+    Context layout: `[chat opening, system prompt, user turn opening | frame 1 | frame 2 | ... |
+    question, user turn close, assistant opening]`, each frame being `frame_text` around its tokens.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, image_processor: Any, chat_template: str | None, name: str) -> None:
+        super().__init__()
+        self.format = format_for(model.config, name)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.name = name
+        self.shift = RotaryShift(model.get_decoder().rotary_emb)
+        self.embedding = model.get_input_embeddings()
+        prefix, suffix = self._chat_frame(chat_template)
+        self.system_text = prefix + FRAMES_HEADER
+        self.answer_opening = suffix
+        self.stop_ids = self._stop_ids()
+
+    @classmethod
+    def load(cls, model: str, device: str = "cpu", dtype: torch.dtype | None = None) -> VisionLanguageAdapter:
+        """Load a checkpoint by local path or by a model id already in the Hugging Face cache.
+
+        dtype defaults to float32 on CPU and bfloat16 elsewhere.
+        """
+        from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+        from transformers.processing_utils import ProcessorMixin
+
+        dtype = dtype or (torch.float32 if device == "cpu" else torch.bfloat16)
+        try:
+            format_for(AutoConfig.from_pretrained(model), model)
+            tokenizer = AutoTokenizer.from_pretrained(model)
+            # The image processor alone, not AutoProcessor: LLaVA-OneVision's processor also builds a
+            # video processor, which needs torchvision, and frames never need one.
+            image_processor = AutoImageProcessor.from_pretrained(model)
+            processor_files, _ = ProcessorMixin.get_processor_dict(model)
+            vlm: Any = AutoModelForImageTextToText.from_pretrained(model, dtype=dtype)
+        except OSError as error:
+            raise UserError(
+                f"Cannot load the VLM '{model}' ({error}); give a local model folder or a model id already "
+                "in the Hugging Face cache (nothing is downloaded)."
+            ) from None
+        template = processor_files.get("chat_template") or tokenizer.chat_template
+        if isinstance(template, dict):
+            template = template.get("default")
+        return cls(vlm.to(device).eval(), tokenizer, image_processor, template, Path(model).name)
+
+    def _chat_frame(self, chat_template: str | None) -> tuple[str, str]:
+        """The chat template's text before and after the user turn that carries the frames."""
+        if not chat_template:
+            return SYSTEM_PROMPT + "\n\n", "\nAnswer: "
+        messages = [
+            {"role": "system", "content": [{"type": "text", "text": SYSTEM_PROMPT}]},
+            {"role": "user", "content": [{"type": "text", "text": _SLOT}]},
+        ]
+        text = self.tokenizer.apply_chat_template(
+            messages, chat_template=chat_template, add_generation_prompt=True, tokenize=False
+        )
+        prefix, suffix = str(text).split(_SLOT)
+        return prefix, suffix
+
+    def _stop_ids(self) -> set[int]:
+        generation_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        candidates = [self.tokenizer.eos_token_id, self.tokenizer.get_vocab().get(self.format.end_of_turn)]
+        candidates += generation_eos if isinstance(generation_eos, list) else [generation_eos]
+        return {i for i in candidates if isinstance(i, int) and i >= 0}
+
+    def ids(self, text: str) -> torch.Tensor:
+        ids: torch.Tensor = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        return ids.to(self.device)
+
+    @torch.inference_mode()
+    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        embeds: torch.Tensor = self.embedding(ids)
+        return embeds
+
+    def embed_text(self, text: str) -> torch.Tensor:
+        return self.embed_ids(self.ids(text))
+
+    def system_embeds(self) -> torch.Tensor:
+        return self.embed_text(self.system_text)
+
+    def question_text(self, question: str) -> str:
+        return "\n" + question.strip() + self.answer_opening
+
+    def question_embeds(self, question: str) -> torch.Tensor:
+        return self.embed_text(self.question_text(question))
+
+    def frame_text(self, stream_time: float) -> tuple[str, str]:
+        """The text the model's format puts before and after a frame's vision tokens."""
+        return self.format.frame_text(stream_time)
+
+    def on_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` on the model's device, in the model's dtype if it holds real numbers."""
+        return tensor.to(self.device, self.model.dtype if tensor.is_floating_point() else tensor.dtype)
+
+    @torch.inference_mode()
+    def frame_tokens(self, frame: Frame, detail: str = "full") -> FrameTokens:
+        started = time.perf_counter()
+        pixels = self.format.pixel_inputs(self.image_processor, bgr_to_image(frame.pixels), self.model.config)
+        pixels = {name: self.on_device(tensor) for name, tensor in pixels.items()}
+        prepared = time.perf_counter()
+        grid, tail = self.format.vision_tokens(self.model, pixels)
+        encoded = time.perf_counter()
+        features = grid.float().mean(dim=(0, 1)).cpu().numpy()
+        if detail == "terse":
+            grid = pool_grid(grid)
+        vision = torch.cat([grid.reshape(-1, grid.shape[-1]), tail]).unsqueeze(0)
+        before, after = self.frame_text(frame.stream_time)
+        embeds = torch.cat([self.embed_text(before), vision.to(self.model.dtype), self.embed_text(after)], dim=1)
+        rows, cols = grid.shape[:2]
+        text = f"[{clock(frame.stream_time)}] video frame, {rows}x{cols} vision tokens"
+        timings = {"preprocess": (prepared - started) * 1000, "vision_encoder": (encoded - prepared) * 1000}
+        return FrameTokens(embeds, text, detail, features, None, timings)
+
+    def rotate_keys(self, keys: torch.Tensor, delta: int) -> torch.Tensor:
+        return self.shift(keys, delta)
+
+    def token_embeds(self, token_id: int) -> torch.Tensor:
+        return self.embed_ids(torch.tensor([[token_id]], device=self.device))
+
+    def is_stop(self, token_id: int) -> bool:
+        return token_id in self.stop_ids
+
+    def decode(self, token_ids: list[int]) -> str:
+        return str(self.tokenizer.decode(token_ids, skip_special_tokens=True))

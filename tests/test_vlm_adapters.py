@@ -1,0 +1,223 @@
+"""The transformers VLM adapter on tiny random SmolVLM (Idefics3) and LLaVA-OneVision checkpoints.
+
+No VLM weights can be installed here, so each architecture is built from a small config with random
+weights, saved with its tokenizer (the packaged SmolLM2 one plus the family's special tokens), image
+processor and chat template, and loaded back by path through the adapter: the same code that loads
+a real checkpoint. Answers are gibberish; what is checked is exactness and shapes.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+from sources.frame import Frame
+from streamer.adapters.vlm import VisionLanguageAdapter
+from streamer.engine import Engine, EngineConfig
+from streamer.errors import UserError
+from streamer.llm import resolve_llm
+
+QUESTION = "What is in the video?"
+
+SMOLVLM_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{ line['text'] }}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+LLAVA_OV_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% for part in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% for part in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>\n' }}{% endfor %}"
+    "{% for part in message['content'] | selectattr('type', 'equalto', 'text') %}{{ part['text'] }}{% endfor %}"
+    "{{ '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def tiny_text_config(model_type: str, vocab_size: int) -> dict[str, Any]:
+    return dict(
+        model_type=model_type,
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+    )
+
+
+def tiny_vision_config(image_size: int, **extra: Any) -> dict[str, Any]:
+    """A 2-layer SigLIP tower over 8x8-pixel patches."""
+    return dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=8,
+        **extra,
+    )
+
+
+def build_smolvlm(folder: Path) -> None:
+    """A 6x6-token-per-frame Idefics3 (research/models.md, Appendix B), saved with its processor."""
+    from transformers import (
+        AutoTokenizer,
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessorPil,
+        Idefics3Processor,
+    )
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_llm())
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]}
+    )
+    images = Idefics3ImageProcessorPil(
+        do_image_splitting=False, size={"longest_edge": 96}, max_image_size={"longest_edge": 96}
+    )
+    processor = Idefics3Processor(images, tokenizer, image_seq_len=36, chat_template=SMOLVLM_TEMPLATE)
+    config = Idefics3Config(
+        vision_config=tiny_vision_config(96),
+        text_config=tiny_text_config("llama", len(tokenizer)),
+        scale_factor=2,
+        image_token_id=tokenizer.get_vocab()["<image>"],
+    )
+    torch.manual_seed(0)
+    Idefics3ForConditionalGeneration(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+
+def build_llava_onevision(folder: Path) -> None:
+    """A 7x7-token-per-frame LLaVA-OneVision (Qwen2 LM, SigLIP tower).
+
+    Its processor class cannot be built without torchvision (for the video processor), so the
+    tokenizer, image processor and chat template are saved one by one, as a checkpoint holds them.
+    """
+    from transformers import (
+        AutoTokenizer,
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessorPil,
+    )
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_llm())  # Qwen2's tokenizer is not installable here
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>", "<video>"]})
+    tokenizer.chat_template = LLAVA_OV_TEMPLATE
+    pinpoints = [[112, 112], [112, 224], [224, 112], [224, 224]]
+    images = LlavaOnevisionImageProcessorPil(
+        size={"height": 112, "width": 112}, image_grid_pinpoints=pinpoints, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
+    config = LlavaOnevisionConfig(
+        vision_config=tiny_vision_config(112, model_type="siglip_vision_model"),
+        text_config=tiny_text_config("qwen2", len(tokenizer)),
+        image_token_index=tokenizer.get_vocab()["<image>"],
+        video_token_index=tokenizer.get_vocab()["<video>"],
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        image_grid_pinpoints=pinpoints,
+    )
+    torch.manual_seed(0)
+    LlavaOnevisionForConditionalGeneration(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    images.save_pretrained(folder)
+
+
+# family: (builder, full vision grid side, vision tokens after the grid)
+FAMILIES = {"smolvlm": (build_smolvlm, 6, 0), "llava_onevision": (build_llava_onevision, 7, 1)}
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, VisionLanguageAdapter]:
+    name = str(request.param)
+    folder = tmp_path_factory.mktemp(name)
+    FAMILIES[name][0](folder)
+    return name, VisionLanguageAdapter.load(str(folder))
+
+
+@pytest.fixture(scope="module")
+def frames() -> list[Frame]:
+    photos = [data.chelsea(), data.coffee(), data.astronaut(), data.rocket()]
+    now = time.time()
+    return [Frame(np.ascontiguousarray(rgb[..., ::-1]), 1.5 * i, now, i) for i, rgb in enumerate(photos)]
+
+
+def streaming_logits(engine: Engine, stream_id: str, question: str) -> torch.Tensor:
+    """The first answer token's logits exactly as `Engine.ask` computes them (every block read)."""
+    snapshot = engine.stream(stream_id).memory.snapshot()
+    try:
+        cache = snapshot.context(snapshot.blocks, engine.adapter.rotate_keys)
+        return engine.adapter.next_token_logits(engine.adapter.question_embeds(question), cache)
+    finally:
+        snapshot.close()
+
+
+def test_streaming_cache_equals_full_forward(family: tuple[str, VisionLanguageAdapter], frames: list[Frame]) -> None:
+    _, adapter = family
+    engine = Engine(adapter, EngineConfig(budget_tokens=4096, retrieval_top_k=0))
+    engine.add_stream("cam")
+    records = [engine.push_frame("cam", frame, "terse" if i == 1 else "full") for i, frame in enumerate(frames)]
+    assert all(r.resident for r in records) and engine.stream("cam").memory.evicted_tokens == 0
+    streamed = streaming_logits(engine, "cam", QUESTION)
+    pieces = [
+        adapter.system_embeds(),
+        *(adapter.frame_tokens(frame, r.detail).embeds for frame, r in zip(frames, records, strict=True)),
+        adapter.question_embeds(QUESTION),
+    ]
+    with torch.inference_mode():
+        plain = adapter.model(inputs_embeds=torch.cat(pieces, dim=1)).logits[0, -1].float()
+    assert streamed.dtype == torch.float32 and streamed.std() > 0
+    torch.testing.assert_close(streamed, plain, atol=1e-4, rtol=1e-4)
+    assert int(streamed.argmax()) == int(plain.argmax())
+
+
+def test_terse_frames_pool_vision_tokens_over_2x2_cells(
+    family: tuple[str, VisionLanguageAdapter], frames: list[Frame]
+) -> None:
+    name, adapter = family
+    _, side, after_grid = FAMILIES[name]
+    full, terse = adapter.frame_tokens(frames[0], "full"), adapter.frame_tokens(frames[0], "terse")
+    before, after = (adapter.ids(text).shape[1] for text in adapter.frame_text(frames[0].stream_time))
+    pooled = (side + 1) // 2
+    assert full.length == before + side * side + after_grid + after
+    assert terse.length == before + pooled * pooled + after_grid + after
+    assert terse.detail == "terse" and terse.features is not None
+    hidden = full.embeds.shape[-1]
+    grid = full.embeds[0, before : before + side * side].reshape(side, side, hidden)
+    first_cell = terse.embeds[0, before]
+    torch.testing.assert_close(first_cell, grid[:2, :2].reshape(4, hidden).mean(0), atol=1e-5, rtol=1e-5)
+
+
+def test_answer_streams_text(family: tuple[str, VisionLanguageAdapter], frames: list[Frame]) -> None:
+    _, adapter = family
+    engine = Engine(adapter, EngineConfig(max_new_tokens=8))
+    engine.add_stream("cam")
+    for frame in frames[:2]:
+        engine.push_frame("cam", frame)
+    deltas: list[str] = []
+    generator = engine.ask("cam", QUESTION)
+    try:
+        while True:
+            deltas.append(next(generator))
+    except StopIteration as stop:
+        answer = stop.value
+    assert deltas, "the answer arrives as text deltas"
+    assert "".join(deltas).strip() == answer.text
+    assert 0 < answer.tokens <= 8 and answer.as_of == frames[1].stream_time
+
+
+def test_a_text_only_model_is_refused_in_one_sentence() -> None:
+    with pytest.raises(UserError, match="reads only idefics3, llava_onevision"):
+        VisionLanguageAdapter.load(str(resolve_llm()))

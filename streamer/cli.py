@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from memory.errors import BudgetError
-from memory.records import FrameRecord
 from sources.frame import SourceError
 from streamer.clock import clock
 from streamer.errors import UserError
 from streamer.replay import ReplayQuestion, ReplayResult, ReplaySummary
 
 if TYPE_CHECKING:
+    from memory.records import FrameRecord
     from streamer.engine import Engine
 
 EXIT_USAGE = 2

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -37,6 +37,18 @@ class Answer:
     evidence: list[list[float]] = field(default_factory=list)
     tokens: int = 0
     cancelled: bool = False
+
+
+def drain(deltas: Generator[str, None, Answer], on_delta: Callable[[str], None] | None = None) -> Answer:
+    """Run an answer generator to the end, passing each text delta to `on_delta`; the `Answer`."""
+    while True:
+        try:
+            delta = next(deltas)
+        except StopIteration as stop:
+            answer: Answer = stop.value
+            return answer
+        if on_delta is not None:
+            on_delta(delta)
 
 
 def content_words(text: str) -> set[str]:

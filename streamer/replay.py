@@ -17,14 +17,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from memory.records import FrameRecord
 from sources.file import FileSource
 from sources.frame import SourceEnded
 from streamer.errors import UserError
 
 if TYPE_CHECKING:  # the engine pulls in torch; the question checks must stay quick to import
+    from memory.records import FrameRecord
     from streamer.engine import Engine
-    from streamer.query import Answer
 
 _LETTERS = "ABCDEFGH"
 _LETTER = re.compile(r"\b(?!A [a-z])([A-H])\b")  # a capital A before a lowercase word is the article
@@ -212,15 +211,11 @@ class Replay:
         on_delta: Callable[[ReplayQuestion, str], None] | None,
         on_result: Callable[[ReplayResult], None] | None,
     ) -> ReplayResult:
-        deltas = self.engine.ask(self.stream_id, question.prompt())
-        while True:
-            try:
-                delta = next(deltas)
-            except StopIteration as stop:
-                answer: Answer = stop.value
-                break
-            if on_delta:
-                on_delta(question, delta)
+        from streamer.query import drain
+
+        answer = drain(
+            self.engine.ask(self.stream_id, question.prompt()), (lambda d: on_delta(question, d)) if on_delta else None
+        )
         result = ReplayResult(
             id=question.id,
             t=question.t,

@@ -12,6 +12,7 @@ from sources.file import FileSource
 from sources.frame import Frame
 from streamer.adapters.embedded import EmbeddedAdapter
 from streamer.engine import Engine, EngineConfig
+from streamer.query import drain
 
 QUESTION = "What is on screen?"
 
@@ -68,12 +69,7 @@ def test_answer_streams_text_and_reports_timing(embedded_adapter: EmbeddedAdapte
     for frame in frames[:6]:
         engine.push_frame("cam", frame)
     deltas: list[str] = []
-    generator = engine.ask("cam", QUESTION)
-    try:
-        while True:
-            deltas.append(next(generator))
-    except StopIteration as stop:
-        answer = stop.value
+    answer = drain(engine.ask("cam", QUESTION), deltas.append)
     assert len(deltas) > 1, "the answer arrives in pieces"
     assert "".join(deltas).strip() == answer.text
     assert 0 < answer.ttft_ms <= answer.latency_ms

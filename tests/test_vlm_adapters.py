@@ -22,6 +22,7 @@ from streamer.adapters.vlm import VisionLanguageAdapter
 from streamer.engine import Engine, EngineConfig
 from streamer.errors import UserError
 from streamer.llm import resolve_llm
+from streamer.query import drain
 
 QUESTION = "What is in the video?"
 
@@ -207,12 +208,7 @@ def test_answer_streams_text(family: tuple[str, VisionLanguageAdapter], frames: 
     for frame in frames[:2]:
         engine.push_frame("cam", frame)
     deltas: list[str] = []
-    generator = engine.ask("cam", QUESTION)
-    try:
-        while True:
-            deltas.append(next(generator))
-    except StopIteration as stop:
-        answer = stop.value
+    answer = drain(engine.ask("cam", QUESTION), deltas.append)
     assert deltas, "the answer arrives as text deltas"
     assert "".join(deltas).strip() == answer.text
     assert 0 < answer.tokens <= 8 and answer.as_of == frames[1].stream_time

@@ -18,6 +18,7 @@ import torch
 
 from memory.kv_cache import StreamingCache
 from sources.frame import Frame
+from streamer.rope import RotaryShift
 
 
 @dataclass
@@ -44,16 +45,26 @@ class FrameTokens:
 
 
 class ModelAdapter(ABC):
-    """A language model plus whatever turns frames into its tokens.
+    """A chat language model plus whatever turns frames into its tokens.
+
+    The context is `[system_text | frame tokens ... | question_text(q)]`, all fed as input
+    embeddings. Subclasses set `system_text`, `answer_opening` (the text that closes the user turn
+    and opens the model's) and `stop_ids`, and say how a frame becomes tokens.
 
     Every forward pass takes `forward_lock`: torch already uses all cores for one pass, and ingest
     and answers interleave pass by pass rather than competing.
     """
 
-    model: Any  # a transformers causal LM
-    name: str
+    system_text: str
+    answer_opening: str
+    stop_ids: set[int]
 
-    def __init__(self) -> None:
+    def __init__(self, model: Any, tokenizer: Any, name: str) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.shift = RotaryShift(model.get_decoder().rotary_emb)
+        self.embedding = model.get_input_embeddings()
         self.forward_lock = threading.RLock()
 
     @property
@@ -65,36 +76,51 @@ class ModelAdapter(ABC):
         return torch.device(self.model.device)
 
     @abstractmethod
-    def system_embeds(self) -> torch.Tensor:
-        """(1, tokens, hidden): the prompt that opens the context (the attention sink)."""
-
-    @abstractmethod
     def frame_tokens(self, frame: Frame, detail: str = "full") -> FrameTokens:
         """The tokens for one frame; `detail` is "full" or "terse" (cheaper, fewer tokens)."""
 
     @abstractmethod
-    def question_embeds(self, question: str) -> torch.Tensor:
-        """(1, tokens, hidden): the question and whatever opens the model's answer."""
+    def question_text(self, question: str) -> str:
+        """The text after the frames: the question, the end of the user turn, the answer's opening."""
 
     def question_vector(self, question: str) -> np.ndarray | None:
         """Embedding of the question in the space of `FrameTokens.text_vector`, if there is one."""
         return None
 
-    @abstractmethod
+    def ids(self, text: str) -> torch.Tensor:
+        """(1, tokens) ids of `text`, no special tokens added."""
+        ids: torch.Tensor = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        return ids.to(self.device)
+
+    @torch.inference_mode()
+    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        embeds: torch.Tensor = self.embedding(ids)
+        return embeds
+
+    def embed_text(self, text: str) -> torch.Tensor:
+        return self.embed_ids(self.ids(text))
+
+    def system_embeds(self) -> torch.Tensor:
+        """(1, tokens, hidden): the prompt that opens the context (the attention sink)."""
+        return self.embed_text(self.system_text)
+
+    def question_embeds(self, question: str) -> torch.Tensor:
+        """(1, tokens, hidden): the question and whatever opens the model's answer."""
+        return self.embed_text(self.question_text(question))
+
     def rotate_keys(self, keys: torch.Tensor, delta: int) -> torch.Tensor:
         """Keys (batch, heads, tokens, head_dim) computed at positions p, moved to p + delta."""
+        return self.shift(keys, delta)
 
-    @abstractmethod
     def token_embeds(self, token_id: int) -> torch.Tensor:
         """(1, 1, hidden) embedding of one generated token, to feed it back."""
+        return self.embed_ids(torch.tensor([[token_id]], device=self.device))
 
-    @abstractmethod
     def is_stop(self, token_id: int) -> bool:
-        """Whether the token ends the answer."""
+        return token_id in self.stop_ids
 
-    @abstractmethod
     def decode(self, token_ids: list[int]) -> str:
-        """Text of generated tokens."""
+        return str(self.tokenizer.decode(token_ids, skip_special_tokens=True))
 
     @torch.inference_mode()
     def prefill(self, embeds: torch.Tensor, cache: StreamingCache, summarize: bool = False) -> np.ndarray | None:

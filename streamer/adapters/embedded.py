@@ -13,14 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from sources.frame import Frame
 from streamer.adapters.base import FrameTokens, ModelAdapter
 from streamer.clock import clock
 from streamer.llm import load_llm, resolve_llm
 from streamer.retrieval import TextEmbedder
-from streamer.rope import RotaryShift
 
 SYSTEM_PROMPT = (
     "You watch a live video. Each line below describes one video frame: [time] what was seen. "
@@ -31,75 +29,7 @@ QUESTION_PREFIX = "\nQuestion: "
 _SLOT = "\x00frames\x00"
 
 
-class TextPromptAdapter(ModelAdapter):
-    """A chat LM whose frames arrive as text lines; the describer of frames is supplied separately."""
-
-    def __init__(self, tokenizer: Any, model: Any, name: str) -> None:
-        super().__init__()
-        self.tokenizer = tokenizer
-        self.model = model
-        self.name = name
-        self.shift = RotaryShift(model.get_decoder().rotary_emb)
-        self.embedding = model.get_input_embeddings()
-        prefix, suffix = self._chat_frame()
-        self.system_text = prefix + FRAMES_HEADER
-        self.answer_opening = suffix
-        self.stop_ids = {
-            i
-            for i in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>"))
-            if isinstance(i, int) and i >= 0
-        }
-
-    def _chat_frame(self) -> tuple[str, str]:
-        """The chat template's text before and after the user turn that carries the frames."""
-        if not getattr(self.tokenizer, "chat_template", None):
-            return SYSTEM_PROMPT + "\n\n", "\nAnswer: "
-        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": _SLOT}]
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        prefix, suffix = str(text).split(_SLOT)
-        return prefix, suffix
-
-    def ids(self, text: str) -> torch.Tensor:
-        ids: torch.Tensor = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        return ids.to(self.device)
-
-    @torch.inference_mode()
-    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        embeds: torch.Tensor = self.embedding(ids)
-        return embeds
-
-    def embed_text(self, text: str) -> torch.Tensor:
-        return self.embed_ids(self.ids(text))
-
-    def system_embeds(self) -> torch.Tensor:
-        return self.embed_text(self.system_text)
-
-    def frame_line(self, stream_time: float, description: str) -> str:
-        return f"[{clock(stream_time)}] {description}\n"
-
-    def question_text(self, question: str) -> str:
-        return QUESTION_PREFIX + question.strip() + self.answer_opening
-
-    def question_embeds(self, question: str) -> torch.Tensor:
-        return self.embed_text(self.question_text(question))
-
-    def rotate_keys(self, keys: torch.Tensor, delta: int) -> torch.Tensor:
-        return self.shift(keys, delta)
-
-    def token_embeds(self, token_id: int) -> torch.Tensor:
-        return self.embed_ids(torch.tensor([[token_id]], device=self.device))
-
-    def is_stop(self, token_id: int) -> bool:
-        return token_id in self.stop_ids
-
-    def decode(self, token_ids: list[int]) -> str:
-        return str(self.tokenizer.decode(token_ids, skip_special_tokens=True))
-
-    def frame_tokens(self, frame: Frame, detail: str = "full") -> FrameTokens:
-        raise NotImplementedError("TextPromptAdapter needs a describer; use EmbeddedAdapter")
-
-
-class EmbeddedAdapter(TextPromptAdapter):
+class EmbeddedAdapter(ModelAdapter):
     """Real detectors describe each frame; the LM reads the description ("describe, then reason").
 
     With a text embedder (MiniLM), descriptions and questions are embedded so a question can pick
@@ -109,9 +39,17 @@ class EmbeddedAdapter(TextPromptAdapter):
     def __init__(
         self, describer: Any, tokenizer: Any, model: Any, name: str, embedder: TextEmbedder | None = None
     ) -> None:
-        super().__init__(tokenizer, model, name)
+        super().__init__(model, tokenizer, name)
         self.describer = describer
         self.embedder = embedder
+        prefix, suffix = self._chat_frame()
+        self.system_text = prefix + FRAMES_HEADER
+        self.answer_opening = suffix
+        self.stop_ids = {
+            i
+            for i in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>"))
+            if isinstance(i, int) and i >= 0
+        }
 
     @classmethod
     def load(cls, llm: str | None = None) -> EmbeddedAdapter:
@@ -122,6 +60,21 @@ class EmbeddedAdapter(TextPromptAdapter):
         tokenizer, model = load_llm(folder)
         name = Path(llm).name if llm else "SmolLM2-135M-Instruct"
         return cls(FrameDescriber(), tokenizer, model, name, TextEmbedder())
+
+    def _chat_frame(self) -> tuple[str, str]:
+        """The chat template's text before and after the user turn that carries the frames."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            return SYSTEM_PROMPT + "\n\n", "\nAnswer: "
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": _SLOT}]
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        prefix, suffix = str(text).split(_SLOT)
+        return prefix, suffix
+
+    def frame_line(self, stream_time: float, description: str) -> str:
+        return f"[{clock(stream_time)}] {description}\n"
+
+    def question_text(self, question: str) -> str:
+        return QUESTION_PREFIX + question.strip() + self.answer_opening
 
     def question_vector(self, question: str) -> np.ndarray | None:
         return self.embedder.embed([question])[0] if self.embedder else None

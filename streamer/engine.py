@@ -13,6 +13,7 @@ import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
 
+import torch
 from pydantic import BaseModel, Field
 
 from memory.index import BlockIndex
@@ -156,6 +157,19 @@ class Engine:
                 cancel=cancel,
             )
         )
+
+    def first_token_logits(self, stream_id: str, question: str) -> torch.Tensor:
+        """(vocab,) logits of the first answer token when the question reads every resident block.
+
+        This is the quantity the exactness invariant is stated on: with nothing evicted it equals
+        a plain forward pass over `[system | all frames | question]`.
+        """
+        snapshot = self.stream(stream_id).memory.snapshot()
+        try:
+            cache = snapshot.context(snapshot.blocks, self.adapter.rotate_keys)
+            return self.adapter.next_token_logits(self.adapter.question_embeds(question), cache)
+        finally:
+            snapshot.close()
 
     def choose_blocks(self, stream_id: str, snapshot: MemorySnapshot, question: str) -> list[Block]:
         """The blocks a question reads: see `streamer.retrieval.select_blocks`."""

@@ -41,23 +41,13 @@ def full_forward_logits(adapter: EmbeddedAdapter, lines: list[str], question: st
         return adapter.model(input_ids=ids).logits[0, -1].float()
 
 
-def streaming_logits(engine: Engine, stream_id: str, question: str) -> torch.Tensor:
-    """The first answer token's logits exactly as `Engine.ask` computes them (every block read)."""
-    snapshot = engine.stream(stream_id).memory.snapshot()
-    try:
-        cache = snapshot.context(snapshot.blocks, engine.adapter.rotate_keys)
-        return engine.adapter.next_token_logits(engine.adapter.question_embeds(question), cache)
-    finally:
-        snapshot.close()
-
-
 def test_streaming_cache_equals_full_forward(embedded_adapter: EmbeddedAdapter, frames: list[Frame]) -> None:
     engine = Engine(embedded_adapter, EngineConfig(budget_tokens=8192, retrieval_top_k=0))
     engine.add_stream("cam")
     records = [engine.push_frame("cam", frame) for frame in frames]
     memory = engine.stream("cam").memory
     assert all(r.resident for r in records) and memory.evicted_tokens == 0
-    streamed = streaming_logits(engine, "cam", QUESTION)
+    streamed = engine.first_token_logits("cam", QUESTION)
     plain = full_forward_logits(embedded_adapter, [r.text for r in records], QUESTION)
     torch.testing.assert_close(streamed, plain, atol=2e-4, rtol=1e-4)
     assert int(streamed.argmax()) == int(plain.argmax())
@@ -103,7 +93,7 @@ def test_snapshot_is_unchanged_by_ingest_during_the_answer(
     engine.add_stream("cam")
     for frame in frames[:5]:
         engine.push_frame("cam", frame)
-    before = streaming_logits(engine, "cam", QUESTION)
+    before = engine.first_token_logits("cam", QUESTION)
     memory = engine.stream("cam").memory
     snapshot = memory.snapshot()
     cache = snapshot.context(snapshot.blocks, embedded_adapter.rotate_keys)

@@ -155,23 +155,13 @@ def frames() -> list[Frame]:
     return [Frame(np.ascontiguousarray(rgb[..., ::-1]), 1.5 * i, now, i) for i, rgb in enumerate(photos)]
 
 
-def streaming_logits(engine: Engine, stream_id: str, question: str) -> torch.Tensor:
-    """The first answer token's logits exactly as `Engine.ask` computes them (every block read)."""
-    snapshot = engine.stream(stream_id).memory.snapshot()
-    try:
-        cache = snapshot.context(snapshot.blocks, engine.adapter.rotate_keys)
-        return engine.adapter.next_token_logits(engine.adapter.question_embeds(question), cache)
-    finally:
-        snapshot.close()
-
-
 def test_streaming_cache_equals_full_forward(family: tuple[str, VisionLanguageAdapter], frames: list[Frame]) -> None:
     _, adapter = family
     engine = Engine(adapter, EngineConfig(budget_tokens=4096, retrieval_top_k=0))
     engine.add_stream("cam")
     records = [engine.push_frame("cam", frame, "terse" if i == 1 else "full") for i, frame in enumerate(frames)]
     assert all(r.resident for r in records) and engine.stream("cam").memory.evicted_tokens == 0
-    streamed = streaming_logits(engine, "cam", QUESTION)
+    streamed = engine.first_token_logits("cam", QUESTION)
     pieces = [
         adapter.system_embeds(),
         *(adapter.frame_tokens(frame, r.detail).embeds for frame, r in zip(frames, records, strict=True)),

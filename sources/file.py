@@ -20,6 +20,7 @@ import numpy as np
 # FFmpeg's own complaints ("moov atom not found") would precede our one-sentence errors.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
+from sources.base import SourceBase, SourceState
 from sources.frame import Frame, SourceEnded, SourceError
 
 # Presentation times within this many seconds of a sampling instant count as reaching it, so
@@ -27,7 +28,7 @@ from sources.frame import Frame, SourceEnded, SourceError
 _PTS_TOLERANCE = 1e-3
 
 
-class FileSource:
+class FileSource(SourceBase):
     """Plays the video at `path`, delivering one frame per 1/fps seconds of presentation time.
 
     fps=None delivers every frame. Frames between sampling instants are grabbed, not converted,
@@ -38,10 +39,9 @@ class FileSource:
         if fps is not None and fps <= 0:
             raise ValueError(f"fps must be positive or None, got {fps}")
         self.path = Path(path)
+        super().__init__(f"file {self.path.name}")
         self.fps = fps
         self.realtime = realtime
-        self.frames_decoded = 0
-        self.frames_delivered = 0
         self._capture = _open_capture(self.path)
         self.native_fps: float = self._capture.get(cv2.CAP_PROP_FPS) or 0.0
         self._frame_count = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT))
@@ -61,6 +61,7 @@ class FileSource:
         # Serialises OpenCV calls between the decoding thread and close().
         self._capture_lock = threading.Lock()
         self._recv_lock = asyncio.Lock()
+        self.set_state(SourceState.LIVE)
 
     @property
     def duration(self) -> float:
@@ -77,6 +78,7 @@ class FileSource:
         async with self._recv_lock:
             sampled = await asyncio.to_thread(self._decode_next_sample)
             if sampled is None:
+                self.set_state(SourceState.ENDED)
                 raise SourceEnded(f"End of video '{self.path}'.")
             pixels, stream_time = sampled
             if self.realtime:
@@ -87,14 +89,14 @@ class FileSource:
                 capture_time=time.time(),
                 sequence=self.frames_delivered,
             )
-            self.frames_delivered += 1
-            return frame
+            return self.delivered(frame)
 
     def close(self) -> None:
         """Release the file; later recv() calls raise SourceEnded."""
         with self._capture_lock:
             self._closed = True
             self._capture.release()
+        self.set_state(SourceState.ENDED)
 
     async def _wait_until_due(self, stream_time: float) -> None:
         # A consumer that falls behind gets the next frame at once; a file never drops frames.

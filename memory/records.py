@@ -19,7 +19,10 @@ class FrameRecord:
 
     frame_id: the frame's index in its memory's records (set when the memory adds it).
     tokens: how many KV tokens the frame's block holds (or held).
-    detail: "full" or "terse" description.
+    detail: how the frame was encoded: "full" or "terse" (fewer, cheaper tokens).
+    tier: "clear" or "fuzzy"; a clear frame becomes fuzzy when its KV block is compressed.
+    score, threshold: the curvature decision that set the tier (0, 0 when nothing scored it).
+    compressed: its KV block was compressed after it was encoded (a demotion).
     location: where its KV block is: the compute device's cache, host memory, or nowhere.
     text_vector: unit-length embedding of `text`, for retrieval by question, if the model has one.
     key_summary: (layers, kv_heads * head_dim) mean un-rotated key of the block, for retrieval.
@@ -30,6 +33,10 @@ class FrameRecord:
     text: str
     tokens: int
     detail: str = "full"
+    tier: str = "clear"
+    score: float = 0.0
+    threshold: float = 0.0
+    compressed: bool = False
     location: Location = "device"
     text_vector: np.ndarray | None = None
     key_summary: np.ndarray | None = None
@@ -38,6 +45,11 @@ class FrameRecord:
     @property
     def resident(self) -> bool:
         return self.location == "device"
+
+    @property
+    def margin(self) -> float:
+        """How far the curvature score rose above the threshold of its time: larger is more informative."""
+        return self.score - self.threshold
 
 
 @dataclass(frozen=True)

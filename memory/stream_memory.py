@@ -1,9 +1,10 @@
 """One stream's memory: a resident KV cache under a token budget, a host tier behind it, and records.
 
 Layout of the resident cache: `[sink | frame blocks, oldest first]`, positions contiguous from 0.
-When a new frame does not fit, the oldest blocks leave the device: their keys and values move to
-host memory (pinned on CUDA) and the remaining blocks move back by exact RoPE re-rotation. The host
-tier has its own token cap; past it the oldest host blocks are dropped. Every frame keeps its
+When a new frame does not fit, a budget policy (`memory.policy`) decides which blocks are compressed
+in place and which leave the device: their keys and values move to host memory (pinned on CUDA),
+and the cache is rebuilt with every remaining block moved by exact RoPE re-rotation. The host tier
+has its own token cap; past it the policy's least valuable host blocks are dropped. Every frame keeps its
 `FrameRecord` (time, description, retrieval vectors) whatever happens to its KV, so a question
 about it can still be routed, and a host block can come back for a question that needs it.
 """
@@ -11,15 +12,17 @@ about it can still be routed, and a host block can come back for a question that
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from memory.compression import compress
 from memory.errors import BudgetError
 from memory.index import BlockIndex
 from memory.kv_cache import KeyRotation, StreamingCache, assemble
+from memory.policy import EvictionPlan, FifoPolicy, MemoryPolicy
 from memory.records import FrameRecord, OffloadedBlock, ResidentBlock
 
 Block = ResidentBlock | OffloadedBlock
@@ -75,6 +78,10 @@ class StreamMemory:
         evict_chunk: int = 256,
         host_budget_tokens: int = 0,
         index: BlockIndex | None = None,
+        policy: MemoryPolicy | None = None,
+        window_seconds: float = 0.0,
+        compress_method: str = "value_norm",
+        compress_ratio: float = 0.5,
     ) -> None:
         if budget_tokens <= answer_reserve:
             raise BudgetError(
@@ -88,13 +95,18 @@ class StreamMemory:
         self.host_budget_tokens = host_budget_tokens
         self.rotate = rotate
         self.index = index or BlockIndex()
+        self.policy = policy or FifoPolicy()
+        self.window_seconds = window_seconds
+        self.compress_method = compress_method
+        self.compress_ratio = compress_ratio
         self.sink_tokens = 0
         self.records: list[FrameRecord] = []
         self.blocks: deque[ResidentBlock] = deque()
-        self.offloaded: OrderedDict[int, OffloadedBlock] = OrderedDict()
+        self.offloaded: dict[int, OffloadedBlock] = {}
         self.host_tokens = 0
         self.evicted_tokens = 0
         self.dropped_tokens = 0
+        self.compressed_tokens = 0
         self.lock = threading.RLock()
 
     @property
@@ -115,8 +127,12 @@ class StreamMemory:
                 f"plus the answer reserve ({self.answer_reserve}); raise --budget."
             )
 
-    def make_room(self, new_tokens: int) -> list[FrameRecord]:
-        """Evict the oldest blocks until `new_tokens` more fit in the budget; returns what left the device."""
+    def make_room(self, new_tokens: int, now: float | None = None) -> list[FrameRecord]:
+        """Apply the policy until `new_tokens` more fit in the budget; returns the records that left the device.
+
+        now: stream time of the frame about to be added; frames within `window_seconds` of it are the
+        short-term window, which the policy leaves alone while anything else can give way.
+        """
         if new_tokens > self.frame_budget:
             raise BudgetError(
                 f"A frame of {new_tokens} tokens cannot fit in a frame budget of {self.frame_budget}; raise --budget."
@@ -125,18 +141,36 @@ class StreamMemory:
         if used + new_tokens <= self.frame_budget:
             return []
         target = max(0, min(self.frame_budget - new_tokens, self.frame_budget - self.evict_chunk))
-        leaving: list[ResidentBlock] = []
-        while self.blocks and used > target:
-            block = self.blocks.popleft()
-            leaving.append(block)
-            used -= block.length
-        for block in leaving:
-            self._offload(block)
-        count = sum(block.length for block in leaving)
-        self.cache.remove(self.sink_tokens, count, self.rotate)
-        self.blocks = deque(ResidentBlock(b.record, b.start - count, b.length) for b in self.blocks)
-        self.evicted_tokens += count
-        return [block.record for block in leaving]
+        if now is None:
+            now = self.records[-1].stream_time if self.records else 0.0
+        host = self.host_budget_tokens > 0
+        plan = self.policy.plan(list(self.blocks), used - target, now - self.window_seconds, self.compress_ratio, host)
+        return self._apply(plan)
+
+    def _apply(self, plan: EvictionPlan) -> list[FrameRecord]:
+        """Compress and evict as planned, then rebuild the resident cache at contiguous positions."""
+        evicting = {b.record.frame_id for b in plan.evict}
+        compressing = {b.record.frame_id for b in plan.compress}
+        segments = [self.cache.segment(0, self.sink_tokens)]
+        kept: deque[ResidentBlock] = deque()
+        at = self.sink_tokens
+        for block in self.blocks:
+            record = block.record
+            if record.frame_id in evicting:
+                self._offload(block)
+                self.evicted_tokens += block.length
+                continue
+            segment = block.segment(self.cache)
+            if record.frame_id in compressing:
+                segment = compress(segment, self.compress_method, self.compress_ratio, self.rotate)
+                record.tokens, record.tier, record.compressed = segment.length, "fuzzy", True
+                self.compressed_tokens += block.length - segment.length
+            segments.append(segment)
+            kept.append(ResidentBlock(record, at, segment.length))
+            at += segment.length
+        self.cache = assemble(segments, self.rotate, device=self.cache.keys(0).device)
+        self.blocks = kept
+        return [b.record for b in plan.evict]
 
     def _offload(self, block: ResidentBlock) -> None:
         record = block.record
@@ -151,10 +185,11 @@ class StreamMemory:
         record.location = "host"
         self.host_tokens += block.length
         while self.host_tokens > self.host_budget_tokens:
-            _, oldest = self.offloaded.popitem(last=False)
-            oldest.record.location = "gone"
-            self.host_tokens -= oldest.length
-            self.dropped_tokens += oldest.length
+            victim = min(self.offloaded.values(), key=lambda b: self.policy.drop_order(b.record))
+            del self.offloaded[victim.record.frame_id]
+            victim.record.location = "gone"
+            self.host_tokens -= victim.length
+            self.dropped_tokens += victim.length
 
     def add(self, record: FrameRecord) -> ResidentBlock:
         """Register the block just prefilled at the end of the cache for `record`, and index it."""

@@ -1,20 +1,22 @@
 """Benchmark: ingest rate, time to first token and memory of a real-size VLM over one long stream.
 
-A randomly initialised LLaVA-OneVision-7B (Qwen2-7B language model, SigLIP-so400m vision tower, built
-from its config: random weights cost the same time as trained ones, and nothing is downloaded) runs
+A randomly initialised LLaVA-OneVision-7B (Qwen2-7B language model, SigLIP-so400m vision tower) or
+Qwen2.5-VL-7B (Qwen2.5-7B language model with 3-D M-RoPE, 32-layer window-attention ViT), built from
+its config (random weights cost the same time as trained ones, and nothing is downloaded), runs
 behind `VisionLanguageAdapter` and an `Engine`. One stream is fed photos from `skimage.data` in a
 cycle, as fast as it takes them, with stream times spaced at `--fps`. At each length in `--minutes`
 questions are asked and stopped after their first token; device memory, process RSS and the
 stream's resident and host tokens are sampled as the stream grows.
 
-    python scripts/bench_gpu.py [--arch llava-onevision-7b] [--minutes 1 10 60] [--fps 1] [--budget 60000]
-                                [--host-budget 400000] [--device cuda] [--dtype bfloat16] [--repeats 3]
-                                [--memory-every FRAMES] [--tiny] [--out scripts/results/bench_gpu.md]
+    python scripts/bench_gpu.py [--arch {llava-onevision-7b,qwen2.5-vl-7b}] [--minutes 1 10 60] [--fps 1]
+                                [--budget 60000] [--host-budget 400000] [--device cuda] [--dtype bfloat16]
+                                [--repeats 3] [--memory-every FRAMES] [--tiny] [--out scripts/results/bench_gpu.md]
 
-`--tiny` swaps in the 2-layer model of tests/test_vlm_adapters.py in float32, a smoke test that runs
-on a CPU in well under a minute:
+`--tiny` swaps in the 2-layer model of `--arch`'s family from tests/test_vlm_adapters.py in float32,
+a smoke test that runs on a CPU in well under a minute:
 
     python scripts/bench_gpu.py --tiny --device cpu --minutes 0.2 0.5 --out /tmp/bench_gpu_tiny.md
+    python scripts/bench_gpu.py --arch qwen2.5-vl-7b --tiny --device cpu --minutes 0.2 0.5 --out /tmp/bench_qwen.md
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ TARGET_TTFT_MS = 150.0
 TARGET_TTFT_SECONDS = 3600.0  # the stream length the TTFT target is set for
 FLAT_TOLERANCE = 0.02  # memory counts as flat if it grows by less than this fraction after its budget is full
 MEMORY_SAMPLES = 20  # samples over the run when --memory-every is not given
-# ChatML, as LLaVA-OneVision's template renders the system and text-only user turns the adapter builds.
+# ChatML, as LLaVA-OneVision's and Qwen2.5-VL's templates render the system and text-only user turns the adapter
+# builds.
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}"
     "{% for part in message['content'] %}{{ part['text'] }}{% endfor %}{{ '<|im_end|>\n' }}{% endfor %}"
@@ -61,26 +64,37 @@ CHATML_TEMPLATE = (
 
 @dataclass(frozen=True)
 class Architecture:
-    """The shape of a LLaVA-OneVision model: its Qwen2 language model and its SigLIP vision tower.
+    """The shape of a VLM: its family, its language model and its vision tower.
 
+    family: "llava_onevision" or "qwen2_5_vl", which says how the model and its processor are built.
     vocab_size: rows of the embedding and the LM head; 0 takes the tokenizer's size.
-    pinpoint_grid: the image processor's pinpoints are every (rows, cols) multiple of the tower's side up to this.
+    pinpoint_grid (LLaVA-OneVision): the image processor's pinpoints are every (rows, cols) multiple of
+    the tower's side up to this.
+    max_pixels (Qwen2.5-VL): the image processor's pixel limit per image.
     """
 
     title: str
+    family: str
     vocab_size: int
     text: dict[str, Any]
     vision: dict[str, Any]
-    pinpoint_grid: int
-
-    @property
-    def image_size(self) -> int:
-        return int(self.vision["image_size"])
+    pinpoint_grid: int = 0
+    max_pixels: int = 0
 
 
+# The language model of the tiny test models.
+TINY_TEXT: dict[str, Any] = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=4096,
+)
 ARCHITECTURES = {
     "llava-onevision-7b": Architecture(
         title="LLaVA-OneVision-7B",
+        family="llava_onevision",
         vocab_size=152064,
         text=dict(
             hidden_size=3584,
@@ -102,23 +116,72 @@ ARCHITECTURES = {
         ),
         pinpoint_grid=6,
     ),
+    "qwen2.5-vl-7b": Architecture(
+        title="Qwen2.5-VL-7B",
+        family="qwen2_5_vl",
+        vocab_size=152064,
+        text=dict(
+            hidden_size=3584,
+            intermediate_size=18944,
+            num_hidden_layers=28,
+            num_attention_heads=28,
+            num_key_value_heads=4,
+            max_position_embeddings=128000,
+            rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [16, 24, 24]},
+        ),
+        vision=dict(
+            depth=32,
+            hidden_size=1280,
+            intermediate_size=3420,
+            num_heads=16,
+            out_hidden_size=3584,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=112,
+            fullatt_block_indexes=[7, 15, 23, 31],
+            tokens_per_second=2,
+        ),
+        max_pixels=28 * 28 * 1280,  # the checkpoint's limit; the adapter caps a frame lower
+    ),
 }
-TINY = Architecture(
-    title="tiny LLaVA-OneVision (the test model)",
-    vocab_size=0,
-    text=dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
+TINY = {
+    "llava-onevision-7b": Architecture(
+        title="tiny LLaVA-OneVision (the test model)",
+        family="llava_onevision",
+        vocab_size=0,
+        text=TINY_TEXT,
+        vision=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=112,
+            patch_size=8,
+        ),
+        pinpoint_grid=2,
     ),
-    vision=dict(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=112, patch_size=8
+    "qwen2.5-vl-7b": Architecture(
+        title="tiny Qwen2.5-VL (the test model)",
+        family="qwen2_5_vl",
+        vocab_size=0,
+        text={
+            **TINY_TEXT,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3]},
+        },
+        vision=dict(
+            depth=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            out_hidden_size=64,
+            window_size=56,
+            fullatt_block_indexes=[1],
+        ),
+        max_pixels=140 * 140,
     ),
-    pinpoint_grid=2,
-)
+}
 
 
 @dataclass
@@ -154,18 +217,12 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def build_adapter(arch: Architecture, device: torch.device, dtype: torch.dtype) -> VisionLanguageAdapter:
-    """A randomly initialised LLaVA-OneVision of shape `arch`, made on `device` in `dtype`, with its processor."""
-    from transformers import (
-        AutoModelForImageTextToText,
-        AutoTokenizer,
-        LlavaOnevisionConfig,
-        LlavaOnevisionImageProcessorPil,
-    )
+def llava_onevision_parts(arch: Architecture, tokenizer: Any) -> tuple[Any, Any]:
+    """The config and image processor of a LLaVA-OneVision of shape `arch`; adds its tokens to `tokenizer`."""
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionImageProcessorPil
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_llm())  # Qwen2's tokenizer is not installable here
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>", "<video>"]})
-    side, grid = arch.image_size, range(1, arch.pinpoint_grid + 1)
+    side, grid = int(arch.vision["image_size"]), range(1, arch.pinpoint_grid + 1)
     pinpoints = [[side * rows, side * cols] for rows in grid for cols in grid]
     images = LlavaOnevisionImageProcessorPil(
         size={"height": side, "width": side}, image_grid_pinpoints=pinpoints, image_mean=[0.5] * 3, image_std=[0.5] * 3
@@ -181,6 +238,37 @@ def build_adapter(arch: Architecture, device: torch.device, dtype: torch.dtype) 
         multimodal_projector_bias=True,
         image_grid_pinpoints=pinpoints,
     )
+    return config, images
+
+
+def qwen2_5_vl_parts(arch: Architecture, tokenizer: Any) -> tuple[Any, Any]:
+    """The config and image processor of a Qwen2.5-VL of shape `arch`; adds its tokens to `tokenizer`."""
+    from transformers import Qwen2_5_VLConfig, Qwen2VLImageProcessorPil
+
+    specials = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    tokenizer.add_special_tokens({"additional_special_tokens": specials})
+    vocab = tokenizer.get_vocab()
+    config = Qwen2_5_VLConfig(
+        text_config={**arch.text, "model_type": "qwen2_5_vl_text", "vocab_size": max(arch.vocab_size, len(tokenizer))},
+        vision_config=arch.vision,
+        image_token_id=vocab["<|image_pad|>"],
+        video_token_id=vocab["<|video_pad|>"],
+        vision_start_token_id=vocab["<|vision_start|>"],
+        vision_end_token_id=vocab["<|vision_end|>"],
+    )
+    return config, Qwen2VLImageProcessorPil(max_pixels=arch.max_pixels)
+
+
+FAMILY_PARTS = {"llava_onevision": llava_onevision_parts, "qwen2_5_vl": qwen2_5_vl_parts}
+
+
+def build_adapter(arch: Architecture, device: torch.device, dtype: torch.dtype) -> VisionLanguageAdapter:
+    """A randomly initialised VLM of shape `arch`, made on `device` in `dtype`, with its processor."""
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+    # The family's own tokenizer is not installable here: SmolLM2's, plus the family's vision tokens.
+    tokenizer = AutoTokenizer.from_pretrained(resolve_llm())
+    config, images = FAMILY_PARTS[arch.family](arch, tokenizer)
     torch.manual_seed(0)
     # Made where it runs, in its dtype: a 7B model never passes through 30 GB of CPU memory.
     with torch.device(device):
@@ -426,7 +514,7 @@ def report(
     device_name: str,
     points: Sequence[Checkpoint],
     samples: Sequence[MemorySample],
-    tokens_per_frame: int,
+    tokens_per_frame: float,
     weights: int | None,
     run_seconds: float,
 ) -> str:
@@ -442,7 +530,7 @@ def report(
         f"`{command}`",
         "",
         f"{when}; device {device_name}; dtype {str(args.dtype).removeprefix('torch.')}; "
-        f"{parameters / 1e9:.2f} B parameters{on_gpu}; {tokens_per_frame} tokens per frame; "
+        f"{parameters / 1e9:.2f} B parameters{on_gpu}; {tokens_per_frame:.0f} tokens per frame (mean); "
         f"budget {args.budget} tokens on the device, {args.host_budget} on the host; "
         f"{args.fps:g} fps of stream time; whole run {run_seconds:.0f} s",
         "",
@@ -459,7 +547,7 @@ def report(
         *memory_table(samples, args.fps),
         "",
         "- Random weights: every frame and question costs what it costs with trained weights; answers are noise.",
-        "  The tokenizer is SmolLM2's with LLaVA's image and video tokens (Qwen2's is not installable here).",
+        "  The tokenizer is SmolLM2's with the family's vision tokens (Qwen2's is not installable here).",
         "- Frames: photos from `skimage.data` in a cycle, fed as fast as `push_frame` takes them (no pacing),",
         "  stream times spaced at `--fps`. Ingest is the wall time of `push_frame`: image processing on the CPU,",
         "  vision tower and projector, prefill into the stream's cache, and eviction to the host when the budget",
@@ -500,7 +588,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--memory-every", type=int, help=f"frames between memory samples (default: {MEMORY_SAMPLES} samples)"
     )
-    parser.add_argument("--tiny", action="store_true", help="the 2-layer test model in float32: a smoke test")
+    parser.add_argument(
+        "--tiny", action="store_true", help="the 2-layer test model of --arch's family in float32: a smoke test"
+    )
     parser.add_argument("--out", type=Path, default=Path("scripts/results/bench_gpu.md"), help="markdown output")
     args = parser.parse_args(argv)
     if args.fps <= 0 or min(args.minutes) <= 0:
@@ -527,7 +617,7 @@ def main() -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print(NO_CUDA, file=sys.stderr)
         return 2
-    arch = TINY if args.tiny else ARCHITECTURES[args.arch]
+    arch = (TINY if args.tiny else ARCHITECTURES)[args.arch]
     dtype_name = str(args.dtype).removeprefix("torch.")
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     started = time.perf_counter()
@@ -548,7 +638,7 @@ def main() -> int:
     except torch.cuda.OutOfMemoryError:
         print(f"bench_gpu: error: out of memory on {device_name}; lower --budget or use a larger GPU.", file=sys.stderr)
         return 2
-    tokens_per_frame = engine.stream("bench").memory.records[0].tokens
+    tokens_per_frame = statistics.fmean(record.tokens for record in engine.stream("bench").memory.records)
     text = report(args, adapter, device_name, points, samples, tokens_per_frame, weights, time.perf_counter() - started)
     print(text, end="")
     args.out.parent.mkdir(parents=True, exist_ok=True)

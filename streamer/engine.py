@@ -12,12 +12,17 @@ import threading
 import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
+from typing import Literal
 
+import numpy as np
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from memory.compression import CompressionMethod
+from memory.curvature import CurvatureConfig, CurvatureDecision, CurvatureScorer
 from memory.index import BlockIndex
 from memory.kv_cache import assemble
+from memory.policy import make_policy
 from memory.records import FrameRecord
 from memory.stream_memory import Block, MemorySnapshot, StreamMemory
 from sources.frame import Frame
@@ -28,8 +33,13 @@ from streamer.retrieval import select_blocks
 log = logging.getLogger(__name__)
 
 
+MemoryPolicyName = Literal["curvature", "uniform", "fifo", "equal"]
+
+
 class EngineConfig(BaseModel):
-    """Limits and retrieval settings shared by every stream of an engine."""
+    """Limits, memory policy and retrieval settings shared by every stream of an engine."""
+
+    model_config = ConfigDict(extra="forbid")
 
     budget_tokens: int = Field(4096, ge=256, description="KV tokens resident on the device per stream, sink included")
     host_budget_tokens: int = Field(
@@ -45,6 +55,14 @@ class EngineConfig(BaseModel):
         0.0, ge=0, description="weight of the key/query (internal) retrieval score; 0 skips its LM pass"
     )
     text_weight: float = Field(1.0, ge=0, description="weight of the description/question (MiniLM) score")
+    policy: MemoryPolicyName = Field(
+        "curvature",
+        description="what gives way when the budget is full: curvature tiers, uniform sampling, fifo window, "
+        "or equal (tiers without curvature: every frame clear)",
+    )
+    curvature: CurvatureConfig = Field(default_factory=CurvatureConfig)
+    compression: CompressionMethod = Field("value_norm", description="how a demoted frame's KV block is compressed")
+    compress_ratio: float = Field(0.5, gt=0, le=1, description="share of a block's tokens its compression keeps")
 
     @property
     def answer_reserve(self) -> int:
@@ -73,6 +91,7 @@ class Stream:
 
     stream_id: str
     memory: StreamMemory
+    scorer: CurvatureScorer | None = None
     stats: IngestStats = field(default_factory=IngestStats)
 
 
@@ -101,10 +120,15 @@ class Engine:
             evict_chunk=config.evict_chunk,
             host_budget_tokens=config.host_budget_tokens,
             index=BlockIndex(config.internal_weight, config.text_weight),
+            policy=make_policy(config.policy),
+            window_seconds=config.window_seconds,
+            compress_method=config.compression,
+            compress_ratio=config.compress_ratio,
         )
         self.adapter.prefill(self.adapter.system_embeds(), memory.cache)
         memory.seal_sink()
-        stream = Stream(stream_id, memory)
+        scorer = CurvatureScorer(config.curvature) if config.policy == "curvature" else None
+        stream = Stream(stream_id, memory, scorer)
         self.streams[stream_id] = stream
         return stream
 
@@ -117,24 +141,42 @@ class Engine:
         except KeyError:
             raise UnknownStream(stream_id) from None
 
-    def push_frame(self, stream_id: str, frame: Frame, detail: str = "full") -> FrameRecord:
-        """Encode one frame and prefill its tokens into the stream's cache, once."""
+    def push_frame(self, stream_id: str, frame: Frame, detail: str | None = None) -> FrameRecord:
+        """Encode one frame and prefill its tokens into the stream's cache, once.
+
+        The frame's tier comes from the curvature scorer when the policy has one (clear frames are
+        described in full, fuzzy ones tersely); `detail` forces the encoding instead.
+        """
         stream = self.stream(stream_id)
-        tokens = self.adapter.frame_tokens(frame, detail)
+        decision: CurvatureDecision | None = None
+
+        def choose_detail(features: np.ndarray | None) -> str:
+            nonlocal decision
+            if stream.scorer is not None and features is not None:
+                decision = stream.scorer.score(features, frame.stream_time)
+            if detail is not None:
+                return detail
+            return "terse" if decision is not None and decision.tier == "fuzzy" else "full"
+
+        tokens = self.adapter.frame_tokens(frame, choose_detail)
         memory = stream.memory
         record = FrameRecord(
             frame.sequence, frame.stream_time, tokens.text, tokens.length, tokens.detail, text_vector=tokens.text_vector
         )
+        if decision is not None:
+            record.tier, record.score, record.threshold = decision.tier, decision.score, decision.threshold
         with memory.lock:
             started = time.perf_counter()
-            evicted = memory.make_room(tokens.length)
-            record.key_summary = self.adapter.prefill(tokens.embeds, memory.cache, summarize=True)
+            evicted = memory.make_room(tokens.length, frame.stream_time)
+            record.key_summary = self.adapter.prefill(
+                tokens.embeds, memory.cache, summarize=True, positions=tokens.positions
+            )
             memory.add(record)
             timings = dict(tokens.timings_ms)
             timings["prefill"] = (time.perf_counter() - started) * 1000
         stream.stats.add(timings)
         if evicted:
-            log.debug("%s: evicted %d frames up to t=%.1fs", stream_id, len(evicted), evicted[-1].stream_time)
+            log.debug("%s: %d frames left the device, up to t=%.1fs", stream_id, len(evicted), evicted[-1].stream_time)
         return record
 
     def ask(self, stream_id: str, question: str, cancel: threading.Event | None = None) -> Generator[str, None, Answer]:

@@ -154,7 +154,7 @@ def test_offloaded_block_comes_back_for_a_question(embedded_adapter: EmbeddedAda
 
 
 def test_host_tier_has_its_own_cap(embedded_adapter: EmbeddedAdapter, frames: list[Frame]) -> None:
-    config = EngineConfig(budget_tokens=400, evict_chunk=40, host_budget_tokens=100)
+    config = EngineConfig(budget_tokens=400, evict_chunk=40, host_budget_tokens=100, policy="fifo")
     engine = Engine(embedded_adapter, config)
     engine.add_stream("cam")
     memory = engine.stream("cam").memory
@@ -165,3 +165,28 @@ def test_host_tier_has_its_own_cap(embedded_adapter: EmbeddedAdapter, frames: li
     locations = [r.location for r in memory.records]
     assert locations[0] == "gone" and "host" in locations and locations[-1] == "device"
     assert locations == sorted(locations, key=["gone", "host", "device"].index), "oldest leave first"
+
+
+def test_curvature_tiers_route_cost_and_hold_the_budget(embedded_adapter: EmbeddedAdapter, frames: list[Frame]) -> None:
+    config = EngineConfig(budget_tokens=420, evict_chunk=20, host_budget_tokens=0, window_seconds=2.0)
+    engine = Engine(embedded_adapter, config)
+    engine.add_stream("cam")
+    memory = engine.stream("cam").memory
+    records = []
+    span = frames[-1].stream_time + 0.5
+    for lap in range(3):
+        for frame in frames:
+            later = Frame(frame.pixels, frame.stream_time + lap * span, frame.capture_time, len(records))
+            records.append(engine.push_frame("cam", later))
+            assert memory.resident_tokens <= config.budget_tokens - config.answer_reserve
+    assert all(r.detail == "full" for r in records[: config.curvature.warmup]), "warm-up frames are clear"
+    fuzzy = [r for r in records if r.detail == "terse"]
+    assert fuzzy and all(r.score <= r.threshold for r in fuzzy), "a terse frame is one scored below its threshold"
+    assert all("objects:" not in r.text and "text:" not in r.text for r in fuzzy)
+    assert any(r.compressed for r in records), "clear frames were demoted by compression before being dropped"
+    gone = [r for r in records if r.location == "gone"]
+    kept = [r for r in records if r.location == "device" and r.stream_time < records[-1].stream_time - 2.0]
+    assert gone and kept
+    mean_margin = lambda chosen: sum(r.margin for r in chosen) / len(chosen)  # noqa: E731
+    assert mean_margin(kept) > mean_margin(gone), "the least informative frames are the ones dropped"
+    assert "".join(engine.ask("cam", QUESTION)).strip()

@@ -1,4 +1,4 @@
-"""The transformers VLM adapter on tiny random SmolVLM (Idefics3) and LLaVA-OneVision checkpoints.
+"""The transformers VLM adapter on tiny random SmolVLM (Idefics3), LLaVA-OneVision and Qwen2.5-VL checkpoints.
 
 No VLM weights can be installed here, so each architecture is built from a small config with random
 weights, saved with its tokenizer (the packaged SmolLM2 one plus the family's special tokens), image
@@ -40,6 +40,15 @@ LLAVA_OV_TEMPLATE = (
     "{% for part in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
     "{% for part in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>\n' }}{% endfor %}"
     "{% for part in message['content'] | selectattr('type', 'equalto', 'text') %}{{ part['text'] }}{% endfor %}"
+    "{{ '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+QWEN_VL_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
     "{{ '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
@@ -134,8 +143,73 @@ def build_llava_onevision(folder: Path) -> None:
     images.save_pretrained(folder)
 
 
-# family: (builder, full vision grid side, vision tokens after the grid)
-FAMILIES = {"smolvlm": (build_smolvlm, 6, 0), "llava_onevision": (build_llava_onevision, 7, 1)}
+def build_qwen2_5_vl(folder: Path) -> None:
+    """A Qwen2.5-VL with M-RoPE over (temporal, height, width) sections of 2, 3 and 3 channel pairs.
+
+    Its 2-layer vision tower has one windowed and one full-attention layer; the image processor
+    caps frames at 140x140 pixels, so the first test photo (451x300) becomes 6x4 merged tokens.
+    """
+    from transformers import (
+        AutoTokenizer,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLImageProcessorPil,
+    )
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_llm())  # Qwen2.5's tokenizer is not installable here
+    specials = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    tokenizer.add_special_tokens({"additional_special_tokens": specials})
+    tokenizer.chat_template = QWEN_VL_TEMPLATE
+    images = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=140 * 140)
+    vocab = tokenizer.get_vocab()
+    text = tiny_text_config("qwen2_5_vl_text", len(tokenizer))
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3]}
+    config = Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=dict(
+            depth=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            out_hidden_size=64,
+            window_size=56,  # windows of 2x2 merged tokens
+            fullatt_block_indexes=[1],
+        ),
+        image_token_id=vocab["<|image_pad|>"],
+        video_token_id=vocab["<|video_pad|>"],
+        vision_start_token_id=vocab["<|vision_start|>"],
+        vision_end_token_id=vocab["<|vision_end|>"],
+    )
+    torch.manual_seed(0)
+    Qwen2_5_VLForConditionalGeneration(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    images.save_pretrained(folder)
+
+
+# family: (builder, (rows, cols) of the first frame's vision grid, vision tokens after the grid)
+FAMILIES = {
+    "smolvlm": (build_smolvlm, (6, 6), 0),
+    "llava_onevision": (build_llava_onevision, (7, 7), 1),
+    "qwen2_5_vl": (build_qwen2_5_vl, (4, 6), 0),
+}
+
+
+def plain_forward_logits(
+    adapter: VisionLanguageAdapter, pieces: list[tuple[torch.Tensor, torch.Tensor | None]]
+) -> torch.Tensor:
+    """Next-token logits (vocab,) of one forward pass, no cache, over `pieces` laid end to end from position 0.
+
+    Each piece is (embeds, relative positions or None) and sits at the positions the adapter gives it.
+    """
+    ids, start = [], 0
+    for embeds, offsets in pieces:
+        ids.append(adapter.position_ids(start, embeds.shape[1], offsets))
+        start += embeds.shape[1]
+    position_ids = None if ids[0] is None else torch.cat(ids, dim=-1)
+    with torch.inference_mode():
+        out = adapter.model(inputs_embeds=torch.cat([embeds for embeds, _ in pieces], dim=1), position_ids=position_ids)
+    logits: torch.Tensor = out.logits[0, -1].float()
+    return logits
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
@@ -159,16 +233,16 @@ def test_streaming_cache_equals_full_forward(family: tuple[str, VisionLanguageAd
     _, adapter = family
     engine = Engine(adapter, EngineConfig(budget_tokens=4096, retrieval_top_k=0))
     engine.add_stream("cam")
-    records = [engine.push_frame("cam", frame, "terse" if i == 1 else "full") for i, frame in enumerate(frames)]
+    details = ["terse" if i == 1 else "full" for i in range(len(frames))]
+    records = [engine.push_frame("cam", frame, detail) for frame, detail in zip(frames, details, strict=True)]
     assert all(r.resident for r in records) and engine.stream("cam").memory.evicted_tokens == 0
     streamed = engine.first_token_logits("cam", QUESTION)
     pieces = [
-        adapter.system_embeds(),
-        *(adapter.frame_tokens(frame, r.detail).embeds for frame, r in zip(frames, records, strict=True)),
-        adapter.question_embeds(QUESTION),
+        (adapter.system_embeds(), None),
+        *((tokens.embeds, tokens.positions) for tokens in map(adapter.frame_tokens, frames, details)),
+        (adapter.question_embeds(QUESTION), None),
     ]
-    with torch.inference_mode():
-        plain = adapter.model(inputs_embeds=torch.cat(pieces, dim=1)).logits[0, -1].float()
+    plain = plain_forward_logits(adapter, pieces)
     assert streamed.dtype == torch.float32 and streamed.std() > 0
     torch.testing.assert_close(streamed, plain, atol=1e-4, rtol=1e-4)
     assert int(streamed.argmax()) == int(plain.argmax())
@@ -178,15 +252,14 @@ def test_terse_frames_pool_vision_tokens_over_2x2_cells(
     family: tuple[str, VisionLanguageAdapter], frames: list[Frame]
 ) -> None:
     name, adapter = family
-    _, side, after_grid = FAMILIES[name]
+    _, (rows, cols), after_grid = FAMILIES[name]
     full, terse = adapter.frame_tokens(frames[0], "full"), adapter.frame_tokens(frames[0], "terse")
     before, after = (adapter.ids(text).shape[1] for text in adapter.frame_text(frames[0].stream_time))
-    pooled = (side + 1) // 2
-    assert full.length == before + side * side + after_grid + after
-    assert terse.length == before + pooled * pooled + after_grid + after
+    assert full.length == before + rows * cols + after_grid + after
+    assert terse.length == before + ((rows + 1) // 2) * ((cols + 1) // 2) + after_grid + after
     assert terse.detail == "terse" and terse.features is not None
     hidden = full.embeds.shape[-1]
-    grid = full.embeds[0, before : before + side * side].reshape(side, side, hidden)
+    grid = full.embeds[0, before : before + rows * cols].reshape(rows, cols, hidden)
     first_cell = terse.embeds[0, before]
     torch.testing.assert_close(first_cell, grid[:2, :2].reshape(4, hidden).mean(0), atol=1e-5, rtol=1e-5)
 
@@ -205,5 +278,5 @@ def test_answer_streams_text(family: tuple[str, VisionLanguageAdapter], frames: 
 
 
 def test_a_text_only_model_is_refused_in_one_sentence() -> None:
-    with pytest.raises(UserError, match="reads only idefics3, llava_onevision"):
+    with pytest.raises(UserError, match="reads only idefics3, llava_onevision, qwen2_5_vl"):
         VisionLanguageAdapter.load(str(resolve_llm()))

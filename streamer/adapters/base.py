@@ -8,17 +8,36 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
 from memory.kv_cache import StreamingCache
 from sources.frame import Frame
 from streamer.rope import RotaryShift
+
+# How a frame is encoded: "full" or "terse", or a function of its cheap features that says which.
+Detail = str | Callable[[np.ndarray | None], str]
+
+
+def resolve_detail(detail: Detail, features: np.ndarray | None) -> str:
+    """The detail to encode a frame with, once its cheap features are known."""
+    return detail(features) if callable(detail) else detail
+
+
+def thumbnail_features(pixels: np.ndarray) -> np.ndarray:
+    """Cheap features of a BGR frame for curvature scoring: a 16x16 grey thumbnail and a coarse
+    colour histogram, (256 + 64,) float32, unit norm. Costs well under a millisecond."""
+    grey = cv2.resize(cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY), (16, 16), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(pixels, (32, 32), interpolation=cv2.INTER_AREA)
+    histogram = cv2.calcHist([small], [0, 1, 2], None, [4, 4, 4], [0, 256, 0, 256, 0, 256]).reshape(-1)
+    vector = np.concatenate([grey.reshape(-1).astype(np.float32) / 255.0, histogram / max(1.0, histogram.sum())])
+    return (vector / max(1e-9, float(np.linalg.norm(vector)))).astype(np.float32)
 
 
 @dataclass
@@ -30,6 +49,8 @@ class FrameTokens:
     features: the cheap per-frame feature vector used for scoring and retrieval, if any.
     text_vector: embedding of `text` for retrieval by question, if the adapter has a text embedder.
     timings_ms: cost of each step that produced the tokens.
+    positions: (sections, tokens) position of each token relative to the block's first position, for
+    a model with multi-section positions (M-RoPE); None: the tokens take consecutive positions.
     """
 
     embeds: torch.Tensor
@@ -38,6 +59,7 @@ class FrameTokens:
     features: np.ndarray | None = None
     text_vector: np.ndarray | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    positions: torch.Tensor | None = None
 
     @property
     def length(self) -> int:
@@ -76,8 +98,9 @@ class ModelAdapter(ABC):
         return torch.device(self.model.device)
 
     @abstractmethod
-    def frame_tokens(self, frame: Frame, detail: str = "full") -> FrameTokens:
-        """The tokens for one frame; `detail` is "full" or "terse" (cheaper, fewer tokens)."""
+    def frame_tokens(self, frame: Frame, detail: Detail = "full") -> FrameTokens:
+        """The tokens for one frame; `detail` is "full" or "terse" (cheaper, fewer tokens), or a
+        function choosing one from the frame's cheap features, called once before the costly work."""
 
     @abstractmethod
     def question_text(self, question: str) -> str:
@@ -108,6 +131,14 @@ class ModelAdapter(ABC):
         """(1, tokens, hidden): the question and whatever opens the model's answer."""
         return self.embed_text(self.question_text(question))
 
+    def position_ids(self, start: int, length: int, offsets: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The `position_ids` the language model takes for `length` tokens placed from position `start`.
+
+        offsets: `FrameTokens.positions`, if the tokens are a frame that has them. None (the default
+        here, for 1-D RoPE) lets the model count on from its cache length, which is right.
+        """
+        return None
+
     def rotate_keys(self, keys: torch.Tensor, delta: int) -> torch.Tensor:
         """Keys (batch, heads, tokens, head_dim) computed at positions p, moved to p + delta."""
         return self.shift(keys, delta)
@@ -123,15 +154,26 @@ class ModelAdapter(ABC):
         return str(self.tokenizer.decode(token_ids, skip_special_tokens=True))
 
     @torch.inference_mode()
-    def prefill(self, embeds: torch.Tensor, cache: StreamingCache, summarize: bool = False) -> np.ndarray | None:
+    def prefill(
+        self,
+        embeds: torch.Tensor,
+        cache: StreamingCache,
+        summarize: bool = False,
+        positions: torch.Tensor | None = None,
+    ) -> np.ndarray | None:
         """Append `embeds` to `cache` (keys and values of every layer); no logits needed.
 
+        positions: the block's relative positions (`FrameTokens.positions`), if it has them.
         With `summarize`, also return the block's key summary: per layer the mean over its tokens
         of the un-rotated keys, (layers, kv_heads * head_dim) float16.
         """
-        cache.reserve(int(embeds.shape[1]))
+        length = int(embeds.shape[1])
+        position_ids = self.position_ids(cache.length, length, positions)
+        cache.reserve(length)
         with self.forward_lock, self.projection_means("k_proj" if summarize else None) as means:
-            self.model.get_decoder()(inputs_embeds=embeds, past_key_values=cache, use_cache=True)
+            self.model.get_decoder()(
+                inputs_embeds=embeds, position_ids=position_ids, past_key_values=cache, use_cache=True
+            )
         return np.stack(means).astype(np.float16) if summarize else None
 
     @torch.inference_mode()
@@ -142,9 +184,12 @@ class ModelAdapter(ABC):
         """
         fork = cache.fork()
         try:
+            position_ids = self.position_ids(fork.length, int(embeds.shape[1]))
             fork.reserve(int(embeds.shape[1]))
             with self.forward_lock, self.projection_means("q_proj") as means:
-                self.model.get_decoder()(inputs_embeds=embeds, past_key_values=fork, use_cache=True)
+                self.model.get_decoder()(
+                    inputs_embeds=embeds, position_ids=position_ids, past_key_values=fork, use_cache=True
+                )
         finally:
             fork.close()
         config = self.model.config.get_text_config()
@@ -177,8 +222,11 @@ class ModelAdapter(ABC):
     @torch.inference_mode()
     def next_token_logits(self, embeds: torch.Tensor, cache: StreamingCache) -> torch.Tensor:
         """Append `embeds` to `cache` and return the logits (vocab,) for the token that follows."""
+        position_ids = self.position_ids(cache.length, int(embeds.shape[1]))
         cache.reserve(int(embeds.shape[1]))
         with self.forward_lock:
-            out = self.model(inputs_embeds=embeds, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = self.model(
+                inputs_embeds=embeds, position_ids=position_ids, past_key_values=cache, use_cache=True, logits_to_keep=1
+            )
         logits: torch.Tensor = out.logits[0, -1].float()
         return logits

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from sources.frame import Frame
-from streamer.adapters.base import FrameTokens, ModelAdapter
+from streamer.adapters.base import Detail, FrameTokens, ModelAdapter
 from streamer.clock import clock
 from streamer.llm import load_llm, resolve_llm
 from streamer.retrieval import TextEmbedder
@@ -79,9 +79,9 @@ class EmbeddedAdapter(ModelAdapter):
     def question_vector(self, question: str) -> np.ndarray | None:
         return self.embedder.embed([question])[0] if self.embedder else None
 
-    def frame_tokens(self, frame: Frame, detail: str = "full") -> FrameTokens:
+    def frame_tokens(self, frame: Frame, detail: Detail = "full") -> FrameTokens:
         description = self.describer.describe(frame.pixels, detail=detail)
-        rendered = description.render(detail)
+        rendered = description.render(description.detail)
         line = self.frame_line(frame.stream_time, rendered)
         timings = dict(description.timings_ms)
         vector = None
@@ -90,4 +90,4 @@ class EmbeddedAdapter(ModelAdapter):
             vector = self.embedder.embed([rendered])[0]
             timings["text_embedding"] = (time.perf_counter() - started) * 1000
         embeds = self.embed_text(line)
-        return FrameTokens(embeds, line.strip(), detail, description.features, vector, timings)
+        return FrameTokens(embeds, line.strip(), description.detail, description.features, vector, timings)

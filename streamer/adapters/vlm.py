@@ -1,11 +1,22 @@
 """Real vision-language models through transformers: a frame's tokens are its projected vision tokens.
 
-Supported families, all with 1-D RoPE language models so cached blocks can be re-positioned exactly:
-SmolVLM (`Idefics3ForConditionalGeneration`, Llama LM) and LLaVA-OneVision
-(`LlavaOnevisionForConditionalGeneration`, Qwen2 LM). Each frame goes through the model's own image
-processor, vision tower and connector (public `get_image_features` / `get_video_features`), and the
-resulting tokens are wrapped in the text the model's format puts around a video frame. Terse frames
-keep a quarter of the vision tokens: the grid is average-pooled over 2x2 cells.
+Supported families: SmolVLM (`Idefics3ForConditionalGeneration`, Llama LM) and LLaVA-OneVision
+(`LlavaOnevisionForConditionalGeneration`, Qwen2 LM) with 1-D RoPE, and Qwen2.5-VL
+(`Qwen2_5_VLForConditionalGeneration`) with 3-D multimodal RoPE. Each frame goes through the model's
+own image processor, vision tower and connector (public `get_image_features` / `get_video_features`),
+and the resulting tokens are wrapped in the text the model's format puts around a video frame. Terse
+frames keep a quarter of the vision tokens: the grid is average-pooled over 2x2 cells.
+
+Position scheme. Cached blocks must be re-positionable exactly: the engine moves a whole block by a
+token delta with `rotate_keys`, and a question reads `[sink | blocks | question]` at contiguous
+positions. With 1-D RoPE a token's position is its index in the cache. With Qwen2.5-VL's M-RoPE each
+token has temporal, height and width positions; a frame block that starts at cache index o gets
+`o + streamer.rope.mrope_positions(...)`: text tokens at o + i in all three sections, the vision
+grid at (o + g, o + g + row, o + g + col) where g is the grid's first token in the block (the
+model's own layout for an image there). The block spans exactly its length in positions, and moving
+it adds the same delta to all three sections, which is a plain rotation. Every forward pass gets
+these position ids explicitly: the model's default for input embeddings would count 1-D positions,
+or add a `rope_deltas` left on the model by an earlier `generate`.
 
 Only this module knows the families apart; the engine sees a `ModelAdapter` like any other.
 """
@@ -24,9 +35,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from sources.frame import Frame
-from streamer.adapters.base import FrameTokens, ModelAdapter
+from streamer.adapters.base import Detail, FrameTokens, ModelAdapter, resolve_detail, thumbnail_features
 from streamer.clock import clock
 from streamer.errors import UserError
+from streamer.rope import mrope_positions
 
 SYSTEM_PROMPT = (
     "You watch a live video. Its frames follow in time order, each after its stream time. "
@@ -41,6 +53,7 @@ class VisionFormat(ABC):
 
     model_type: ClassVar[str]  # `config.model_type` of the checkpoints this format reads
     end_of_turn: ClassVar[str]  # the token that closes an assistant turn
+    mrope: ClassVar[bool] = False  # the LM takes 3-D (temporal, height, width) positions, not 1-D ones
 
     @abstractmethod
     def pixel_inputs(self, image_processor: Any, image: Image.Image, config: Any) -> dict[str, torch.Tensor]:
@@ -106,7 +119,42 @@ class LlavaOnevisionFormat(VisionFormat):
         return f"\nFrame from {clock(stream_time)}:", ""
 
 
-FORMATS: dict[str, type[VisionFormat]] = {f.model_type: f for f in (SmolVLMFormat, LlavaOnevisionFormat)}
+class QwenVLFormat(VisionFormat):
+    """Qwen2.5-VL: a ViT with window attention over 14-pixel patches, 2x2 patch merger, Qwen2.5 LM, M-RoPE.
+
+    A frame is read as one image, `<|vision_start|>` tokens `<|vision_end|>`, after its time. As an
+    image rather than a video, each frame is its own block: a video's temporal patches would pair
+    consecutive frames into one set of tokens, and the video processor needs torchvision. The tower
+    sees the frame twice over its 2-frame temporal patch either way (the image processor repeats it),
+    and the frame's time is in its text, where the video path would put it into temporal positions.
+    """
+
+    model_type = "qwen2_5_vl"
+    end_of_turn = "<|im_end|>"
+    mrope = True
+    # At most 256 vision tokens (28x28 pixels each) per frame, near LLaVA-OneVision's 196: a frame, not a
+    # document. The checkpoint's own limit applies if it is lower.
+    max_frame_pixels = 448 * 448
+
+    def pixel_inputs(self, image_processor: Any, image: Image.Image, config: Any) -> dict[str, torch.Tensor]:
+        longest = min(int(image_processor.size["longest_edge"]), self.max_frame_pixels)
+        shortest = min(int(image_processor.size["shortest_edge"]), longest)
+        inputs = image_processor(
+            images=[image], size={"shortest_edge": shortest, "longest_edge": longest}, return_tensors="pt"
+        )
+        return {"pixel_values": inputs["pixel_values"], "image_grid_thw": inputs["image_grid_thw"]}
+
+    def vision_tokens(self, model: Any, pixels: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens: torch.Tensor = model.get_image_features(**pixels).pooler_output[0]  # merged patches, row-major
+        merge = int(model.config.vision_config.spatial_merge_size)
+        _, rows, cols = (int(n) // merge for n in pixels["image_grid_thw"][0])
+        return tokens.view(rows, cols, -1), tokens[:0]
+
+    def frame_text(self, stream_time: float) -> tuple[str, str]:
+        return f"\nFrame from {clock(stream_time)}:<|vision_start|>", "<|vision_end|>"
+
+
+FORMATS: dict[str, type[VisionFormat]] = {f.model_type: f for f in (SmolVLMFormat, LlavaOnevisionFormat, QwenVLFormat)}
 
 
 def format_for(config: Any, name: str) -> VisionFormat:
@@ -134,7 +182,7 @@ def bgr_to_image(pixels: np.ndarray) -> Image.Image:
 
 
 class VisionLanguageAdapter(ModelAdapter):
-    """A transformers VLM with a 1-D RoPE language model; frames become its projected vision tokens.
+    """A transformers VLM; frames become its projected vision tokens.
 
     Context layout: `[chat opening, system prompt, user turn opening | frame 1 | frame 2 | ... |
     question, user turn close, assistant opening]`, each frame being `frame_text` around its tokens.
@@ -204,25 +252,39 @@ class VisionLanguageAdapter(ModelAdapter):
         """The text the model's format puts before and after a frame's vision tokens."""
         return self.format.frame_text(stream_time)
 
+    def position_ids(self, start: int, length: int, offsets: torch.Tensor | None = None) -> torch.Tensor | None:
+        """1-D RoPE: None (the model counts on from its cache). M-RoPE: (3, 1, length) explicit ids.
+
+        Tokens without `offsets` (text) take consecutive positions in all three sections.
+        """
+        if not self.format.mrope:
+            return None
+        relative = mrope_positions(length) if offsets is None else offsets
+        return (relative + start).unsqueeze(1).to(self.device)
+
     def on_device(self, tensor: torch.Tensor) -> torch.Tensor:
         """`tensor` on the model's device, in the model's dtype if it holds real numbers."""
         return tensor.to(self.device, self.model.dtype if tensor.is_floating_point() else tensor.dtype)
 
     @torch.inference_mode()
-    def frame_tokens(self, frame: Frame, detail: str = "full") -> FrameTokens:
+    def frame_tokens(self, frame: Frame, detail: Detail = "full") -> FrameTokens:
         started = time.perf_counter()
+        # The vision tower is the costly part and runs for every frame; the cheap features only
+        # decide whether its tokens are pooled.
+        cheap = thumbnail_features(frame.pixels)
+        detail = resolve_detail(detail, cheap)
         pixels = self.format.pixel_inputs(self.image_processor, bgr_to_image(frame.pixels), self.model.config)
         pixels = {name: self.on_device(tensor) for name, tensor in pixels.items()}
         prepared = time.perf_counter()
         grid, tail = self.format.vision_tokens(self.model, pixels)
         encoded = time.perf_counter()
-        features = grid.float().mean(dim=(0, 1)).cpu().numpy()
         if detail == "terse":
             grid = pool_grid(grid)
         vision = torch.cat([grid.reshape(-1, grid.shape[-1]), tail]).unsqueeze(0)
-        before, after = self.frame_text(frame.stream_time)
-        embeds = torch.cat([self.embed_text(before), vision.to(self.model.dtype), self.embed_text(after)], dim=1)
+        before, after = (self.embed_text(text) for text in self.frame_text(frame.stream_time))
+        embeds = torch.cat([before, vision.to(self.model.dtype), after], dim=1)
         rows, cols = grid.shape[:2]
+        positions = mrope_positions(embeds.shape[1], before.shape[1], rows, cols) if self.format.mrope else None
         text = f"[{clock(frame.stream_time)}] video frame, {rows}x{cols} vision tokens"
         timings = {"preprocess": (prepared - started) * 1000, "vision_encoder": (encoded - prepared) * 1000}
-        return FrameTokens(embeds, text, detail, features, None, timings)
+        return FrameTokens(embeds, text, detail, cheap, None, timings, positions)

@@ -37,6 +37,7 @@ class FrameDescription:
     text: OCR lines in reading order (empty for terse descriptions).
     colours: up to three palette names, most prominent first.
     timings_ms: milliseconds per part that ran ("features", "detector", "ocr", "colours").
+    detail: what was run: "full", or "terse" (no detector, no OCR).
     """
 
     features: np.ndarray
@@ -45,6 +46,7 @@ class FrameDescription:
     text: list[str] = field(default_factory=list)
     colours: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    detail: str = "full"
 
     def render(self, detail: Detail = "full") -> str:
         """One short line, e.g. `scene: Egyptian cat, tabby cat; objects: cat; colours: grey, brown`.
@@ -85,13 +87,20 @@ class FrameDescriber:
         self.detector = detector or ObjectDetector(min_score=0.6)
         self.reader = reader or TextReader(threads=threads)
 
-    def describe(self, frame_bgr: np.ndarray, detail: Detail = "full") -> FrameDescription:
-        """Describe one H x W x 3 uint8 BGR frame; "terse" runs only the classifier and colours."""
-        _check_detail(detail)
+    def describe(
+        self, frame_bgr: np.ndarray, detail: Detail | Callable[[np.ndarray], str] = "full"
+    ) -> FrameDescription:
+        """Describe one H x W x 3 uint8 BGR frame; "terse" runs only the classifier and colours.
+
+        `detail` may be a function of the frame's features that chooses, so the costly parts run
+        only for the frames it wants in full.
+        """
         timings: dict[str, float] = {}
         features, labels = _timed(timings, "features", lambda: self.extractor.extract(frame_bgr))
-        description = FrameDescription(features=features, labels=labels, timings_ms=timings)
-        if detail == "full":
+        chosen = detail(features) if callable(detail) else detail
+        _check_detail(chosen)
+        description = FrameDescription(features=features, labels=labels, timings_ms=timings, detail=chosen)
+        if chosen == "full":
             description.objects = _timed(timings, "detector", lambda: self.detector.detect(frame_bgr))
             description.text = _timed(timings, "ocr", lambda: self.reader.read(frame_bgr))
         description.colours = _timed(timings, "colours", lambda: dominant_colours(frame_bgr))

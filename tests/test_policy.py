@@ -1,0 +1,151 @@
+"""Budget policies and KV-level compression: what gives way, and that compressed keys stay exact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from memory.compression import compress, compressed_length
+from memory.kv_cache import KVSegment, StreamingCache
+from memory.policy import FifoPolicy, TieredPolicy, UniformPolicy, make_policy
+from memory.records import FrameRecord, ResidentBlock
+from streamer.rope import RotaryShift
+
+
+def blocks(count: int, tokens: int = 10, clear_every: int = 0) -> list[ResidentBlock]:
+    """`count` frames at 1 fps, `tokens` each; every `clear_every`-th is clear with a high margin."""
+    made = []
+    for i in range(count):
+        clear = clear_every > 0 and i % clear_every == 0
+        record = FrameRecord(i, float(i), f"frame {i}", tokens, tier="clear" if clear else "fuzzy", frame_id=i)
+        record.score, record.threshold = (2.0, 1.0) if clear else (0.5, 1.0)
+        made.append(ResidentBlock(record, 100 + i * tokens, tokens))
+    return made
+
+
+def ids(selection: list[ResidentBlock]) -> list[int]:
+    return [b.record.frame_id for b in selection]
+
+
+def test_fifo_evicts_the_oldest() -> None:
+    plan = FifoPolicy().plan(blocks(10), 25, window_start=8.0, compress_ratio=0.5, host=False)
+    assert ids(plan.evict) == [0, 1, 2] and not plan.compress
+
+
+def test_uniform_keeps_evenly_spaced_frames() -> None:
+    policy = UniformPolicy()
+    plan = policy.plan(blocks(16), 50, window_start=12.0, compress_ratio=0.5, host=False)
+    assert ids(plan.evict) == [1, 3, 5, 7, 9] and policy.stride == 2
+    kept = [b for b in blocks(16) if b.record.frame_id not in ids(plan.evict)]
+    plan = policy.plan(kept, 30, window_start=12.0, compress_ratio=0.5, host=False)
+    # Frame 11 was off the stride already; then the spacing doubles.
+    assert policy.stride == 4 and ids(plan.evict) == [11, 2, 6]
+
+
+def test_curvature_demotes_oldest_clear_frames_first() -> None:
+    plan = TieredPolicy().plan(blocks(20, clear_every=2), 10, window_start=15.0, compress_ratio=0.5, host=False)
+    assert ids(plan.compress) == [0, 2] and not plan.evict
+
+
+def test_curvature_drops_fuzzy_frames_before_clear_ones_and_spares_the_window() -> None:
+    frames = blocks(20, clear_every=4)
+    for b in frames:
+        if b.record.tier == "clear":
+            b.record.compressed = True  # already demoted: nothing left to compress
+    plan = TieredPolicy().plan(frames, 60, window_start=15.0, compress_ratio=0.5, host=False)
+    evicted = ids(plan.evict)
+    assert len(evicted) == 6 and all(i % 4 for i in evicted) and all(i < 15 for i in evicted)
+
+
+def test_with_a_host_tier_the_oldest_move_first() -> None:
+    frames = blocks(20, clear_every=4)
+    for b in frames:
+        b.record.compressed = True
+    plan = TieredPolicy().plan(frames, 30, window_start=15.0, compress_ratio=0.5, host=True)
+    assert ids(plan.evict) == [0, 1, 2]
+
+
+def test_equal_policy_is_fifo_after_demotion() -> None:
+    frames = blocks(20)
+    for b in frames:
+        b.record.tier = "clear"
+        b.record.score = b.record.threshold = 0.0
+    plan = make_policy("equal").plan(frames, 10, window_start=15.0, compress_ratio=0.5, host=False)
+    assert ids(plan.compress) == [0, 1]
+    for b in frames:
+        b.record.compressed = True
+    plan = make_policy("equal").plan(frames, 20, window_start=15.0, compress_ratio=0.5, host=False)
+    assert ids(plan.evict) == [0, 1]
+
+
+def test_the_window_gives_way_only_when_nothing_else_is_left() -> None:
+    frames = blocks(5)
+    plan = TieredPolicy().plan(frames, 30, window_start=3.0, compress_ratio=0.5, host=False)
+    assert ids(plan.evict) == [0, 1, 2]
+    plan = TieredPolicy().plan(frames, 40, window_start=3.0, compress_ratio=0.5, host=False)
+    assert ids(plan.evict) == [0, 1, 2, 3]
+
+
+def test_unknown_policy_and_method_are_named() -> None:
+    with pytest.raises(ValueError, match="Unknown memory policy 'lru'"):
+        make_policy("lru")
+    segment = KVSegment([torch.zeros(1, 1, 4, 8)], [torch.zeros(1, 1, 4, 8)], 0)
+    with pytest.raises(ValueError, match="Unknown compression method 'zip'"):
+        compress(segment, "zip", 0.5, lambda k, d: k)
+
+
+@pytest.fixture(scope="module")
+def model() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def first_layer_keys(model: LlamaForCausalLM, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Layer 0's keys for `ids` placed at `positions`, computed from scratch: (1, kv_heads, n, head_dim)."""
+    inner = model.model
+    attention = inner.layers[0].self_attn
+    with torch.inference_mode():
+        hidden = inner.layers[0].input_layernorm(inner.embed_tokens(ids))
+        keys = attention.k_proj(hidden).view(1, ids.shape[1], -1, attention.head_dim).transpose(1, 2)
+        cos, sin = inner.rotary_emb(keys, positions[None])
+        rotated, _ = apply_rotary_pos_emb(keys, keys, cos, sin)
+    return rotated
+
+
+@pytest.mark.parametrize("method", ["value_norm", "pool"])
+def test_compressed_block_keeps_exact_positions(model: LlamaForCausalLM, method: str) -> None:
+    ids = torch.randint(0, 256, (1, 30), generator=torch.Generator().manual_seed(3))
+    cache = StreamingCache(2)
+    cache.reserve(30)
+    with torch.inference_mode():
+        model(input_ids=ids, past_key_values=cache, use_cache=True)
+    start = 12  # a block of 18 tokens at positions 12..29
+    block = cache.segment(start, 30)
+    shift = RotaryShift(model.model.rotary_emb)
+    squeezed = compress(block, method, 0.5, shift)
+    assert squeezed.length == compressed_length(18, 0.5) == 9 and squeezed.position == start
+    if method == "value_norm":
+        norms = sum(v.norm(dim=-1).sum(dim=(0, 1)) for v in block.values)
+        kept = sorted(torch.topk(norms, 9).indices.tolist())
+        expected = first_layer_keys(model, ids[:, start:][:, kept], torch.arange(start, start + 9))
+        torch.testing.assert_close(squeezed.keys[0], expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(squeezed.values[1], block.values[1][..., kept, :])
+    else:
+        # Each pooled key is the mean of its pair's keys, both taken at the pooled token's new position.
+        at_new = [
+            first_layer_keys(model, ids[:, start + 2 * j : start + 2 * j + 2], torch.tensor([start + j] * 2))
+            for j in range(9)
+        ]
+        expected = torch.cat([k.mean(dim=-2, keepdim=True) for k in at_new], dim=-2)
+        torch.testing.assert_close(squeezed.keys[0], expected, atol=1e-5, rtol=1e-5)

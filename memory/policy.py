@@ -52,6 +52,13 @@ class MemoryPolicy(ABC):
         """Sort key for the host tier when it is full: the smallest goes first. Default: oldest first."""
         return (record.frame_id,)
 
+    def state(self) -> dict[str, int]:
+        """What the policy remembers between decisions, for snapshots."""
+        return {}
+
+    def restore(self, state: dict[str, int]) -> None:  # noqa: B027 (most policies keep nothing)
+        """Take back what `state()` returned."""
+
 
 class FifoPolicy(MemoryPolicy):
     name = "fifo"
@@ -67,6 +74,12 @@ class UniformPolicy(MemoryPolicy):
 
     def __init__(self) -> None:
         self.stride = 1
+
+    def state(self) -> dict[str, int]:
+        return {"stride": self.stride}
+
+    def restore(self, state: dict[str, int]) -> None:
+        self.stride = int(state.get("stride", 1))
 
     def plan(
         self, blocks: Sequence[ResidentBlock], free: int, window_start: float, compress_ratio: float, host: bool

@@ -10,11 +10,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydantic import ValidationError
+
 from memory.errors import BudgetError
 from sources.frame import SourceError
 from streamer.clock import clock
 from streamer.errors import UserError
 from streamer.replay import ReplayQuestion, ReplayResult, ReplaySummary
+from streamer.server.cli import SERVER_COMMANDS, add_server_commands, run_server_command
 
 if TYPE_CHECKING:
     from memory.records import FrameRecord
@@ -35,6 +38,18 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-new-tokens", type=int, default=48, help="longest answer in tokens (default 48)")
     parser.add_argument("--realtime", action="store_true", help="pace the video by its timestamps")
+    parser.add_argument(
+        "--policy",
+        default="curvature",
+        help="memory policy: curvature (default), equal (tiers without curvature), uniform or fifo",
+    )
+    parser.add_argument("--k", type=float, default=1.0, help="curvature threshold in standard deviations (default 1)")
+    parser.add_argument(
+        "--curvature-window", type=int, default=32, help="frames the curvature threshold is computed over (default 32)"
+    )
+    parser.add_argument(
+        "--compression", default="value_norm", help="KV compression of demoted frames: value_norm (default) or pool"
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
 
@@ -55,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--questions", type=Path, required=True, help="JSONL: {id, t, question, options?, answer?}")
     replay.add_argument("--out", type=Path, required=True, help="JSONL results, one line per question")
     _add_engine_options(replay)
+    add_server_commands(commands)
     return parser
 
 
@@ -140,15 +156,37 @@ def run_replay(args: argparse.Namespace, video: Path, questions_path: Path, out:
 
 
 def _engine(args: argparse.Namespace) -> Engine:
+    from memory.curvature import CurvatureConfig
     from streamer.adapters.embedded import EmbeddedAdapter
     from streamer.engine import Engine, EngineConfig
 
-    config = EngineConfig(
-        budget_tokens=args.budget, max_new_tokens=max(1, args.max_new_tokens), retrieval_top_k=args.top_k
-    )
+    try:
+        config = EngineConfig(
+            budget_tokens=args.budget,
+            max_new_tokens=max(1, args.max_new_tokens),
+            retrieval_top_k=args.top_k,
+            policy=args.policy,
+            curvature=CurvatureConfig(window=args.curvature_window, k=args.k, warmup=3),
+            compression=args.compression,
+        )
+    except ValidationError as error:
+        raise UserError(config_error(error)) from None
     if not args.quiet:
         print("Loading models...", file=sys.stderr, flush=True)
-    return Engine(EmbeddedAdapter.load(args.llm), config)
+    engine = Engine(EmbeddedAdapter.load(args.llm), config)
+    engine.check_budget(args.fps)
+    return engine
+
+
+_OPTION_OF_FIELD = {"k": "--k", "window": "--curvature-window", "compression": "--compression", "policy": "--policy"}
+
+
+def config_error(error: ValidationError) -> str:
+    """One sentence naming the option (or field) that is wrong and what it accepts."""
+    first = error.errors()[0]
+    field = str(first["loc"][-1]) if first["loc"] else "configuration"
+    name = _OPTION_OF_FIELD.get(field, field)
+    return f"Invalid {name}: {first['msg'].rstrip('.')}; fix it and run again."
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -188,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
+        if args.command in SERVER_COMMANDS:
+            return run_server_command(args)
         check_options(args)
         if args.command == "demo":
             return run_demo(args)

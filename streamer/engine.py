@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -20,10 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from memory.compression import CompressionMethod
 from memory.curvature import CurvatureConfig, CurvatureDecision, CurvatureScorer
+from memory.errors import BudgetError
 from memory.index import BlockIndex
 from memory.kv_cache import assemble
 from memory.policy import make_policy
 from memory.records import FrameRecord
+from memory.snapshot import load_snapshot, save_snapshot
 from memory.stream_memory import Block, MemorySnapshot, StreamMemory
 from sources.frame import Frame
 from streamer.adapters.base import ModelAdapter
@@ -60,9 +63,13 @@ class EngineConfig(BaseModel):
         description="what gives way when the budget is full: curvature tiers, uniform sampling, fifo window, "
         "or equal (tiers without curvature: every frame clear)",
     )
-    curvature: CurvatureConfig = Field(default_factory=CurvatureConfig)
+    # K = 1.0 rather than the scorer's 1.5: on generated needle streams it caught 37 of 50 needle onsets
+    # instead of 22, at 30% clear frames instead of 17% (see memory/curvature.py).
+    curvature: CurvatureConfig = Field(default_factory=lambda: CurvatureConfig(k=1.0))
     compression: CompressionMethod = Field("value_norm", description="how a demoted frame's KV block is compressed")
     compress_ratio: float = Field(0.5, gt=0, le=1, description="share of a block's tokens its compression keeps")
+    snapshot_dir: Path | None = Field(None, description="write each stream's memory here and restore it on start")
+    snapshot_every_s: float = Field(60.0, gt=0, description="stream seconds between snapshots")
 
     @property
     def answer_reserve(self) -> int:
@@ -93,6 +100,7 @@ class Stream:
     memory: StreamMemory
     scorer: CurvatureScorer | None = None
     stats: IngestStats = field(default_factory=IngestStats)
+    last_snapshot: float | None = None
 
 
 class UnknownStream(KeyError):
@@ -129,8 +137,27 @@ class Engine:
         memory.seal_sink()
         scorer = CurvatureScorer(config.curvature) if config.policy == "curvature" else None
         stream = Stream(stream_id, memory, scorer)
+        path = self.snapshot_path(stream_id)
+        if path is not None and path.exists():
+            load_snapshot(memory, path)
+            stream.last_snapshot = memory.records[-1].stream_time if memory.records else None
+            log.info("%s: restored %d frames from %s", stream_id, len(memory.records), path)
         self.streams[stream_id] = stream
         return stream
+
+    def check_budget(self, fps: float) -> None:
+        """Raise BudgetError when the budget cannot hold the sink, the answer reserve and the short-term
+        window at `fps` frames per second (estimated from the adapter's typical frame size)."""
+        config = self.config
+        sink = int(self.adapter.system_embeds().shape[1])
+        window = int(config.window_seconds * fps * self.adapter.typical_frame_tokens)
+        needed = sink + config.answer_reserve + window
+        if config.budget_tokens < needed:
+            raise BudgetError(
+                f"Token budget {config.budget_tokens} is smaller than the system prompt ({sink}), the answer "
+                f"reserve ({config.answer_reserve}) and {config.window_seconds:g} s of recent frames at {fps:g} fps "
+                f"(about {window}); raise --budget to at least {needed}."
+            )
 
     def remove_stream(self, stream_id: str) -> None:
         self.streams.pop(stream_id, None)
@@ -175,9 +202,36 @@ class Engine:
             timings = dict(tokens.timings_ms)
             timings["prefill"] = (time.perf_counter() - started) * 1000
         stream.stats.add(timings)
+        self._snapshot_if_due(stream, frame.stream_time)
         if evicted:
             log.debug("%s: %d frames left the device, up to t=%.1fs", stream_id, len(evicted), evicted[-1].stream_time)
         return record
+
+    def snapshot_path(self, stream_id: str) -> Path | None:
+        directory = self.config.snapshot_dir
+        return directory / f"{stream_id}.memory.pt" if directory is not None else None
+
+    def save_snapshot(self, stream_id: str) -> Path | None:
+        """Write the stream's memory to its snapshot file now (atomically); None without a snapshot_dir."""
+        path = self.snapshot_path(stream_id)
+        if path is not None:
+            stream = self.stream(stream_id)
+            size = save_snapshot(stream.memory, path)
+            records = stream.memory.records
+            stream.last_snapshot = records[-1].stream_time if records else None
+            log.info("%s: snapshot of %d frames written to %s (%.1f MB)", stream_id, len(records), path, size / 1e6)
+        return path
+
+    def close(self) -> None:
+        """Snapshot every stream (when snapshots are on); call on shutdown."""
+        for stream_id in list(self.streams):
+            self.save_snapshot(stream_id)
+
+    def _snapshot_if_due(self, stream: Stream, stream_time: float) -> None:
+        if self.config.snapshot_dir is None:
+            return
+        if stream.last_snapshot is None or stream_time - stream.last_snapshot >= self.config.snapshot_every_s:
+            self.save_snapshot(stream.stream_id)
 
     def ask(self, stream_id: str, question: str, cancel: threading.Event | None = None) -> Generator[str, None, Answer]:
         """Stream the answer's text deltas; the generator returns the finished `Answer`."""

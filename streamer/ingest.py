@@ -84,7 +84,8 @@ class StreamRunner:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         if self.stream_id not in self.engine.streams:
-            self.engine.add_stream(self.stream_id)
+            # Prefilling the system prompt takes the model's lock: never on the event loop.
+            await loop.run_in_executor(self.executor, self.engine.add_stream, self.stream_id)
         interval = 1.0 / self.fps if self.fps else 0.0
         next_due = 0.0
         try:
@@ -101,6 +102,10 @@ class StreamRunner:
         except SourceError as error:
             self.error = str(error)
             log.warning("%s: %s", self.stream_id, error)
+        except Exception as error:
+            # A bug, not a bad source: this stream stops and says so; the engine and other streams go on.
+            self.error = f"ingest stopped: {type(error).__name__}: {error}"
+            log.exception("%s: ingest stopped", self.stream_id)
         finally:
             self.source.close()
 

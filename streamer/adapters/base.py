@@ -80,6 +80,8 @@ class ModelAdapter(ABC):
     system_text: str
     answer_opening: str
     stop_ids: set[int]
+    # Tokens of a typical full-detail frame, for checking a budget before frames arrive (0: unknown).
+    typical_frame_tokens: int = 0
 
     def __init__(self, model: Any, tokenizer: Any, name: str) -> None:
         self.model = model

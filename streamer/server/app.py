@@ -1,0 +1,437 @@
+"""The aiohttp application: `/ws`, health, metrics, streams, previews, timelines and the web page.
+
+The HTTP side is up at once (liveness); the model loads and warms up in the background, and
+`/health/ready` turns 200 when questions can be answered. A token, when configured, is required for
+everything but the health checks and the page's static files, as `Authorization: Bearer <token>` or
+`?token=<token>` (browsers cannot set headers on websockets or images). Requests from a web page of
+another origin are refused, so a page on the internet cannot drive a server on localhost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+import numpy as np
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sources.base import Source
+from sources.frame import Frame, SourceError
+from sources.webrtc import OfferHandler
+from streamer.engine import Engine
+from streamer.errors import UserError
+from streamer.query import drain
+from streamer.server.config import DEFAULT_FPS, STREAM_ID_PATTERN, StreamerConfig, validation_sentence
+from streamer.server.metrics import CONTENT_TYPE, ServerMetrics
+from streamer.server.streams import StreamExists, StreamHub, open_source
+from streamer.server.websocket import QuestionDesk, WebsocketEndpoint
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+# Close code 1001 "going away": the server is shutting down.
+CLOSE_GOING_AWAY = 1001
+_PUBLIC_PREFIXES = ("/health/", "/static/")
+_PUBLIC_PATHS = frozenset({"/", "/favicon.ico"})
+_TIMELINE_LIMIT = 2000
+
+T = TypeVar("T")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class InitialStream:
+    """A stream opened before the server starts (so a bad source fails before the model loads)."""
+
+    stream_id: str
+    source: Source
+    url: str
+    fps: float | None
+
+
+class StreamRequest(BaseModel):
+    """The body of `POST /streams`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    source: str = Field(min_length=1, max_length=2048)
+    stream_id: str | None = Field(None, pattern=STREAM_ID_PATTERN)
+    fps: float = Field(DEFAULT_FPS, gt=0, le=60)
+    loop: bool = False
+
+
+class ServerState:
+    """Everything one running server holds; the model side is None until loaded."""
+
+    def __init__(
+        self, config: StreamerConfig, load_engine: Callable[[], Engine], initial: Sequence[InitialStream]
+    ) -> None:
+        self.config = config
+        self.load_engine = load_engine
+        self.initial = list(initial)
+        self.engine: Engine | None = None
+        self.hub: StreamHub | None = None
+        self.desk: QuestionDesk | None = None
+        self.failure: str | None = None
+        self.started = asyncio.Event()
+        self.metrics = ServerMetrics(lambda: self.hub)
+        server = config.server
+        self.answer_executor = ThreadPoolExecutor(server.answer_workers, thread_name_prefix="answer")
+        self.websocket = WebsocketEndpoint(
+            lambda: self.hub,
+            lambda: self.desk,
+            self.metrics,
+            server.max_message_bytes,
+            server.queue_messages,
+            server.max_questions_per_connection,
+        )
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Load and warm up the model, then start the initial streams; records a failure instead of raising."""
+        loop = asyncio.get_running_loop()
+        try:
+            engine = await loop.run_in_executor(None, self.load_engine)
+            await loop.run_in_executor(None, warm_up, engine)
+            hub = StreamHub(engine)
+            for stream in self.initial:
+                await hub.add(stream.stream_id, stream.source, stream.url, stream.fps)
+            self.initial.clear()
+            self.engine, self.hub = engine, hub
+            self.desk = QuestionDesk(
+                engine, self.answer_executor, self.metrics, self.config.server.max_pending_questions
+            )
+            self.metrics.ready.set(1)
+            log.info("model %s ready; serving %d stream(s)", engine.adapter.name, len(hub.streams))
+        except Exception as error:
+            self.failure = str(error) or error.__class__.__name__
+            log.error("the server cannot start: %s", self.failure, exc_info=not _is_user_error(error))
+        finally:
+            self.started.set()
+
+    async def add_browser_stream(self, stream_id: str, source: Source) -> None:
+        """Ingest a browser's webcam that arrived over WebRTC; ValueError refuses the offer."""
+        if self.hub is None:
+            raise ValueError("The model is still loading; try again when /health/ready is 200.")
+        if not re.fullmatch(STREAM_ID_PATTERN, stream_id):
+            raise ValueError("A stream_id is 1-64 letters, digits, '_', '.' or '-'; pick another.")
+        await self.hub.add(stream_id, source, "webrtc", DEFAULT_FPS)
+
+    async def tick_status(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.server.status_interval_s)
+            self.websocket.broadcast_status()
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.websocket.close_all(CLOSE_GOING_AWAY, "server shutting down")
+        if self.desk is not None:
+            for task in list(self.desk.tasks):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self.hub is not None:
+            await self.hub.close()
+        for stream in self.initial:
+            stream.source.close()
+        self.answer_executor.shutdown(wait=False, cancel_futures=True)
+
+
+STATE = web.AppKey("state", ServerState)
+
+
+def create_app(
+    config: StreamerConfig, load_engine: Callable[[], Engine], initial: Sequence[InitialStream] = ()
+) -> web.Application:
+    """The application; `load_engine` runs on a worker thread once the server is listening."""
+    config.check_exposure()
+    app = web.Application(middlewares=[_errors_as_json, _same_origin, _token_check], client_max_size=64 * 1024)
+    state = ServerState(config, load_engine, initial)
+    app[STATE] = state
+    app.on_startup.append(_on_startup)
+    app.on_shutdown.append(_on_shutdown)
+    app.router.add_get("/", _index)
+    app.router.add_static("/static/", STATIC_DIR)
+    app.router.add_get("/health/live", _live)
+    app.router.add_get("/health/ready", _ready)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/streams", _list_streams)
+    app.router.add_post("/streams", _add_stream)
+    app.router.add_get("/streams/{stream_id}", _get_stream)
+    app.router.add_delete("/streams/{stream_id}", _remove_stream)
+    app.router.add_get("/streams/{stream_id}/preview.jpg", _preview)
+    app.router.add_get("/streams/{stream_id}/timeline", _timeline)
+    app.router.add_get("/ws", state.websocket.handle)
+    offers = OfferHandler(state.add_browser_stream)
+    app.router.add_post("/webrtc/offer", offers.handle_offer)
+    app.on_shutdown.append(offers.close)
+    return app
+
+
+async def _on_startup(app: web.Application) -> None:
+    state = app[STATE]
+    state.tasks.append(asyncio.create_task(state.start(), name="load model"))
+    state.tasks.append(asyncio.create_task(state.tick_status(), name="stream status"))
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    await app[STATE].stop()
+
+
+def warm_up(engine: Engine) -> None:
+    """Run every model once on a throwaway stream, so the first real frame and question are not slow."""
+    stream_id = f"warmup-{uuid.uuid4().hex[:8]}"
+    engine.add_stream(stream_id)
+    try:
+        grey = np.full((240, 320, 3), 128, np.uint8)
+        engine.push_frame(stream_id, Frame(grey, 0.0, time.time(), 0))
+        stop_after_one_token = threading.Event()
+        stop_after_one_token.set()
+        drain(engine.ask(stream_id, "What is on screen?", stop_after_one_token))
+    finally:
+        engine.remove_stream(stream_id)
+
+
+# Middlewares
+
+
+def http_error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+@web.middleware
+async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure is a JSON error in one sentence; tracebacks stay in the server log."""
+    try:
+        return await handler(request)
+    except ApiError as error:
+        return http_error(error.status, error.code, error.message)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        return http_error(error.status, error.reason.lower().replace(" ", "_"), f"{error.reason}.")
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return http_error(500, "internal_error", "The request failed on the server; the server log has the details.")
+
+
+@web.middleware
+async def _same_origin(request: web.Request, handler: Handler) -> web.StreamResponse:
+    origin = request.headers.get("Origin")
+    if origin is not None and request.path not in _PUBLIC_PATHS and urlsplit(origin).netloc != request.host:
+        return http_error(403, "forbidden_origin", "Requests from other web sites are not accepted.")
+    return await handler(request)
+
+
+@web.middleware
+async def _token_check(request: web.Request, handler: Handler) -> web.StreamResponse:
+    token = request.app[STATE].config.server.token
+    public = request.path in _PUBLIC_PATHS or request.path.startswith(_PUBLIC_PREFIXES)
+    if token is None or public:
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else request.query.get("token", "")
+    if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+        return http_error(
+            401,
+            "unauthorized",
+            "This server requires a token: send `Authorization: Bearer <token>` or add ?token=<token> to the URL.",
+        )
+    return await handler(request)
+
+
+# Handlers
+
+
+async def _index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def _live(request: web.Request) -> web.Response:
+    return web.json_response({"status": "live"})
+
+
+async def _ready(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if state.failure is not None:
+        return web.json_response({"status": "failed", "reason": state.failure}, status=503)
+    if state.hub is None or state.engine is None:
+        return web.json_response({"status": "loading"}, status=503)
+    return web.json_response({"status": "ready", "model": state.engine.adapter.name, "streams": len(state.hub.streams)})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = request.app[STATE].metrics.exposition()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+class ApiError(Exception):
+    """Ends a request with a JSON error: an HTTP status, a code and one sentence."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _ready_hub(request: web.Request) -> StreamHub:
+    hub = request.app[STATE].hub
+    if hub is None:
+        raise ApiError(503, "not_ready", "The model is still loading; try again when /health/ready is 200.")
+    return hub
+
+
+def _hosted_id(request: web.Request, hub: StreamHub) -> str:
+    stream_id = request.match_info["stream_id"]
+    if hub.get(stream_id) is None:
+        raise ApiError(404, "unknown_stream", "There is no such stream; GET /streams lists them.")
+    return stream_id
+
+
+async def _list_streams(request: web.Request) -> web.Response:
+    hub = _ready_hub(request)
+    return web.json_response({"streams": [hub.describe(stream_id) for stream_id in sorted(hub.streams)]})
+
+
+async def _get_stream(request: web.Request) -> web.Response:
+    hub = _ready_hub(request)
+    return web.json_response(hub.describe(_hosted_id(request, hub)))
+
+
+async def _add_stream(request: web.Request) -> web.Response:
+    hub = _ready_hub(request)
+    try:
+        body = StreamRequest.model_validate(json.loads(await request.text()))
+    except ValidationError as error:
+        raise ApiError(400, "invalid_request", validation_sentence(error, "POST /streams")) from None
+    except (ValueError, RecursionError):
+        raise ApiError(
+            400,
+            "invalid_request",
+            'POST /streams takes a JSON object like {"source": "rtsp://...", "stream_id": "door"}.',
+        ) from None
+    stream_id = body.stream_id or _free_stream_id(hub)
+    try:
+        source = await asyncio.to_thread(open_source, body.source, body.fps, body.loop)
+    except SourceError as error:
+        raise ApiError(422, "source_error", str(error)) from None
+    try:
+        await hub.add(stream_id, source, body.source, body.fps)
+    except StreamExists as error:
+        raise ApiError(409, "stream_exists", str(error)) from None
+    return web.json_response(hub.describe(stream_id), status=201)
+
+
+async def _remove_stream(request: web.Request) -> web.Response:
+    hub = _ready_hub(request)
+    await hub.remove(_hosted_id(request, hub))
+    return web.Response(status=204)
+
+
+async def _preview(request: web.Request) -> web.Response:
+    hub = _ready_hub(request)
+    jpeg = await hub.preview_jpeg(_hosted_id(request, hub))
+    if jpeg is None:
+        raise ApiError(503, "no_frame_yet", "The stream has not delivered a frame yet.")
+    return web.Response(body=jpeg, content_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
+
+async def _timeline(request: web.Request) -> web.Response:
+    hub = _ready_hub(request)
+    stream_id = _hosted_id(request, hub)
+    try:
+        limit = min(_TIMELINE_LIMIT, max(1, int(request.query.get("limit", _TIMELINE_LIMIT))))
+    except ValueError:
+        raise ApiError(400, "invalid_request", "limit must be a whole number of frames.") from None
+    return web.json_response(hub.timeline(stream_id, limit))
+
+
+def _free_stream_id(hub: StreamHub) -> str:
+    number = len(hub.streams) + 1
+    while f"stream{number}" in hub.streams:
+        number += 1
+    return f"stream{number}"
+
+
+def _is_user_error(error: Exception) -> bool:
+    return isinstance(error, UserError | SourceError)
+
+
+# Running in a thread
+
+
+class ServerThread:
+    """Runs an application on its own event loop in a background thread (tests, benchmarks, notebooks)."""
+
+    def __init__(self, app: web.Application, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self.loop = asyncio.new_event_loop()
+        self._runner = web.AppRunner(app)
+        self._thread = threading.Thread(target=self.loop.run_forever, name="server", daemon=True)
+
+    @property
+    def state(self) -> ServerState:
+        return self.app[STATE]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait_ready: bool = True, ready_timeout: float = 120.0) -> ServerThread:
+        """Listen, then (unless told not to) wait until the model is ready.
+
+        Raises RuntimeError when the model failed to load.
+        """
+        self._thread.start()
+        self.call(self._listen())
+        if wait_ready:
+            self.wait_ready(ready_timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        self.call(asyncio.wait_for(self.state.started.wait(), timeout))
+        if self.state.failure is not None:
+            self.stop()
+            raise RuntimeError(self.state.failure)
+
+    def call(self, work: Awaitable[T], timeout: float | None = None) -> T:
+        """Run a coroutine on the server's loop and wait for its result."""
+
+        async def run() -> T:
+            return await work
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout)
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self.call(self._runner.cleanup())
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=30)
+        self.loop.close()
+
+    async def _listen(self) -> None:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        sockets = self._runner.addresses
+        self.port = int(sockets[0][1])

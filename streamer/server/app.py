@@ -59,7 +59,6 @@ class InitialStream:
 
     stream_id: str
     source: Source
-    url: str
     fps: float | None
 
 
@@ -108,9 +107,13 @@ class ServerState:
             engine = await loop.run_in_executor(None, self.load_engine)
             await loop.run_in_executor(None, warm_up, engine)
             hub = StreamHub(engine)
-            for stream in self.initial:
-                await hub.add(stream.stream_id, stream.source, stream.url, stream.fps)
-            self.initial.clear()
+            try:
+                while self.initial:
+                    stream = self.initial.pop(0)
+                    await hub.add(stream.stream_id, stream.source, stream.fps)
+            except BaseException:
+                await hub.close()
+                raise
             self.engine, self.hub = engine, hub
             self.desk = QuestionDesk(
                 engine, self.answer_executor, self.metrics, self.config.server.max_pending_questions
@@ -129,7 +132,7 @@ class ServerState:
             raise ValueError("The model is still loading; try again when /health/ready is 200.")
         if not re.fullmatch(STREAM_ID_PATTERN, stream_id):
             raise ValueError("A stream_id is 1-64 letters, digits, '_', '.' or '-'; pick another.")
-        await self.hub.add(stream_id, source, "webrtc", DEFAULT_FPS)
+        await self.hub.add(stream_id, source, DEFAULT_FPS)
 
     async def tick_status(self) -> None:
         while True:
@@ -334,7 +337,7 @@ async def _add_stream(request: web.Request) -> web.Response:
     except SourceError as error:
         raise ApiError(422, "source_error", str(error)) from None
     try:
-        await hub.add(stream_id, source, body.source, body.fps)
+        await hub.add(stream_id, source, body.fps)
     except StreamExists as error:
         raise ApiError(409, "stream_exists", str(error)) from None
     return web.json_response(hub.describe(stream_id), status=201)

@@ -136,9 +136,7 @@ def open_initial_streams(config: StreamerConfig) -> list[InitialStream]:
     opened: list[InitialStream] = []
     try:
         for source in config.sources:
-            opened.append(
-                InitialStream(source.id, open_source(source.url, source.fps, source.loop), source.url, source.fps)
-            )
+            opened.append(InitialStream(source.id, open_source(source.url, source.fps, source.loop), source.fps))
     except BaseException:
         for stream in opened:
             stream.source.close()

@@ -99,9 +99,6 @@ class Session:
         for question in self.questions.values():
             question.cancel.set()
 
-    async def wait_closed(self) -> None:
-        await self._gone.wait()
-
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Stop writing, cancel this client's questions and close the connection."""
         if self._closing:
@@ -128,7 +125,7 @@ class Session:
             code=ErrorCode.SLOW_CONSUMER,
             message="This client did not read its messages fast enough, so the server closed the connection.",
         )
-        with contextlib.suppress(TimeoutError, ConnectionError, RuntimeError):
+        with contextlib.suppress(TimeoutError, ConnectionError):
             await asyncio.wait_for(self._send(error.to_json()), SLOW_CLIENT_GRACE_S)
         try:
             await self._close(CLOSE_TOO_SLOW, "client too slow")
@@ -146,7 +143,7 @@ class Session:
             while True:
                 message = await self._queue.get()
                 await self._send(message.to_json())
-        except (ConnectionError, RuntimeError) as error:
+        except ConnectionError as error:
             # The client went away mid-write: nothing more can reach it.
             log.info("%s: connection lost while sending (%s)", self.session_id, error.__class__.__name__)
             self._closing = True

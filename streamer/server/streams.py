@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +23,14 @@ import sources.open
 from memory.stream_memory import StreamMemory
 from sources.base import Source, SourceStatus
 from sources.file import FileSource
-from sources.frame import Frame, SourceEnded
+from sources.frame import Frame, SourceEnded, SourceError
 from streamer.engine import Engine
 from streamer.ingest import IngestStatus, StreamRunner
 
 log = logging.getLogger(__name__)
 
 PREVIEW_WIDTH = 640
+_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
 PREVIEW_QUALITY = 80
 
 
@@ -111,6 +113,8 @@ def open_source(url: str, fps: float, loop: bool = False) -> Source:
     Raises SourceError with one sentence when it cannot be opened.
     """
     if loop:
+        if _URL_SCHEME.match(url) and not url.startswith("file://"):
+            raise SourceError(f"Only video files can loop, and '{url}' is not one; leave loop off for it.")
         return LoopingFile(Path(url.removeprefix("file://")), fps)
     return sources.open.open_source(url, fps=fps, realtime=True)
 
@@ -118,7 +122,6 @@ def open_source(url: str, fps: float, loop: bool = False) -> Source:
 @dataclass
 class HostedStream:
     stream_id: str
-    url: str
     tap: PreviewTap
     runner: StreamRunner
     memory: StreamMemory
@@ -141,7 +144,7 @@ class StreamHub:
     def get(self, stream_id: str) -> HostedStream | None:
         return self.streams.get(stream_id)
 
-    async def add(self, stream_id: str, source: Source, url: str, fps: float | None = None) -> HostedStream:
+    async def add(self, stream_id: str, source: Source, fps: float | None = None) -> HostedStream:
         """Start ingesting `source` as `stream_id`; the hub owns the source from here on."""
         if stream_id in self.streams or stream_id in self._reserved or stream_id in self.engine.streams:
             source.close()
@@ -157,7 +160,7 @@ class StreamHub:
             self._reserved.discard(stream_id)
         tap = PreviewTap(source)
         runner = StreamRunner(self.engine, stream_id, tap, fps=fps, executor=self.executor)
-        hosted = HostedStream(stream_id, url, tap, runner, self.engine.stream(stream_id).memory)
+        hosted = HostedStream(stream_id, tap, runner, self.engine.stream(stream_id).memory)
         self.streams[stream_id] = hosted
         runner.start()
         log.info("%s: ingesting %s", stream_id, source.name)

@@ -20,7 +20,7 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 # A function that moves keys rotated for positions p to positions p + delta (the model's RoPE).
-KeyRotation = Callable[[torch.Tensor, int], torch.Tensor]
+KeyRotation = Callable[[torch.Tensor, int | torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -46,14 +46,19 @@ def assemble(segments: Sequence[KVSegment], rotate: KeyRotation, device: torch.d
     first = segments[0].keys
     device = device or first[0].device
     store = KVStore.allocate([k.to(device) if k.device != device else k for k in first], total + 256)
+    # Every layer moves each token by the same delta: one per-token delta tensor, one rotation per layer.
+    starts = [0]
+    for segment in segments[:-1]:
+        starts.append(starts[-1] + segment.length)
+    deltas = torch.cat(
+        [torch.full((s.length,), at - s.position, dtype=torch.long) for s, at in zip(segments, starts, strict=True)]
+    ).to(device)
+    moved = bool(deltas.any())
     for layer in range(len(first)):
-        at = 0
-        for segment in segments:
-            keys = segment.keys[layer].to(device, non_blocking=True)
-            values = segment.values[layer].to(device, non_blocking=True)
-            store.keys[layer][..., at : at + segment.length, :] = rotate(keys, at - segment.position)
-            store.values[layer][..., at : at + segment.length, :] = values
-            at += segment.length
+        keys = torch.cat([s.keys[layer].to(device, non_blocking=True) for s in segments], dim=-2)
+        values = torch.cat([s.values[layer].to(device, non_blocking=True) for s in segments], dim=-2)
+        store.keys[layer][..., :total, :] = rotate(keys, deltas) if moved else keys
+        store.values[layer][..., :total, :] = values
     store.written = total
     return StreamingCache(len(first), store, total)
 

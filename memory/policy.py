@@ -15,15 +15,24 @@ blocks to the host tier or drop them) and rebuilds the resident cache once per d
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
+
+import numpy as np
 
 from memory.compression import compressed_length
 from memory.records import FrameRecord, ResidentBlock
 
 POLICIES: tuple[str, ...] = ("curvature", "uniform", "fifo", "equal")
+
+_WORD = re.compile(r"[a-z0-9]+")
+_TIME = re.compile(r"\[[0-9:.]+\]")
+# Field names every description repeats ("scene: ...; objects: ...").
+_FIELD_NAMES = frozenset({"scene", "objects", "text", "colours"})
 
 
 @dataclass
@@ -51,6 +60,9 @@ class MemoryPolicy(ABC):
     def drop_order(self, record: FrameRecord) -> tuple[float, ...]:
         """Sort key for the host tier when it is full: the smallest goes first. Default: oldest first."""
         return (record.frame_id,)
+
+    def observe(self, record: FrameRecord) -> None:  # noqa: B027 (most policies need nothing)
+        """Told of every frame the memory adds, in stream order."""
 
     def state(self) -> dict[str, int]:
         """What the policy remembers between decisions, for snapshots."""
@@ -96,8 +108,8 @@ class UniformPolicy(MemoryPolicy):
                     freed += block.length
                     if freed >= free:
                         return EvictionPlan(evict=evict)
-            if len(chosen) == len(long_term):
-                # Nothing left but the window: it gives way too, oldest first.
+            if len(chosen) == len(long_term) or self.stride > max(b.record.frame_id for b in long_term):
+                # Nothing left to thin but frame 0 and the window: they give way too, oldest first.
                 rest = [b for b in blocks if b.record.frame_id not in chosen]
                 return EvictionPlan(evict=evict + _take(rest, free - freed))
             self.stride *= 2
@@ -109,43 +121,88 @@ class TieredPolicy(MemoryPolicy):
 
     def __init__(self, name: str = "curvature") -> None:
         self.name = name  # type: ignore[misc]
+        # How many frames of the stream so far had each description word.
+        self.word_frames: Counter[str] = Counter()
+
+    def observe(self, record: FrameRecord) -> None:
+        self.word_frames.update(description_words(record.text))
+
+    def state(self) -> dict[str, int]:
+        return dict(self.word_frames)
+
+    def restore(self, state: dict[str, int]) -> None:
+        self.word_frames = Counter({word: int(count) for word, count in state.items()})
 
     def plan(
         self, blocks: Sequence[ResidentBlock], free: int, window_start: float, compress_ratio: float, host: bool
     ) -> EvictionPlan:
         long_term = [b for b in blocks if b.record.stream_time < window_start]
-        plan = EvictionPlan()
-        freed = 0
-        for block in long_term:
-            if freed >= free:
-                return plan
-            if block.record.tier == "clear" and not block.record.compressed:
-                kept = compressed_length(block.length, compress_ratio)
-                if kept < block.length:
-                    plan.compress.append(block)
-                    freed += block.length - kept
-        if freed >= free:
-            return plan
-        # An evicted block frees what it would have held after its planned compression.
-        compressing = {b.record.frame_id for b in plan.compress}
-        order = long_term if host else sorted(long_term, key=lambda b: self.drop_order(b.record))
-        for block in order:
-            plan.evict.append(block)
-            held = block.length
-            if block.record.frame_id in compressing:
-                held = compressed_length(block.length, compress_ratio)
-            freed += held
-            if freed >= free:
-                break
-        evicted = {b.record.frame_id for b in plan.evict}
-        plan.compress = [b for b in plan.compress if b.record.frame_id not in evicted]
-        if freed < free:
-            rest = [b for b in blocks if b.record.stream_time >= window_start]
-            plan.evict += _take(rest, free - freed)
-        return plan
+        steps = _Steps(free, compress_ratio)
+        if host:
+            # Demote the oldest clear frames, then move the oldest to the host, where they stay retrievable.
+            steps.compress(long_term)
+            steps.evict(long_term)
+        else:
+            # Dropping loses a frame for good, so frames with a word no other frame of the stream had (a
+            # sign's word, a rare object) are kept whole longest: the others are demoted and dropped first.
+            rare_frame = [self._rare(b.record) for b in long_term]
+            common = [b for b, rare in zip(long_term, rare_frame, strict=True) if not rare]
+            rare = [b for b, rare in zip(long_term, rare_frame, strict=True) if rare]
+            steps.compress(common)
+            steps.evict(least_informative_first(common))
+            steps.compress(rare)
+            steps.evict(least_informative_first(rare))
+        if not steps.done:
+            steps.evict(b for b in blocks if b.record.stream_time >= window_start)
+        return steps.plan
+
+    def _rare(self, record: FrameRecord) -> bool:
+        return any(self.word_frames[w] <= 1 for w in description_words(record.text))
 
     def drop_order(self, record: FrameRecord) -> tuple[float, ...]:
         return (record.margin, record.frame_id)
+
+
+class _Steps:
+    """An eviction plan built step by step until it frees `free` tokens."""
+
+    def __init__(self, free: int, compress_ratio: float) -> None:
+        self.free = free
+        self.ratio = compress_ratio
+        self.freed = 0
+        self.plan = EvictionPlan()
+        self.compressing: set[int] = set()
+
+    @property
+    def done(self) -> bool:
+        return self.freed >= self.free
+
+    def compress(self, blocks: Iterable[ResidentBlock]) -> None:
+        """Demote the clear, uncompressed `blocks`, in the order given, while more must be freed."""
+        for block in blocks:
+            if self.done:
+                return
+            if block.record.tier == "clear" and not block.record.compressed:
+                kept = compressed_length(block.length, self.ratio)
+                if kept < block.length:
+                    self.plan.compress.append(block)
+                    self.compressing.add(block.record.frame_id)
+                    self.freed += block.length - kept
+
+    def evict(self, blocks: Iterable[ResidentBlock]) -> None:
+        """Take `blocks` off the device, in the order given, while more must be freed."""
+        for block in blocks:
+            if self.done:
+                return
+            frame_id = block.record.frame_id
+            if frame_id in self.compressing:
+                # It frees what it would have held after its planned compression, which is dropped.
+                self.compressing.discard(frame_id)
+                self.plan.compress = [b for b in self.plan.compress if b.record.frame_id != frame_id]
+                self.freed += compressed_length(block.length, self.ratio)
+            else:
+                self.freed += block.length
+            self.plan.evict.append(block)
 
 
 def make_policy(name: str) -> MemoryPolicy:
@@ -159,6 +216,51 @@ def make_policy(name: str) -> MemoryPolicy:
     if name == "fifo":
         return FifoPolicy()
     raise ValueError(f"Unknown memory policy {name!r}: use one of {', '.join(POLICIES)}.")
+
+
+def least_informative_first(blocks: Sequence[ResidentBlock]) -> Iterator[ResidentBlock]:
+    """`blocks` in the order they should leave, least informative first.
+
+    Fuzzy frames go before clear ones. Within a tier, a frame is worth what the memory would lose with
+    it: first the words of its description that no other frame in the set has (a sign's word, a rare
+    object), then how unlike the others it is (its highest cosine similarity to another frame by
+    content vector: the description's text embedding, else its mean keys). Both are recomputed as frames
+    leave, so of two duplicates one goes and the other then counts as unique and stays. Remaining ties
+    go by curvature margin (lowest first), then age (oldest first). Lazy: a caller that stops early pays
+    only for the frames it took.
+    """
+    vectors = [_content_vector(b.record) for b in blocks]
+    if len({v.shape for v in vectors}) > 1:
+        vectors = [np.zeros(1, dtype=np.float32) for _ in blocks]
+    similarity = np.stack(vectors) @ np.stack(vectors).T if vectors else np.zeros((0, 0))
+    np.fill_diagonal(similarity, -np.inf)
+    words = [description_words(b.record.text) for b in blocks]
+    holders: Counter[str] = Counter(w for frame_words in words for w in frame_words)
+    remaining = list(range(len(blocks)))
+    while remaining:
+        redundancy = similarity[np.ix_(remaining, remaining)].max(axis=1) if len(remaining) > 1 else np.zeros(1)
+        keys = []
+        for j, similar in zip(remaining, redundancy, strict=True):
+            record = blocks[j].record
+            unique = sum(holders[w] == 1 for w in words[j])
+            keys.append((record.tier == "clear", unique, -round(float(similar), 3), record.margin, record.frame_id))
+        chosen = remaining.pop(keys.index(min(keys)))
+        holders.subtract(words[chosen])
+        yield blocks[chosen]
+
+
+def description_words(text: str) -> set[str]:
+    """The words of a frame's description that carry content: lower case, 3+ letters, no time stamp."""
+    return {w for w in _WORD.findall(_TIME.sub(" ", text.lower())) if len(w) > 2 and w not in _FIELD_NAMES}
+
+
+def _content_vector(record: FrameRecord) -> np.ndarray:
+    """A unit vector for what the frame shows: its text embedding, else its flattened mean keys."""
+    vector = record.text_vector if record.text_vector is not None else record.key_summary
+    if vector is None:
+        return np.zeros(1, dtype=np.float32)
+    flat = np.asarray(vector, dtype=np.float32).reshape(-1)
+    return flat / max(1e-9, float(np.linalg.norm(flat)))
 
 
 def _take(blocks: Sequence[ResidentBlock], free: int) -> list[ResidentBlock]:

@@ -198,6 +198,7 @@ class StreamMemory:
         block = ResidentBlock(record, self.cache.length - record.tokens, record.tokens)
         self.records.append(record)
         self.blocks.append(block)
+        self.policy.observe(record)
         return block
 
     def snapshot(self) -> MemorySnapshot:

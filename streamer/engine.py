@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -29,7 +29,7 @@ from memory.records import FrameRecord
 from memory.snapshot import load_snapshot, save_snapshot
 from memory.stream_memory import Block, MemorySnapshot, StreamMemory
 from sources.frame import Frame
-from streamer.adapters.base import ModelAdapter
+from streamer.adapters.base import FrameTokens, ModelAdapter
 from streamer.query import Answer, generate_answer
 from streamer.retrieval import select_blocks
 
@@ -174,18 +174,41 @@ class Engine:
         The frame's tier comes from the curvature scorer when the policy has one (clear frames are
         described in full, fuzzy ones tersely); `detail` forces the encoding instead.
         """
-        stream = self.stream(stream_id)
-        decision: CurvatureDecision | None = None
+        return self.push_frames([(stream_id, frame)], detail)[0]
 
-        def choose_detail(features: np.ndarray | None) -> str:
-            nonlocal decision
-            if stream.scorer is not None and features is not None:
-                decision = stream.scorer.score(features, frame.stream_time)
-            if detail is not None:
-                return detail
-            return "terse" if decision is not None and decision.tier == "fuzzy" else "full"
+    def push_frames(self, items: Sequence[tuple[str, Frame]], detail: str | None = None) -> list[FrameRecord]:
+        """`push_frame` for several (stream id, frame) pairs, encoded as one batch by the adapter.
 
-        tokens = self.adapter.frame_tokens(frame, choose_detail)
+        Each frame is prefilled into its own stream's cache, in the order given; a stream's frames
+        must come in its frame order, since its curvature scorer sees them in that order.
+        """
+        streams = [self.stream(stream_id) for stream_id, _ in items]
+        decisions: list[CurvatureDecision | None] = [None] * len(items)
+
+        def chooser(index: int) -> Callable[[np.ndarray | None], str]:
+            scorer, stream_time = streams[index].scorer, items[index][1].stream_time
+
+            def choose_detail(features: np.ndarray | None) -> str:
+                if scorer is not None and features is not None:
+                    decisions[index] = scorer.score(features, stream_time)
+                if detail is not None:
+                    return detail
+                decision = decisions[index]
+                return "terse" if decision is not None and decision.tier == "fuzzy" else "full"
+
+            return choose_detail
+
+        frames = [frame for _, frame in items]
+        encoded = self.adapter.frame_tokens_batch(frames, [chooser(index) for index in range(len(items))])
+        return [
+            self._store(stream, frame, tokens, decision)
+            for stream, frame, tokens, decision in zip(streams, frames, encoded, decisions, strict=True)
+        ]
+
+    def _store(
+        self, stream: Stream, frame: Frame, tokens: FrameTokens, decision: CurvatureDecision | None
+    ) -> FrameRecord:
+        """Prefill one encoded frame into its stream's cache and record it."""
         memory = stream.memory
         record = FrameRecord(
             frame.sequence, frame.stream_time, tokens.text, tokens.length, tokens.detail, text_vector=tokens.text_vector
@@ -204,7 +227,9 @@ class Engine:
         stream.stats.add(timings)
         self._snapshot_if_due(stream, frame.stream_time)
         if evicted:
-            log.debug("%s: %d frames left the device, up to t=%.1fs", stream_id, len(evicted), evicted[-1].stream_time)
+            log.debug(
+                "%s: %d frames left the device, up to t=%.1fs", stream.stream_id, len(evicted), evicted[-1].stream_time
+            )
         return record
 
     def snapshot_path(self, stream_id: str) -> Path | None:
@@ -233,10 +258,22 @@ class Engine:
         if stream.last_snapshot is None or stream_time - stream.last_snapshot >= self.config.snapshot_every_s:
             self.save_snapshot(stream.stream_id)
 
-    def ask(self, stream_id: str, question: str, cancel: threading.Event | None = None) -> Generator[str, None, Answer]:
-        """Stream the answer's text deltas; the generator returns the finished `Answer`."""
+    def ask(
+        self,
+        stream_id: str,
+        question: str,
+        cancel: threading.Event | None = None,
+        on_snapshot: Callable[[float], None] | None = None,
+    ) -> Generator[str, None, Answer]:
+        """Stream the answer's text deltas; the generator returns the finished `Answer`.
+
+        on_snapshot: called with the snapshot's stream time (the answer's `as_of`) as soon as the
+        memory snapshot the answer reads is taken, before retrieval and generation.
+        """
         snapshot = self.stream(stream_id).memory.snapshot()
         try:
+            if on_snapshot is not None:
+                on_snapshot(snapshot.as_of)
             chosen = self.choose_blocks(stream_id, snapshot, question)
         except BaseException:
             snapshot.close()

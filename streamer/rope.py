@@ -37,17 +37,36 @@ class RotaryShift:
         self.rotary = rotary_embedding
         # Some RoPE variants scale cos/sin for attention; a shift must be a pure rotation.
         self.scaling = float(getattr(rotary_embedding, "attention_scaling", 1.0) or 1.0)
+        # cos/sin of the last per-token delta tensor: a cache assembled layer by layer rotates every
+        # layer by the same deltas, and the angles are the costly part of a small rotation.
+        self._last: tuple[torch.Tensor, torch.dtype, torch.Tensor, torch.Tensor] | None = None
 
-    def __call__(self, keys: torch.Tensor, delta: int) -> torch.Tensor:
-        """keys: (batch, heads, tokens, head_dim) rotated for positions p; returns them for p + delta."""
-        if delta == 0:
-            return keys
-        position = torch.tensor([[delta]], device=keys.device)  # an M-RoPE module expands it to every section
-        cos, sin = self.rotary(keys.float(), position_ids=position)  # (1, 1, head_dim) each
-        cos = (cos / self.scaling).to(keys.dtype)[:, None]
-        sin = (sin / self.scaling).to(keys.dtype)[:, None]
+    def __call__(self, keys: torch.Tensor, delta: int | torch.Tensor) -> torch.Tensor:
+        """keys: (batch, heads, tokens, head_dim) rotated for positions p; returns them for p + delta.
+
+        delta: one shift for every token, or a (tokens,) integer tensor with a shift per token.
+        """
+        if isinstance(delta, int):
+            if delta == 0:
+                return keys
+            cos, sin = self._angles(torch.tensor([delta], device=keys.device), keys.dtype)
+        else:
+            cos, sin = self._angles(delta, keys.dtype)
         rotated: torch.Tensor = keys * cos + rotate_half(keys) * sin
         return rotated
+
+    def _angles(self, deltas: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1, 1, tokens, head_dim) cos and sin turning each token by its delta."""
+        last = self._last  # one read: another thread may replace it meanwhile
+        if last is not None and last[0] is deltas and last[1] == dtype:
+            return last[2], last[3]
+        position = deltas.reshape(1, -1)  # an M-RoPE module expands it to every section
+        probe = torch.zeros(1, dtype=torch.float32, device=deltas.device)
+        cos, sin = self.rotary(probe, position_ids=position)  # (1, tokens, head_dim) each
+        cos = (cos / self.scaling).to(dtype)[:, None]
+        sin = (sin / self.scaling).to(dtype)[:, None]
+        self._last = (deltas, dtype, cos, sin)
+        return cos, sin
 
 
 def mrope_positions(length: int, grid_start: int = 0, rows: int = 0, cols: int = 0) -> torch.Tensor:

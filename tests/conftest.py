@@ -4,8 +4,40 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM
+
+
+def make_tiny_llama(**overrides: Any) -> LlamaForCausalLM:
+    """A randomly initialised Llama, the same for the same `overrides` (LlamaConfig fields), that runs a
+    forward pass in milliseconds. The global torch random state is left as it was."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    fields: dict[str, Any] = {
+        "vocab_size": 256,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 1024,
+    }
+    fields.update(overrides)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model: LlamaForCausalLM = LlamaForCausalLM(LlamaConfig(**fields)).eval()
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_llama() -> LlamaForCausalLM:
+    """The default tiny Llama: 3 layers, 4 query heads over 2 key/value heads of 16 channels."""
+    return make_tiny_llama()
 
 
 @pytest.fixture(scope="session")

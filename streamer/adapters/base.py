@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,6 +104,17 @@ class ModelAdapter(ABC):
         """The tokens for one frame; `detail` is "full" or "terse" (cheaper, fewer tokens), or a
         function choosing one from the frame's cheap features, called once before the costly work."""
 
+    def frame_tokens_batch(self, frames: Sequence[Frame], details: Sequence[Detail]) -> list[FrameTokens]:
+        """`frame_tokens` for several frames, which may come from different streams.
+
+        Details that are functions are called in frame order, so each stream's choices stay in its
+        frame order. This default encodes frame by frame; adapters whose models gain from batching
+        run those models once for all the frames.
+        """
+        if len(frames) != len(details):
+            raise ValueError(f"{len(frames)} frames but {len(details)} details")
+        return [self.frame_tokens(frame, detail) for frame, detail in zip(frames, details, strict=True)]
+
     @abstractmethod
     def question_text(self, question: str) -> str:
         """The text after the frames: the question, the end of the user turn, the answer's opening."""
@@ -141,8 +152,9 @@ class ModelAdapter(ABC):
         """
         return None
 
-    def rotate_keys(self, keys: torch.Tensor, delta: int) -> torch.Tensor:
-        """Keys (batch, heads, tokens, head_dim) computed at positions p, moved to p + delta."""
+    def rotate_keys(self, keys: torch.Tensor, delta: int | torch.Tensor) -> torch.Tensor:
+        """Keys (batch, heads, tokens, head_dim) computed at positions p, moved to p + delta
+        (one delta, or a (tokens,) tensor of them)."""
         return self.shift(keys, delta)
 
     def token_embeds(self, token_id: int) -> torch.Tensor:

@@ -9,6 +9,7 @@ by default) reads those lines once, as frames arrive, into its KV cache.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,12 @@ SYSTEM_PROMPT = (
 FRAMES_HEADER = "Video frames:\n"
 QUESTION_PREFIX = "\nQuestion: "
 _SLOT = "\x00frames\x00"
+# The stages `frame_tokens_batch` can run as one call for several frames, and those it does by default:
+# on this project's 2-core CPU only the description embedding (MiniLM) came out faster batched (about
+# half its time); EfficientNet-Lite0 cost more per frame in batches of 4-8, and the OpenCV detector
+# was no faster than the spread between identical runs (scripts/bench_sources.py, "the same frames").
+BATCHABLE_STAGES = frozenset({"features", "detector", "text_embedding"})
+BATCHED_STAGES = frozenset({"text_embedding"})
 
 
 class EmbeddedAdapter(ModelAdapter):
@@ -38,6 +45,9 @@ class EmbeddedAdapter(ModelAdapter):
 
     # A full description line with time, labels, objects, text and colours.
     typical_frame_tokens = 40
+    # The stages `frame_tokens_batch` runs as one call for several frames (of several streams),
+    # a subset of BATCHABLE_STAGES.
+    batched_stages: frozenset[str] = BATCHED_STAGES
 
     def __init__(
         self, describer: Any, tokenizer: Any, model: Any, name: str, embedder: TextEmbedder | None = None
@@ -83,14 +93,37 @@ class EmbeddedAdapter(ModelAdapter):
         return self.embedder.embed([question])[0] if self.embedder else None
 
     def frame_tokens(self, frame: Frame, detail: Detail = "full") -> FrameTokens:
-        description = self.describer.describe(frame.pixels, detail=detail)
-        rendered = description.render(description.detail)
-        line = self.frame_line(frame.stream_time, rendered)
-        timings = dict(description.timings_ms)
-        vector = None
+        return self.frame_tokens_batch([frame], [detail])[0]
+
+    def frame_tokens_batch(self, frames: Sequence[Frame], details: Sequence[Detail]) -> list[FrameTokens]:
+        """Describe the frames, running the parts in `batched_stages` once for all of them."""
+        if not frames:
+            return []
+        descriptions = self.describer.describe_batch(
+            [frame.pixels for frame in frames], details, batched=self.batched_stages - {"text_embedding"}
+        )
+        rendered = [description.render(description.detail) for description in descriptions]
+        timings = [dict(description.timings_ms) for description in descriptions]
+        vectors: list[np.ndarray | None] = [None] * len(frames)
         if self.embedder is not None:
-            started = time.perf_counter()
-            vector = self.embedder.embed([rendered])[0]
-            timings["text_embedding"] = (time.perf_counter() - started) * 1000
-        embeds = self.embed_text(line)
-        return FrameTokens(embeds, line.strip(), description.detail, description.features, vector, timings)
+            if "text_embedding" in self.batched_stages:
+                started = time.perf_counter()
+                vectors = list(self.embedder.embed(rendered))
+                share = (time.perf_counter() - started) * 1000 / max(1, len(frames))
+                for frame_timings in timings:
+                    frame_timings["text_embedding"] = share
+            else:
+                for index, text in enumerate(rendered):
+                    started = time.perf_counter()
+                    vectors[index] = self.embedder.embed([text])[0]
+                    timings[index]["text_embedding"] = (time.perf_counter() - started) * 1000
+        tokens = []
+        for frame, description, text, vector, frame_timings in zip(
+            frames, descriptions, rendered, vectors, timings, strict=True
+        ):
+            line = self.frame_line(frame.stream_time, text)
+            embeds = self.embed_text(line)
+            tokens.append(
+                FrameTokens(embeds, line.strip(), description.detail, description.features, vector, frame_timings)
+            )
+        return tokens

@@ -97,6 +97,8 @@ class ServerState:
             server.max_message_bytes,
             server.queue_messages,
             server.max_questions_per_connection,
+            server.max_messages_per_s,
+            server.message_burst,
         )
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -395,6 +397,11 @@ class ServerThread:
     @property
     def state(self) -> ServerState:
         return self.app[STATE]
+
+    @property
+    def thread_id(self) -> int | None:
+        """The operating system's id of the thread running the event loop (None before it starts)."""
+        return self._thread.native_id
 
     @property
     def url(self) -> str:

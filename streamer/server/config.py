@@ -68,6 +68,13 @@ class ServerConfig(BaseModel):
     token: SecretStr | None = Field(None, description="required from clients; mandatory off loopback")
     max_message_bytes: int = Field(16384, ge=1024, le=1 << 20, description="largest websocket message accepted")
     queue_messages: int = Field(256, ge=8, description="messages waiting for one slow client before it is dropped")
+    max_messages_per_s: float = Field(
+        50.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="messages one connection may send per second; beyond that they are read more slowly",
+    )
+    message_burst: int = Field(100, ge=1, description="messages a connection may send at once before the rate applies")
     max_questions_per_connection: int = Field(8, ge=1)
     max_pending_questions: int = Field(32, ge=1, description="questions queued or answering, server-wide")
     answer_workers: int = Field(2, ge=1, description="threads generating answers")

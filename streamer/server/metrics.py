@@ -47,6 +47,13 @@ class ServerMetrics:
         self.protocol_errors = Counter(
             "streamer_protocol_errors", "Error replies sent to websocket clients, by code.", ["code"], registry=registry
         )
+        # One child per code, looked up once: a flood of bad messages costs a dict lookup each, not a label lock.
+        self._protocol_error_codes: dict[str, Counter] = {}
+        self.messages_throttled = Counter(
+            "streamer_messages_throttled",
+            "Websocket messages read late because their connection sent more than its message rate.",
+            registry=registry,
+        )
         self.connections = Gauge("streamer_active_connections", "Open websocket connections.", registry=registry)
         self.status_dropped = Counter(
             "streamer_status_updates_dropped", "stream.status updates skipped for clients behind.", registry=registry
@@ -56,6 +63,13 @@ class ServerMetrics:
         )
         self.ready = Gauge("streamer_ready", "1 once the model is loaded and warmed up.", registry=registry)
         registry.register(StreamCollector(hub))
+
+    def protocol_error(self, code: str) -> None:
+        """Count one error reply with `code`."""
+        counter = self._protocol_error_codes.get(code)
+        if counter is None:
+            counter = self._protocol_error_codes[code] = self.protocol_errors.labels(code)
+        counter.inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -15,10 +15,11 @@ latency_ms, evidence, cancelled}`, `stream.status {state, fps, lag_ms, frames_dr
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
+import secrets
 import time
-import uuid
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -181,8 +182,13 @@ def _echoable(value: Any) -> str | None:
 # Server messages
 
 
+# Event ids: a random prefix per process and a counter, unique without a system call per message.
+_EVENT_PREFIX = f"evt_{secrets.token_hex(4)}"
+_event_numbers = itertools.count()
+
+
 def _event_id() -> str:
-    return f"evt_{uuid.uuid4().hex[:16]}"
+    return f"{_EVENT_PREFIX}{next(_event_numbers):08x}"
 
 
 class ServerMessage(BaseModel):
@@ -202,7 +208,8 @@ class SessionCreated(ServerMessage):
 
 
 class AnswerStarted(ServerMessage):
-    """as_of: stream time of the newest frame in memory when generation began."""
+    """as_of: stream time of the newest frame in the memory snapshot the answer reads; answer.done
+    carries the same value. Sent once the snapshot is taken, before generation: before any delta."""
 
     type: Literal["answer.started"] = "answer.started"
     question_id: str

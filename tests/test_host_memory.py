@@ -1,0 +1,236 @@
+"""The host tier of the streaming KV memory over a long accelerated replay.
+
+Blocks that leave the device budget move to host memory, which has its own token cap. At that cap the
+host tier drops the policy's least valuable blocks (for the curvature policy: the lowest curvature margin,
+the oldest first among equals); their records and retrieval vectors stay, so a question can still be
+routed to their time. Once both tiers are full the KV the memory holds stops growing, and so must the
+process: what still grows is the small record every frame keeps (its key summary, in the record and in
+the index).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_tiny_llama
+from transformers import LlamaForCausalLM
+
+from memory.stream_memory import StreamMemory
+from sources.frame import Frame
+from sources.synthetic import render
+from streamer.adapters.base import Detail, FrameTokens, ModelAdapter, resolve_detail, thumbnail_features
+from streamer.engine import Engine, EngineConfig
+from streamer.query import drain
+
+# The per-layer KV geometry of the embedded default (SmolLM2-135M: 3 key/value heads of 64 channels,
+# fp32 on CPU), over fewer layers so thousands of frames replay in seconds.
+LAYERS = 4
+KV_HEADS = 3
+HEAD_DIM = 64
+FRAME_TOKENS = {"full": 16, "terse": 8}
+
+BUDGET = 512
+HOST_CAP = 1536
+FRAMES_TO_SETTLE = 100  # frames after the host tier first drops a block, before measuring
+FRAMES_MEASURED = 2000
+MEASURE_EVERY = 100
+ASK_EVERY = 250
+QUESTION = "What was the ball doing?"
+MIB = 2**20
+# Growth allowed over the measured frames beyond the per-frame key summaries: the records' Python
+# objects (about 1 KiB a frame) and allocator noise (single readings lie up to 4 MiB off their trend,
+# the trend over 2000 frames moves far less). The KV dropped over the same frames is about 100 MiB.
+RSS_TOLERANCE = 8 * MIB
+
+
+class SyntheticFrames(ModelAdapter):
+    """A tiny random Llama reading generated frames: a frame's tokens are ids drawn from its number.
+
+    Text is read as bytes, one token each. Clear frames take 16 tokens and fuzzy ones 8, like the
+    full and terse descriptions of the embedded default.
+    """
+
+    system_text = "You watch a live video. Each block below is one frame.\n"
+    answer_opening = "\nAnswer:"
+
+    def __init__(self, model: LlamaForCausalLM) -> None:
+        super().__init__(model, None, "tiny-llama")
+        self.stop_ids = set()  # answers run to their token limit
+        self.vocab = int(model.config.vocab_size)
+
+    def ids(self, text: str) -> torch.Tensor:
+        return torch.tensor([[byte % self.vocab for byte in text.encode()]])
+
+    def decode(self, token_ids: list[int]) -> str:
+        return bytes(token % 256 for token in token_ids).decode(errors="replace")
+
+    def question_text(self, question: str) -> str:
+        return f"\nQuestion: {question}{self.answer_opening}"
+
+    def frame_tokens(self, frame: Frame, detail: Detail = "full") -> FrameTokens:
+        features = thumbnail_features(frame.pixels)
+        chosen = resolve_detail(detail, features)
+        generator = torch.Generator().manual_seed(frame.sequence)
+        ids = torch.randint(0, self.vocab, (1, FRAME_TOKENS[chosen]), generator=generator)
+        return FrameTokens(self.embed_ids(ids), f"frame {frame.sequence}", chosen, features)
+
+
+def synthetic_frame(index: int) -> Frame:
+    """Frame `index` of a 1 fps stream of a bouncing ball (each second the ball is somewhere new)."""
+    return Frame(render("ball", index, 1.0, 64, 48), float(index), 0.0, index)
+
+
+STATUS = Path("/proc/self/status")
+pytestmark = pytest.mark.skipif(not STATUS.exists(), reason="reads the resident set size from /proc")
+_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only
+
+
+def resident_set_bytes() -> int:
+    """The process's resident memory (VmRSS), after giving freed memory back to the system."""
+    gc.collect()
+    if _TRIM is not None:  # glibc keeps freed heap pages unless asked to return them
+        _TRIM(0)
+    for line in STATUS.read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS line in /proc/self/status")
+
+
+def storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of the distinct storages behind `tensors`: a view keeps all of its storage alive."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values())
+
+
+def kv_bytes(memory: StreamMemory) -> tuple[int, int]:
+    """Bytes held for KV by the resident cache and by the host blocks."""
+    store = memory.cache.store
+    assert store is not None
+    host = [t for block in memory.offloaded.values() for t in (*block.keys, *block.values)]
+    return storage_bytes([*store.keys, *store.values]), storage_bytes(host)
+
+
+def record_bytes(memory: StreamMemory) -> int:
+    """Bytes of what the memory keeps for every frame forever: its key summary, in the record and the index."""
+    summaries = sum(r.key_summary.nbytes for r in memory.records if r.key_summary is not None)
+    index = sum(layer.ntotal * layer.d * 4 for layer in memory.index.layers)
+    return summaries + index
+
+
+def informativeness(memory: StreamMemory, frame_id: int) -> tuple[float, int]:
+    """The order the host tier drops blocks in at its cap: least informative (curvature margin) first,
+    then oldest."""
+    record = memory.records[frame_id]
+    return record.margin, record.frame_id
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Engine]:
+    model = make_tiny_llama(
+        num_hidden_layers=LAYERS,
+        hidden_size=KV_HEADS * HEAD_DIM,
+        intermediate_size=2 * KV_HEADS * HEAD_DIM,
+        num_attention_heads=KV_HEADS,
+        num_key_value_heads=KV_HEADS,
+        head_dim=HEAD_DIM,
+    )
+    config = EngineConfig(
+        budget_tokens=BUDGET,
+        host_budget_tokens=HOST_CAP,
+        evict_chunk=256,
+        max_question_tokens=16,
+        max_new_tokens=2,
+        retrieval_top_k=4,
+        internal_weight=1.0,
+        window_seconds=8.0,
+    )
+    threads = torch.get_num_threads()
+    # These tensors are too small to split between threads, and on a busy machine idle workers spin.
+    torch.set_num_threads(1)
+    try:
+        yield Engine(SyntheticFrames(model), config)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_host_tier_is_capped_and_process_memory_stays_flat(engine: Engine) -> None:
+    config = engine.config
+    memory = engine.add_stream("cam").memory
+    bytes_per_token = LAYERS * 2 * KV_HEADS * HEAD_DIM * 4
+    expected_host: dict[int, int] = {}  # frame id -> tokens: what the host tier must hold
+    first_drop: int | None = None
+    samples: list[tuple[int, int, int, int]] = []  # frame, RSS, record bytes, tokens dropped so far
+    questions_reading_host = 0
+    started = time.perf_counter()
+    index = 0
+    while first_drop is None or index <= first_drop + FRAMES_TO_SETTLE + FRAMES_MEASURED:
+        on_device = [b.record.frame_id for b in memory.blocks]
+        engine.push_frame("cam", synthetic_frame(index))
+        assert memory.resident_tokens <= config.budget_tokens - config.answer_reserve
+
+        # The host tier against its definition: blocks arrive oldest first as they leave the device;
+        # past the cap the least informative go, whenever they arrived.
+        still = {b.record.frame_id for b in memory.blocks}
+        for frame_id in (i for i in on_device if i not in still):
+            expected_host[frame_id] = memory.records[frame_id].tokens
+            while sum(expected_host.values()) > HOST_CAP:
+                del expected_host[min(expected_host, key=lambda i: informativeness(memory, i))]
+        assert set(memory.offloaded) == set(expected_host)
+        assert memory.host_tokens == sum(expected_host.values()) <= HOST_CAP
+        if first_drop is None and memory.dropped_tokens:
+            first_drop = index
+
+        step = -1 if first_drop is None else index - first_drop - FRAMES_TO_SETTLE  # measured frames so far
+        if step >= 0 and step % ASK_EVERY == 0:
+            snapshot = memory.snapshot()
+            chosen = engine.choose_blocks("cam", snapshot, QUESTION)
+            snapshot.close()
+            questions_reading_host += any(b.record.frame_id in memory.offloaded for b in chosen)
+            assert drain(engine.ask("cam", QUESTION)).tokens == config.max_new_tokens
+        if step >= 0 and step % MEASURE_EVERY == 0:
+            device_bytes, host_bytes = kv_bytes(memory)
+            assert host_bytes == memory.host_tokens * bytes_per_token, "a host block holds its own tokens only"
+            assert device_bytes <= 2 * BUDGET * bytes_per_token
+            samples.append((index, resident_set_bytes(), record_bytes(memory), memory.dropped_tokens))
+        index += 1
+    elapsed = time.perf_counter() - started
+
+    # At the cap: what was dropped keeps its record, key summary and index entry; the least
+    # informative went, not merely the oldest.
+    gone = [r for r in memory.records if r.location == "gone"]
+    on_host = [memory.records[i] for i in memory.offloaded]
+    assert len(memory.records) == memory.index.count == index
+    assert gone and any(r.frame_id > min(h.frame_id for h in on_host) for r in gone)
+    for record in gone[:: max(1, len(gone) // 50)]:
+        assert record.key_summary is not None
+        for layer, vectors in enumerate(memory.index.layers):
+            np.testing.assert_array_equal(vectors.reconstruct(record.frame_id), record.key_summary[layer])
+    assert questions_reading_host > 0, "questions read host blocks while memory was measured"
+
+    frames = np.array([s[0] for s in samples], dtype=np.float64)
+    rss = np.array([s[1] for s in samples], dtype=np.float64)
+    records = np.array([s[2] for s in samples], dtype=np.float64)
+    span = frames[-1] - frames[0]
+    trend = np.polyfit(frames, rss, 1)
+    rss_growth = trend[0] * span
+    scatter = np.abs(rss - np.polyval(trend, frames)).max()
+    record_growth = np.polyfit(frames, records, 1)[0] * span
+    # What the process would have gained had the dropped blocks stayed referenced.
+    dropped_kv = (samples[-1][3] - samples[0][3]) * bytes_per_token
+    print(
+        f"\n{index} frames in {elapsed:.1f} s; host tier full from frame {first_drop}; "
+        f"over the last {span:.0f} frames: RSS {rss[0] / MIB:.1f} -> {rss[-1] / MIB:.1f} MiB, "
+        f"fitted growth {rss_growth / MIB:.2f} MiB (readings within {scatter / MIB:.1f} MiB of the fit), "
+        f"records {record_growth / MIB:.2f} MiB, "
+        f"KV dropped {dropped_kv / MIB:.1f} MiB; KV held {kv_bytes(memory)[0] / MIB:.2f} MiB on the device, "
+        f"{kv_bytes(memory)[1] / MIB:.2f} MiB on the host"
+    )
+    assert dropped_kv >= 8 * RSS_TOLERANCE, "the tolerance must be small enough to catch a leak of 1/8 of the drops"
+    assert rss_growth <= record_growth + RSS_TOLERANCE

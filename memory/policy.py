@@ -190,10 +190,13 @@ class _Steps:
                     self.freed += block.length - kept
 
     def evict(self, blocks: Iterable[ResidentBlock]) -> None:
-        """Take `blocks` off the device, in the order given, while more must be freed."""
+        """Take `blocks` off the device, in the order given, while more must be freed.
+
+        A lazy order is not started when nothing more must be freed, and is stopped as soon as enough is.
+        """
+        if self.done:
+            return
         for block in blocks:
-            if self.done:
-                return
             frame_id = block.record.frame_id
             if frame_id in self.compressing:
                 # It frees what it would have held after its planned compression, which is dropped.
@@ -203,6 +206,8 @@ class _Steps:
             else:
                 self.freed += block.length
             self.plan.evict.append(block)
+            if self.done:
+                return
 
 
 def make_policy(name: str) -> MemoryPolicy:

@@ -21,7 +21,7 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -57,9 +57,14 @@ class RecordingDescriber:
         self.descriptions: list[FrameDescription] = []
 
     def describe(self, frame_bgr: np.ndarray, detail: Detail = "full") -> FrameDescription:
-        description = self.describer.describe(frame_bgr, detail)
-        self.descriptions.append(description)
-        return description
+        return self.describe_batch([frame_bgr], [detail])[0]
+
+    def describe_batch(
+        self, frames_bgr: Sequence[np.ndarray], details: Sequence[Detail], batched: Collection[str] = ()
+    ) -> list[FrameDescription]:
+        descriptions = self.describer.describe_batch(frames_bgr, details, batched=batched)
+        self.descriptions.extend(descriptions)
+        return descriptions
 
 
 class CyclingDescriber:
@@ -72,9 +77,13 @@ class CyclingDescriber:
         self.next = 0
 
     def describe(self, frame_bgr: np.ndarray, detail: Detail = "full") -> FrameDescription:
-        description = self.descriptions[self.next % len(self.descriptions)]
-        self.next += 1
-        return description
+        return self.describe_batch([frame_bgr], [detail])[0]
+
+    def describe_batch(
+        self, frames_bgr: Sequence[np.ndarray], details: Sequence[Detail], batched: Collection[str] = ()
+    ) -> list[FrameDescription]:
+        first, self.next = self.next, self.next + len(frames_bgr)
+        return [self.descriptions[i % len(self.descriptions)] for i in range(first, self.next)]
 
 
 @dataclass

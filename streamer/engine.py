@@ -7,6 +7,7 @@ and an answer works on a snapshot, so frames keep arriving while a question is b
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -264,17 +265,29 @@ class Engine:
         question: str,
         cancel: threading.Event | None = None,
         on_snapshot: Callable[[float], None] | None = None,
+        since: float = 0.0,
     ) -> Generator[str, None, Answer]:
         """Stream the answer's text deltas; the generator returns the finished `Answer`.
 
         on_snapshot: called with the snapshot's stream time (the answer's `as_of`) as soon as the
         memory snapshot the answer reads is taken, before retrieval and generation.
+        since: the question reads no frame older than this stream time. Blocks are chosen (retrieval,
+        recent window, named times) among the frames from `since` on, so a question limited to the last
+        minute still gets its best frames from that minute; their KV was computed in the stream's full
+        context, as with any streaming cache.
         """
         snapshot = self.stream(stream_id).memory.snapshot()
         try:
             if on_snapshot is not None:
                 on_snapshot(snapshot.as_of)
-            chosen = self.choose_blocks(stream_id, snapshot, question)
+            candidates = snapshot
+            if since > 0:
+                candidates = dataclasses.replace(
+                    snapshot,
+                    blocks=tuple(b for b in snapshot.blocks if b.record.stream_time >= since),
+                    offloaded=tuple(b for b in snapshot.offloaded if b.record.stream_time >= since),
+                )
+            chosen = self.choose_blocks(stream_id, candidates, question)
         except BaseException:
             snapshot.close()
             raise

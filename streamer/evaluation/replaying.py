@@ -8,7 +8,6 @@ count is recorded after every frame.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 
@@ -16,7 +15,7 @@ from memory.records import FrameRecord
 from sources.file import FileSource
 from sources.frame import SourceEnded
 from streamer.engine import Engine
-from streamer.query import Answer, drain, generate_answer
+from streamer.query import Answer, drain
 
 
 @dataclass(frozen=True)
@@ -57,37 +56,8 @@ class StreamRun:
 
 
 def ask_within(engine: Engine, stream_id: str, question: str, since: float = 0.0) -> Generator[str, None, Answer]:
-    """`engine.ask`, except that the question reads no frame older than stream time `since`.
-
-    The blocks are chosen (retrieval, recent window, named times) among the frames from `since` on,
-    so the window is not a filter applied after the choice: a question limited to the last minute
-    still gets its `top_k` best frames from that minute. The chosen blocks' KV was computed in the
-    stream's full context, as with any streaming cache; no block older than `since` is read.
-    """
-    if since <= 0:
-        return (yield from engine.ask(stream_id, question))
-    snapshot = engine.stream(stream_id).memory.snapshot()
-    try:
-        window = dataclasses.replace(
-            snapshot,
-            blocks=tuple(b for b in snapshot.blocks if b.record.stream_time >= since),
-            offloaded=tuple(b for b in snapshot.offloaded if b.record.stream_time >= since),
-        )
-        chosen = engine.choose_blocks(stream_id, window, question)
-    except BaseException:
-        snapshot.close()
-        raise
-    config = engine.config
-    return (
-        yield from generate_answer(
-            engine.adapter,
-            snapshot,
-            chosen,
-            question,
-            max_new_tokens=config.max_new_tokens,
-            max_question_tokens=config.max_question_tokens,
-        )
-    )
+    """`engine.ask`, except that the question reads no frame older than stream time `since`."""
+    return engine.ask(stream_id, question, since=since)
 
 
 async def replay_probes(

@@ -4,11 +4,13 @@ Two signals per frame, both kept after the frame's KV is gone so a question can 
 
 - internal: per layer, the mean of the frame's (un-rotated) keys; a question's per-layer mean query
   scores it by dot product (ReKV). Raw dot products drift toward recent frames, so each layer's
-  scores are z-scored over all frames before the layers are averaged (MemStream's finding).
+  scores are z-scored over all frames before the layers are averaged (MemStream's finding). The
+  summaries are kept here only, in half precision (the records let go of theirs once indexed).
 - external: a text embedding of the frame's description against the question's (cosine).
 
 The two z-scored signals are fused with configurable weights. Vectors live in faiss flat
-inner-product indexes (faiss-cpu; the same calls run on GPU faiss).
+inner-product indexes (faiss-cpu; the same calls run on GPU faiss): the key summaries as float16
+codes, which halve what a long stream keeps per frame, the text vectors as float32.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ class BlockIndex:
     def __init__(self, internal_weight: float = 1.0, text_weight: float = 1.0) -> None:
         self.internal_weight = internal_weight
         self.text_weight = text_weight
-        self.layers: list[faiss.IndexFlatIP] = []
+        self.layers: list[faiss.IndexScalarQuantizer] = []
         self.text: faiss.IndexFlatIP | None = None
         self.count = 0
         self.lock = threading.Lock()
@@ -42,7 +44,7 @@ class BlockIndex:
         with self.lock:
             if key_summary is not None:
                 if not self.layers:
-                    self.layers = [faiss.IndexFlatIP(key_summary.shape[1]) for _ in range(key_summary.shape[0])]
+                    self.layers = [_half_precision_index(key_summary.shape[1]) for _ in range(key_summary.shape[0])]
                 if self.layers[0].ntotal != self.count:
                     raise ValueError("every frame needs a key summary once the first one had one")
                 for layer, vector in zip(self.layers, key_summary, strict=True):
@@ -55,6 +57,20 @@ class BlockIndex:
                 self.text.add(np.ascontiguousarray(text_vector[None], dtype=np.float32))
             self.count += 1
             return self.count - 1
+
+    def key_summary(self, frame_id: int) -> np.ndarray | None:
+        """The frame's key summary (layers, dim) as stored (float16 precision, as float32); None without any."""
+        with self.lock:
+            if not self.layers:
+                return None
+            return np.stack([layer.reconstruct(frame_id) for layer in self.layers])
+
+    def key_summaries(self) -> np.ndarray | None:
+        """Every frame's key summary, (frames, layers, dim) float16, in id order; None without any."""
+        with self.lock:
+            if not self.layers:
+                return None
+            return np.stack([layer.reconstruct_n(0, self.count) for layer in self.layers], axis=1).astype(np.float16)
 
     def scores(
         self, query_summary: np.ndarray | None, text_query: np.ndarray | None, upto: int | None = None
@@ -80,7 +96,12 @@ class BlockIndex:
             return np.asarray(sum(parts), dtype=np.float32)
 
 
-def _all_scores(index: faiss.IndexFlatIP, query: np.ndarray, n: int) -> np.ndarray:
+def _half_precision_index(dim: int) -> faiss.IndexScalarQuantizer:
+    """A flat inner-product index storing vectors as float16 (no training needed)."""
+    return faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+
+
+def _all_scores(index: faiss.Index, query: np.ndarray, n: int) -> np.ndarray:
     """Inner products of `query` with the first `n` vectors of `index`, in id order."""
     distances, ids = index.search(np.ascontiguousarray(query[None], dtype=np.float32), index.ntotal)
     scores = np.empty(index.ntotal, dtype=np.float32)

@@ -6,11 +6,12 @@ blocks to the host tier or drop them) and rebuilds the resident cache once per d
 - `FifoPolicy`: the newest frames stay, the oldest go (a sliding window).
 - `UniformPolicy`: the long-term frames kept are evenly spaced in time; when they do not fit, the
   spacing doubles (every 2nd, then every 4th frame...), like sampling N frames from a video.
-- `TieredPolicy`: the curvature memory. The short-term window is never touched. Older clear frames
-  are demoted first (their KV is compressed), oldest first; then blocks leave the device: to the
-  host tier oldest first when there is one, otherwise the least informative first (lowest curvature
-  margin, i.e. fuzzy frames before clear ones). With every frame scored alike it is "retrieval
-  without curvature": demote the oldest, then drop the oldest.
+- `TieredPolicy`: the curvature memory. The short-term window is touched only when nothing else is
+  left. With a host tier, the oldest clear frames are demoted (their KV compressed), then the oldest
+  blocks move to the host. Without one, what leaves is gone, so frames with a rare description word
+  (a sign's word, an object few frames had) are demoted and dropped only after all others, and
+  within each group the least informative go first (`least_informative_first`). With every frame
+  clear (policy "equal") it is retrieval without curvature.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -43,8 +44,14 @@ class EvictionPlan:
     evict: list[ResidentBlock] = field(default_factory=list)
 
 
+def text_vector(record: FrameRecord) -> np.ndarray | None:
+    return record.text_vector
+
+
 class MemoryPolicy(ABC):
     name: ClassVar[str]
+    # What a frame shows, as one vector (a memory sets this to read key summaries from its index too).
+    content_vector: Callable[[FrameRecord], np.ndarray | None] = staticmethod(text_vector)
 
     @abstractmethod
     def plan(
@@ -116,22 +123,33 @@ class UniformPolicy(MemoryPolicy):
         return EvictionPlan(evict=evict)
 
 
+# A description word is rare when at most this many frames of the stream had it (8 s of a sign at 1 fps)...
+RARE_MOST_FRAMES = 8
+# ...and at most this share of the stream's frames (early in a stream every word is in few frames).
+RARE_MOST_SHARE = 0.1
+
+
 class TieredPolicy(MemoryPolicy):
     """The clear/fuzzy memory; `name` says whether the tiers came from curvature or not."""
 
     def __init__(self, name: str = "curvature") -> None:
         self.name = name  # type: ignore[misc]
-        # How many frames of the stream so far had each description word.
+        # How many frames of the stream so far had each description word, and how many frames there were.
         self.word_frames: Counter[str] = Counter()
+        self.frames = 0
 
     def observe(self, record: FrameRecord) -> None:
         self.word_frames.update(description_words(record.text))
+        self.frames += 1
 
     def state(self) -> dict[str, int]:
-        return dict(self.word_frames)
+        # "" is never a description word (those have 3+ letters): it holds the frame count.
+        return {**self.word_frames, "": self.frames}
 
     def restore(self, state: dict[str, int]) -> None:
-        self.word_frames = Counter({word: int(count) for word, count in state.items()})
+        counts = dict(state)
+        self.frames = int(counts.pop("", 0))
+        self.word_frames = Counter({word: int(count) for word, count in counts.items()})
 
     def plan(
         self, blocks: Sequence[ResidentBlock], free: int, window_start: float, compress_ratio: float, host: bool
@@ -143,21 +161,26 @@ class TieredPolicy(MemoryPolicy):
             steps.compress(long_term)
             steps.evict(long_term)
         else:
-            # Dropping loses a frame for good, so frames with a word no other frame of the stream had (a
-            # sign's word, a rare object) are kept whole longest: the others are demoted and dropped first.
-            rare_frame = [self._rare(b.record) for b in long_term]
-            common = [b for b, rare in zip(long_term, rare_frame, strict=True) if not rare]
-            rare = [b for b, rare in zip(long_term, rare_frame, strict=True) if rare]
-            steps.compress(common)
-            steps.evict(least_informative_first(common))
-            steps.compress(rare)
-            steps.evict(least_informative_first(rare))
+            # Dropping loses a frame for good, so frames are taken in order of their rarest description
+            # word: frames whose words many frames had go first, a frame with a word few frames had (a
+            # sign's word, a rare object) is demoted and dropped only after all more common ones.
+            levels: dict[int, list[ResidentBlock]] = {}
+            for block in long_term:
+                levels.setdefault(self.rarity(block.record), []).append(block)
+            for level in sorted(levels, reverse=True):
+                steps.compress(levels[level])
+                steps.evict(least_informative_first(levels[level], self.content_vector))
         if not steps.done:
             steps.evict(b for b in blocks if b.record.stream_time >= window_start)
         return steps.plan
 
-    def _rare(self, record: FrameRecord) -> bool:
-        return any(self.word_frames[w] <= 1 for w in description_words(record.text))
+    def rare_limit(self) -> int:
+        """The most frames a word may have been in and still be rare, at this point of the stream."""
+        return max(1, min(RARE_MOST_FRAMES, int(RARE_MOST_SHARE * self.frames)))
+
+    def rarity(self, record: FrameRecord) -> int:
+        """How many frames had the frame's rarest word; rare_limit() + 1 when it has no rare word."""
+        return min([self.word_frames[w] for w in description_words(record.text)] + [self.rare_limit() + 1])
 
     def drop_order(self, record: FrameRecord) -> tuple[float, ...]:
         return (record.margin, record.frame_id)
@@ -223,18 +246,20 @@ def make_policy(name: str) -> MemoryPolicy:
     raise ValueError(f"Unknown memory policy {name!r}: use one of {', '.join(POLICIES)}.")
 
 
-def least_informative_first(blocks: Sequence[ResidentBlock]) -> Iterator[ResidentBlock]:
+def least_informative_first(
+    blocks: Sequence[ResidentBlock], content_vector: Callable[[FrameRecord], np.ndarray | None] = text_vector
+) -> Iterator[ResidentBlock]:
     """`blocks` in the order they should leave, least informative first.
 
     Fuzzy frames go before clear ones. Within a tier, a frame is worth what the memory would lose with
     it: first the words of its description that no other frame in the set has (a sign's word, a rare
     object), then how unlike the others it is (its highest cosine similarity to another frame by
-    content vector: the description's text embedding, else its mean keys). Both are recomputed as frames
+    `content_vector`, by default the description's text embedding). Both are recomputed as frames
     leave, so of two duplicates one goes and the other then counts as unique and stays. Remaining ties
     go by curvature margin (lowest first), then age (oldest first). Lazy: a caller that stops early pays
     only for the frames it took.
     """
-    vectors = [_content_vector(b.record) for b in blocks]
+    vectors = [_unit(content_vector(b.record)) for b in blocks]
     if len({v.shape for v in vectors}) > 1:
         vectors = [np.zeros(1, dtype=np.float32) for _ in blocks]
     similarity = np.stack(vectors) @ np.stack(vectors).T if vectors else np.zeros((0, 0))
@@ -259,9 +284,8 @@ def description_words(text: str) -> set[str]:
     return {w for w in _WORD.findall(_TIME.sub(" ", text.lower())) if len(w) > 2 and w not in _FIELD_NAMES}
 
 
-def _content_vector(record: FrameRecord) -> np.ndarray:
-    """A unit vector for what the frame shows: its text embedding, else its flattened mean keys."""
-    vector = record.text_vector if record.text_vector is not None else record.key_summary
+def _unit(vector: np.ndarray | None) -> np.ndarray:
+    """`vector` flattened to unit length; a zero vector of one element for None."""
     if vector is None:
         return np.zeros(1, dtype=np.float32)
     flat = np.asarray(vector, dtype=np.float32).reshape(-1)

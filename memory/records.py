@@ -25,7 +25,9 @@ class FrameRecord:
     compressed: its KV block was compressed after it was encoded (a demotion).
     location: where its KV block is: the compute device's cache, host memory, or nowhere.
     text_vector: unit-length embedding of `text`, for retrieval by question, if the model has one.
-    key_summary: (layers, kv_heads * head_dim) mean un-rotated key of the block, for retrieval.
+    key_summary: (layers, kv_heads * head_dim) mean un-rotated key of the block, for retrieval; handed to
+        the memory's index when the frame is added, which keeps it from then on (the record lets go of it:
+        `memory.index.key_summary(frame_id)` reads it back).
     """
 
     sequence: int

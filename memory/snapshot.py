@@ -6,7 +6,8 @@ never half of one, even if the process is killed mid-write. Only plain tensors, 
 strings are stored, and loading uses `torch.load(weights_only=True)`, which runs no code.
 
 What is not stored: the curvature scorer's window (a restored stream warms up again) and the
-retrieval index, which is rebuilt from the records' vectors.
+retrieval index itself, which is rebuilt from the records' text vectors and the key summaries (saved
+as one float16 array).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from memory.kv_cache import KVStore, StreamingCache
 from memory.records import FrameRecord, OffloadedBlock, ResidentBlock
 from memory.stream_memory import StreamMemory
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: key summaries inside the records (still read)
 
 
 class SnapshotError(ValueError):
@@ -46,6 +47,7 @@ def save_snapshot(memory: StreamMemory, path: Path) -> int:
                 for b in memory.offloaded.values()
             ],
             "records": [_record_state(r) for r in memory.records],
+            "key_summaries": _tensor(memory.index.key_summaries()),
             "counters": [
                 memory.host_tokens,
                 memory.evicted_tokens,
@@ -76,7 +78,7 @@ def load_snapshot(memory: StreamMemory, path: Path) -> None:
         raise SnapshotError(
             f"Snapshot '{path}' cannot be read ({type(error).__name__}); delete it to start the stream empty."
         ) from None
-    if not isinstance(state, dict) or state.get("version") != FORMAT_VERSION:
+    if not isinstance(state, dict) or state.get("version") not in (1, FORMAT_VERSION):
         raise SnapshotError(f"Snapshot '{path}' has an unknown format; delete it to start the stream empty.")
     keys: list[torch.Tensor] = state["keys"]
     if len(keys) != memory.cache.num_layers or int(state["sink_tokens"]) != memory.sink_tokens:
@@ -95,9 +97,13 @@ def load_snapshot(memory: StreamMemory, path: Path) -> None:
         memory.cache = StreamingCache(len(keys), store, length)
         memory.records = []
         memory.index = type(memory.index)(memory.index.internal_weight, memory.index.text_weight)
-        for saved in state["records"]:
+        summaries = state.get("key_summaries")
+        for frame_id, saved in enumerate(state["records"]):
             record = _record_from(saved)
+            if summaries is not None:
+                record.key_summary = summaries[frame_id].float().numpy()
             record.frame_id = memory.index.add(record.key_summary, record.text_vector)
+            record.key_summary = None
             memory.records.append(record)
         memory.blocks.clear()
         for frame_id, start, block_length in state["blocks"]:
@@ -119,10 +125,12 @@ def _record_state(record: FrameRecord) -> dict[str, Any]:
     state: dict[str, Any] = {}
     for field in fields(record):
         value = getattr(record, field.name)
-        state[field.name] = (
-            torch.from_numpy(np.ascontiguousarray(value)) if field.name in _VECTORS and value is not None else value
-        )
+        state[field.name] = _tensor(value) if field.name in _VECTORS else value
     return state
+
+
+def _tensor(array: np.ndarray | None) -> torch.Tensor | None:
+    return None if array is None else torch.from_numpy(np.ascontiguousarray(array))
 
 
 def _record_from(state: dict[str, Any]) -> FrameRecord:

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from memory.compression import compress
@@ -96,6 +97,7 @@ class StreamMemory:
         self.rotate = rotate
         self.index = index or BlockIndex()
         self.policy = policy or FifoPolicy()
+        self.policy.content_vector = self.content_vector
         self.window_seconds = window_seconds
         self.compress_method = compress_method
         self.compress_ratio = compress_ratio
@@ -195,11 +197,18 @@ class StreamMemory:
         """Register the block just prefilled at the end of the cache for `record`, and index it."""
         record.frame_id = self.index.add(record.key_summary, record.text_vector)
         assert record.frame_id == len(self.records), "records and index must stay aligned"
+        record.key_summary = None  # the index holds it, in half precision
         block = ResidentBlock(record, self.cache.length - record.tokens, record.tokens)
         self.records.append(record)
         self.blocks.append(block)
         self.policy.observe(record)
         return block
+
+    def content_vector(self, record: FrameRecord) -> np.ndarray | None:
+        """What a frame shows, as one vector: its description's text embedding, else its key summary."""
+        if record.text_vector is not None:
+            return record.text_vector
+        return self.index.key_summary(record.frame_id) if record.frame_id >= 0 else None
 
     def snapshot(self) -> MemorySnapshot:
         """A fork of the cache and the current blocks; ingest may continue while it is used."""

@@ -1,13 +1,13 @@
 """Benchmark: time to first token from the streaming KV cache vs re-prefilling the same context.
 
 Part A ingests real frames of the demo stream through the embedded engine and reports where ingest
-time goes per frame. Part B builds 1, 5 and 20 minutes of stream cheaply: the vision models are
+time goes per frame. Part B builds 1, 10 and 60 minutes of stream cheaply: the vision models are
 replaced by the descriptions part A produced, replayed in a cycle, so the text embedding and the
 LM prefill of every frame stay real. At each checkpoint it asks a few questions three ways:
 from the streaming cache with retrieval (the default), from the streaming cache reading every
 resident frame, and by prefilling that same resident context from scratch.
 
-    python scripts/bench_ttft.py [--minutes 1 5 20] [--fps 1] [--budget 4096] [--sample-frames 60]
+    python scripts/bench_ttft.py [--minutes 1 10 60] [--fps 1] [--budget 4096] [--sample-frames 60]
                                  [--repeats 3] [--threads N] [--out scripts/results/bench_ttft.md]
 """
 
@@ -383,7 +383,7 @@ def report(
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--minutes", type=float, nargs="+", default=[1.0, 5.0, 20.0], help="stream lengths measured")
+    parser.add_argument("--minutes", type=float, nargs="+", default=[1.0, 10.0, 60.0], help="stream lengths measured")
     parser.add_argument("--fps", type=float, default=1.0, help="frames per second of stream (default 1)")
     parser.add_argument("--budget", type=int, default=4096, help="KV tokens resident per stream (default 4096)")
     parser.add_argument("--sample-frames", type=int, default=60, help="real frames ingested in part A (default 60)")

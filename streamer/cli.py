@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+from memory.curvature import ENGINE_DEFAULT_K
 from memory.errors import BudgetError
 from sources.frame import SourceError
 from streamer.clock import clock
@@ -45,7 +46,12 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
         default="curvature",
         help="memory policy: curvature (default), equal (tiers without curvature), uniform or fifo",
     )
-    parser.add_argument("--k", type=float, default=1.0, help="curvature threshold in standard deviations (default 1)")
+    parser.add_argument(
+        "--k",
+        type=float,
+        default=ENGINE_DEFAULT_K,
+        help=f"curvature threshold in standard deviations (default {ENGINE_DEFAULT_K:g})",
+    )
     parser.add_argument(
         "--curvature-window", type=int, default=32, help="frames the curvature threshold is computed over (default 32)"
     )

@@ -21,7 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from memory.compression import CompressionMethod
-from memory.curvature import CurvatureConfig, CurvatureDecision, CurvatureScorer
+from memory.curvature import ENGINE_DEFAULT_K, CurvatureConfig, CurvatureDecision, CurvatureScorer
 from memory.errors import BudgetError
 from memory.index import BlockIndex
 from memory.kv_cache import assemble
@@ -64,9 +64,7 @@ class EngineConfig(BaseModel):
         description="what gives way when the budget is full: curvature tiers, uniform sampling, fifo window, "
         "or equal (tiers without curvature: every frame clear)",
     )
-    # K = 1.0 rather than the scorer's 1.5: on generated needle streams it caught 37 of 50 needle onsets
-    # instead of 22, at 30% clear frames instead of 17% (see memory/curvature.py).
-    curvature: CurvatureConfig = Field(default_factory=lambda: CurvatureConfig(k=1.0))
+    curvature: CurvatureConfig = Field(default_factory=lambda: CurvatureConfig(k=ENGINE_DEFAULT_K))
     compression: CompressionMethod = Field("value_norm", description="how a demoted frame's KV block is compressed")
     compress_ratio: float = Field(0.5, gt=0, le=1, description="share of a block's tokens its compression keeps")
     snapshot_dir: Path | None = Field(None, description="write each stream's memory here and restore it on start")

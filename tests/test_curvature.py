@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from memory.curvature import CurvatureConfig, CurvatureDecision, CurvatureScorer
+from memory.curvature import ENGINE_DEFAULT_K, CurvatureConfig, CurvatureDecision, CurvatureScorer
 from sources.file import FileSource
 from sources.frame import SourceEnded
 from streamer.needles import Needle, NeedleStream, build_stream
@@ -223,6 +223,14 @@ def test_real_footage_is_mostly_fuzzy_and_the_photo_onset_is_clear(
 )
 def test_sign_appearing_with_a_cut_after_a_montage_is_clear(montage_decisions: list[CurvatureDecision]) -> None:
     assert _onset(montage_decisions, SIGN).tier == "clear"
+
+
+def test_at_the_engine_k_the_sign_after_a_montage_is_clear(montage_decisions: list[CurvatureDecision]) -> None:
+    # The window's statistics do not depend on K, so the decision at another K follows from them.
+    onset = _onset(montage_decisions, SIGN)
+    assert onset.score > onset.mean + ENGINE_DEFAULT_K * onset.std, onset
+    clear = [d.reason == "warmup" or d.score > d.mean + ENGINE_DEFAULT_K * d.std for d in montage_decisions]
+    assert sum(clear) / len(clear) < 0.5
 
 
 def test_needle_onsets_in_calm_footage_are_clear(tmp_path: Path, extractor: FrameFeatureExtractor) -> None:

@@ -44,3 +44,25 @@ def test_text_scores_fusion_and_snapshot_bound() -> None:
     bounded = index.scores(None, texts[4], upto=3)
     assert bounded is not None and bounded.shape == (3,)
     assert index.scores(None, None) is None
+
+
+def test_key_summaries_are_kept_in_half_precision_and_score_as_in_full() -> None:
+    rng = np.random.default_rng(2)
+    layers, dim, frames = 3, 32, 50
+    summaries = rng.normal(size=(frames, layers, dim)).astype(np.float32)
+    index = BlockIndex(internal_weight=1.0, text_weight=0.0)
+    for frame in summaries:
+        index.add(frame, None)
+    assert all(layer.code_size == 2 * dim for layer in index.layers), "2 bytes per value"
+    one = index.key_summary(17)
+    assert one is not None
+    np.testing.assert_array_equal(one, summaries[17].astype(np.float16).astype(np.float32))
+    every = index.key_summaries()
+    assert every is not None and every.dtype == np.float16 and every.shape == (frames, layers, dim)
+    np.testing.assert_array_equal(every, summaries.astype(np.float16))
+    query = rng.normal(size=(layers, dim)).astype(np.float32)
+    exact = zscore(np.einsum("fld,ld->lf", summaries, query)).mean(axis=0)
+    scores = index.scores(query, None)
+    assert scores is not None
+    np.testing.assert_allclose(scores, exact, atol=2e-3)
+    assert BlockIndex().key_summary(0) is None and BlockIndex().key_summaries() is None

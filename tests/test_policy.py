@@ -96,6 +96,27 @@ def test_without_a_host_a_frame_with_a_unique_word_stays_whole_longest() -> None
     assert 0 not in ids(plan.evict) + ids(plan.compress) and ids(plan.evict) == [1, 3, 5, 2, 4]
 
 
+def test_a_sign_read_in_several_frames_is_still_rare() -> None:
+    # Every frame clear (policy "equal"); frames 20-23 read the same sign, which is 4 frames of 100,
+    # while "street" and "grey" are in all of them.
+    frames = blocks(100, clear_every=1)
+    for b in frames:
+        b.record.text = f"[{b.record.frame_id}] scene: street; colours: grey"
+    for b in frames[20:24]:
+        b.record.text = f'[{b.record.frame_id}] scene: street; text: "Kestrel"; colours: grey'
+    policy = TieredPolicy("equal")
+    for b in frames:
+        policy.observe(b.record)
+    plan = policy.plan(frames, 10 * 90, window_start=95.0, compress_ratio=0.5, host=False)
+    kept = set(range(95)) - set(ids(plan.evict))
+    assert kept & {20, 21, 22, 23}, "one frame that read the sign stays"
+    # In a stream of 8 frames the same 4 would be half of it: not rare.
+    short = TieredPolicy()
+    for b in frames[16:24]:
+        short.observe(b.record)
+    assert short.rarity(frames[20].record) > short.rare_limit() and policy.rarity(frames[20].record) == 4
+
+
 def test_word_counts_survive_a_snapshot() -> None:
     policy = TieredPolicy()
     for b in blocks(3):
@@ -103,6 +124,7 @@ def test_word_counts_survive_a_snapshot() -> None:
     restored = TieredPolicy()
     restored.restore(policy.state())
     assert restored.word_frames == policy.word_frames and restored.word_frames["frame"] == 3
+    assert restored.frames == policy.frames == 3
 
 
 def test_curvature_demotes_oldest_clear_frames_first() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 # The names of streamer.engine.MemoryPolicyName (kept here so the command line loads without torch).
 POLICIES: tuple[str, ...] = ("curvature", "uniform", "fifo", "equal")
 DEFAULT_POLICIES = ("curvature", "uniform", "fifo", "equal")
-DEFAULT_BUDGETS = (10.0, 25.0, 50.0)
+DEFAULT_BUDGETS = (5.0, 10.0, 25.0)
 DEFAULT_LLM_NAME = "SmolLM2-135M-Instruct"
 
 

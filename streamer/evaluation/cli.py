@@ -166,6 +166,7 @@ def run_eval(args: argparse.Namespace, command: str) -> int:
 
 
 def run_bench(args: argparse.Namespace, command: str) -> int:
+    from streamer.cli import check_options as check_engine_options
     from streamer.evaluation.bench import BenchOptions
     from streamer.evaluation.bench import run_bench as run
     from streamer.evaluation.options import POLICIES
@@ -173,19 +174,13 @@ def run_bench(args: argparse.Namespace, command: str) -> int:
 
     if args.policy not in POLICIES:
         raise UserError(f"Unknown policy '{args.policy}'; use one of {', '.join(POLICIES)}.")
-    if args.budget < 256:
-        raise UserError(f"--budget {args.budget} is too small; give at least 256 tokens.")
-    if args.fps <= 0:
-        raise UserError(f"--fps {args.fps:g} must be positive.")
-    if args.top_k < 0:
-        raise UserError(f"--top-k {args.top_k} must be 0 or more.")
+    check_engine_options(args)
     if args.max_videos is not None and args.max_videos < 1:
         raise UserError(f"--max-videos {args.max_videos} must be at least 1.")
-    for llm in (args.llm, args.judge_llm):
-        if llm is not None:
-            from streamer.llm import check_llm_path
+    if args.judge_llm is not None:
+        from streamer.llm import check_llm_path
 
-            check_llm_path(llm)
+        check_llm_path(args.judge_llm)
     _check_out(args.out)
     options = BenchOptions(
         benchmark=args.benchmark,

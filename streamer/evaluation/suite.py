@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sources.file import FileSource
-from streamer.errors import UserError
+from streamer.errors import UserError, read_yaml_file
 from streamer.replay import ReplayQuestion, check_question_times, load_questions
 
 DEFAULT_MINUTES = 6.0
@@ -91,18 +91,7 @@ def default_spec() -> SuiteSpec:
 
 def read_suite_file(path: Path) -> SuiteSpec:
     """The suite in a YAML file; a UserError naming the file and the field when it is not one."""
-    import yaml
-
-    try:
-        raw: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"Suite file '{path}' does not exist; check the path or use --suite default.") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise UserError(f"Cannot read suite file '{path}' ({error.__class__.__name__}); check the file.") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise UserError(f"Suite file '{path}' is not valid YAML{where}; fix the syntax.") from None
+    raw: Any = read_yaml_file(path, "Suite file", "check the path or use --suite default")
     if not isinstance(raw, dict):
         raise UserError(f"Suite file '{path}' must be a mapping with a 'streams' list; see `streamer eval --help`.")
     try:

@@ -23,11 +23,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from streamer.engine import EngineConfig
-from streamer.errors import UserError
+from streamer.errors import UserError, read_yaml_file
 
 TOKEN_ENV = "STREAMER_TOKEN"
 STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -122,16 +121,7 @@ class StreamerConfig(BaseModel):
 
 def read_config_file(path: Path, environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """The YAML file as a plain tree with `${NAME}` references replaced from `environ`."""
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"Config file '{path}' does not exist; check the path.") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise UserError(f"Cannot read config file '{path}' ({error.__class__.__name__}); check the file.") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise UserError(f"Config file '{path}' is not valid YAML{where}; fix the syntax.") from None
+    raw = read_yaml_file(path, "Config file")
     if raw is None:
         return {}
     if not isinstance(raw, dict):

@@ -28,15 +28,23 @@ COMPRESSION_METHODS: tuple[str, ...] = get_args(CompressionMethod)
 
 def compress(segment: KVSegment, method: str, ratio: float, rotate: KeyRotation) -> KVSegment:
     """`segment` with about `ratio` of its tokens (at least one), by `method`."""
+    return compress_block(segment, method, ratio, rotate)[0]
+
+
+def compress_block(
+    segment: KVSegment, method: str, ratio: float, rotate: KeyRotation
+) -> tuple[KVSegment, list[int] | None]:
+    """`compress`, also returning which of the block's tokens were kept, in order (None when tokens
+    were merged, so no original token stands for a kept one)."""
     if method not in COMPRESSION_METHODS:
         raise ValueError(f"Unknown compression method {method!r}: use one of {', '.join(COMPRESSION_METHODS)}.")
     if not 0 < ratio <= 1:
         raise ValueError(f"Compression ratio must be in (0, 1], got {ratio}.")
     keep = compressed_length(segment.length, ratio)
     if keep >= segment.length:
-        return segment
+        return segment, list(range(segment.length))
     if method == "pool":
-        return _pool(segment, keep, rotate)
+        return _pool(segment, keep, rotate), None
     return _by_value_norm(segment, keep, rotate)
 
 
@@ -45,7 +53,7 @@ def compressed_length(tokens: int, ratio: float) -> int:
     return min(tokens, max(1, math.ceil(tokens * ratio)))
 
 
-def _by_value_norm(segment: KVSegment, keep: int, rotate: KeyRotation) -> KVSegment:
+def _by_value_norm(segment: KVSegment, keep: int, rotate: KeyRotation) -> tuple[KVSegment, list[int]]:
     norms = sum(v.float().norm(dim=-1).sum(dim=(0, 1)) for v in segment.values)
     assert isinstance(norms, torch.Tensor)
     kept = torch.topk(norms, keep).indices.sort().values.tolist()
@@ -53,7 +61,7 @@ def _by_value_norm(segment: KVSegment, keep: int, rotate: KeyRotation) -> KVSegm
     moved = [rotate(keys[..., i : i + 1, :], new - i) for new, i in enumerate(kept)]
     index = torch.tensor(kept, device=keys.device)
     values = [v.index_select(-2, index) for v in segment.values]
-    return KVSegment(_unstack(torch.cat(moved, dim=-2), len(segment.keys)), values, segment.position)
+    return KVSegment(_unstack(torch.cat(moved, dim=-2), len(segment.keys)), values, segment.position), kept
 
 
 def _pool(segment: KVSegment, keep: int, rotate: KeyRotation) -> KVSegment:

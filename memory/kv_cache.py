@@ -232,6 +232,27 @@ class StreamingCache(Cache):
             if self.length == self.base_length:
                 store.owner = None
 
+    @torch.inference_mode()
+    def append(self, segment: KVSegment, rotate: KeyRotation) -> None:
+        """Write `segment` after this cache's tokens, its keys re-rotated to land there."""
+        count = segment.length
+        self.reserve(count)
+        store = self.store
+        if store is None:
+            fresh = KVStore.allocate(list(segment.keys), self._first_capacity)
+            fresh.owner = self
+            self.store = store = fresh
+        start, end = self.length, self.length + count
+        delta = start - segment.position
+        for layer in range(len(self.layers)):
+            keys = segment.keys[layer]
+            store.keys[layer][..., start:end, :] = rotate(keys, delta) if delta else keys
+            store.values[layer][..., start:end, :] = segment.values[layer]
+        store.written = max(store.written, end)
+        for layer_cache in self.stream_layers:
+            layer_cache.length = end
+            layer_cache.is_initialized = True
+
     def remove(self, start: int, count: int, rotate: KeyRotation) -> None:
         """Drop tokens [start, start + count) and move the later tokens back by `count` positions.
 

@@ -25,6 +25,9 @@ class FrameRecord:
     compressed: its KV block was compressed after it was encoded (a demotion).
     location: where its KV block is: the compute device's cache, host memory, or nowhere.
     text_vector: unit-length embedding of `text`, for retrieval by question, if the model has one.
+    token_ids: the language model's token ids of the tokens its block holds (after a compression that
+        keeps tokens, the kept ones), when the frame is text the model reads as is; None otherwise (image
+        tokens, or tokens merged by pooling). A question can re-read these instead of reusing the block's KV.
     key_summary: (layers, kv_heads * head_dim) mean un-rotated key of the block, for retrieval; handed to
         the memory's index when the frame is added, which keeps it from then on (the record lets go of it:
         `memory.index.key_summary(frame_id)` reads it back).
@@ -41,6 +44,7 @@ class FrameRecord:
     compressed: bool = False
     location: Location = "device"
     text_vector: np.ndarray | None = None
+    token_ids: list[int] | None = None
     key_summary: np.ndarray | None = None
     frame_id: int = -1
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from memory.compression import compress
+from memory.compression import compress_block
 from memory.errors import BudgetError
 from memory.index import BlockIndex
 from memory.kv_cache import KeyRotation, StreamingCache, assemble
@@ -164,8 +164,10 @@ class StreamMemory:
                 continue
             segment = block.segment(self.cache)
             if record.frame_id in compressing:
-                segment = compress(segment, self.compress_method, self.compress_ratio, self.rotate)
+                segment, survivors = compress_block(segment, self.compress_method, self.compress_ratio, self.rotate)
                 record.tokens, record.tier, record.compressed = segment.length, "fuzzy", True
+                ids = record.token_ids
+                record.token_ids = [ids[i] for i in survivors] if ids is not None and survivors is not None else None
                 self.compressed_tokens += block.length - segment.length
             segments.append(segment)
             kept.append(ResidentBlock(record, at, segment.length))

@@ -58,6 +58,12 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compression", default="value_norm", help="KV compression of demoted frames: value_norm (default) or pool"
     )
+    parser.add_argument(
+        "--answer-from",
+        default="auto",
+        help="what a question reads for its chosen frames: text (their tokens again; the default for the "
+        "described frames of the embedded model), cache (their KV from ingest) or auto",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
 
@@ -177,6 +183,7 @@ def _engine(args: argparse.Namespace) -> Engine:
             policy=args.policy,
             curvature=CurvatureConfig(window=args.curvature_window, k=args.k, warmup=3),
             compression=args.compression,
+            answer_from=args.answer_from,
         )
     except ValidationError as error:
         raise UserError(config_error(error)) from None
@@ -187,7 +194,13 @@ def _engine(args: argparse.Namespace) -> Engine:
     return engine
 
 
-_OPTION_OF_FIELD = {"k": "--k", "window": "--curvature-window", "compression": "--compression", "policy": "--policy"}
+_OPTION_OF_FIELD = {
+    "k": "--k",
+    "window": "--curvature-window",
+    "compression": "--compression",
+    "policy": "--policy",
+    "answer_from": "--answer-from",
+}
 
 
 def config_error(error: ValidationError) -> str:

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 
 MemoryPolicyName = Literal["curvature", "uniform", "fifo", "equal"]
+AnswerSource = Literal["auto", "cache", "text"]
 
 
 class EngineConfig(BaseModel):
@@ -48,6 +49,11 @@ class EngineConfig(BaseModel):
     budget_tokens: int = Field(4096, ge=256, description="KV tokens resident on the device per stream, sink included")
     host_budget_tokens: int = Field(
         65536, ge=0, description="KV tokens per stream kept in host memory after leaving the device (0: drop them)"
+    )
+    answer_from: AnswerSource = Field(
+        "auto",
+        description="what a question reads for its chosen frames: their cached KV ('cache'), or their tokens "
+        "read again after the sink ('text', for frames that are text); 'auto': text for text frames, else cache",
     )
     max_question_tokens: int = Field(64, ge=8)
     max_new_tokens: int = Field(48, ge=1)
@@ -210,7 +216,13 @@ class Engine:
         """Prefill one encoded frame into its stream's cache and record it."""
         memory = stream.memory
         record = FrameRecord(
-            frame.sequence, frame.stream_time, tokens.text, tokens.length, tokens.detail, text_vector=tokens.text_vector
+            frame.sequence,
+            frame.stream_time,
+            tokens.text,
+            tokens.length,
+            tokens.detail,
+            text_vector=tokens.text_vector,
+            token_ids=tokens.token_ids,
         )
         if decision is not None:
             record.tier, record.score, record.threshold = decision.tier, decision.score, decision.threshold
@@ -299,8 +311,15 @@ class Engine:
                 max_new_tokens=config.max_new_tokens,
                 max_question_tokens=config.max_question_tokens,
                 cancel=cancel,
+                reread=self.rereads,
             )
         )
+
+    @property
+    def rereads(self) -> bool:
+        """Whether questions re-read their chosen frames' tokens rather than reuse the frames' cached KV."""
+        answer_from = self.config.answer_from
+        return answer_from == "text" or (answer_from == "auto" and self.adapter.frames_are_text)
 
     def first_token_logits(self, stream_id: str, question: str) -> torch.Tensor:
         """(vocab,) logits of the first answer token when the question reads every resident block.

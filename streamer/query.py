@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from memory.kv_cache import StreamingCache, assemble
 from memory.stream_memory import Block, MemorySnapshot
 from streamer.adapters.base import ModelAdapter
 
@@ -92,6 +93,30 @@ class TextStream:
         return self.adapter.decode(self.ids)
 
 
+def reread_context(adapter: ModelAdapter, snapshot: MemorySnapshot, chosen: Sequence[Block]) -> StreamingCache:
+    """A cache of `[sink | chosen blocks in time order]` where each block with token ids is read again.
+
+    The sink's KV is reused; a block whose record has `token_ids` (the tokens it still holds) is
+    prefilled after the blocks before it, as in one fresh pass over the chosen frames; a block without
+    them (image tokens, pooled tokens) is appended from its cached KV.
+    """
+    rotate = adapter.rotate_keys
+    cache = assemble([snapshot.cache.segment(0, snapshot.sink_tokens)], rotate, device=snapshot.cache.keys(0).device)
+    pending: list[int] = []
+    for block in sorted(chosen, key=lambda b: b.record.frame_id):
+        ids = block.record.token_ids
+        if ids is not None:
+            pending += ids
+            continue
+        if pending:
+            adapter.prefill(adapter.embed_ids(torch.tensor([pending], device=adapter.device)), cache)
+            pending = []
+        cache.append(block.segment(snapshot.cache), rotate)
+    if pending:
+        adapter.prefill(adapter.embed_ids(torch.tensor([pending], device=adapter.device)), cache)
+    return cache
+
+
 def generate_answer(
     adapter: ModelAdapter,
     snapshot: MemorySnapshot,
@@ -100,13 +125,15 @@ def generate_answer(
     max_new_tokens: int = 48,
     max_question_tokens: int = 64,
     cancel: threading.Event | None = None,
+    reread: bool = False,
 ) -> Generator[str, None, Answer]:
     """Yield text deltas of the answer; the generator's return value is the finished `Answer`.
 
-    The context is the snapshot's sink plus the `chosen` blocks; the snapshot is closed at the end.
+    The context is the snapshot's sink plus the `chosen` blocks, from their cached KV or, with
+    `reread`, read again (`reread_context`); the snapshot is closed at the end.
     """
     start = time.perf_counter()
-    cache = snapshot.context(chosen, adapter.rotate_keys)
+    cache = reread_context(adapter, snapshot, chosen) if reread else snapshot.context(chosen, adapter.rotate_keys)
     embeds = adapter.question_embeds(question)
     if embeds.shape[1] > max_question_tokens:
         # keep the end: it carries the chat turn that opens the answer

@@ -68,20 +68,21 @@ def select_blocks(
 
     top_k <= 0, or no scores to rank by, means every resident block (and nothing from the host).
     Otherwise, from resident and host blocks alike: every block within `window_seconds` of the
-    newest frame, every block within `anchor_seconds` of a time the question names, and the
-    `top_k` best-scoring others. `scores` is indexed by frame id.
+    newest frame, every block within `anchor_seconds` of a time the question names, and, unless
+    such a named-time block was found, the `top_k` best-scoring others. A question that names a
+    time is about that time: frames from elsewhere that merely resemble it would compete with the
+    evidence. `scores` is indexed by frame id.
     """
     if top_k <= 0 or scores is None:
         return list(snapshot.blocks)
     candidates = snapshot.candidates()
     newest = snapshot.as_of
     named = times_named(question)
-    chosen = [
-        b
-        for b in candidates
-        if newest - b.record.stream_time <= window_seconds
-        or any(abs(b.record.stream_time - t) <= anchor_seconds for t in named)
-    ]
+    anchored = [b for b in candidates if any(abs(b.record.stream_time - t) <= anchor_seconds for t in named)]
+    recent = [b for b in candidates if newest - b.record.stream_time <= window_seconds]
+    chosen = list({b.record.frame_id: b for b in anchored + recent}.values())
+    if anchored:
+        return sorted(chosen, key=lambda b: b.record.frame_id)
     taken = {b.record.frame_id for b in chosen}
     ranked = sorted((b for b in candidates if b.record.frame_id not in taken), key=lambda b: -scores[b.record.frame_id])
     chosen += ranked[:top_k]

@@ -12,7 +12,7 @@ from sources.file import FileSource
 from sources.frame import Frame
 from streamer.adapters.embedded import EmbeddedAdapter
 from streamer.engine import Engine, EngineConfig
-from streamer.query import drain
+from streamer.query import drain, reread_context
 
 QUESTION = "What is on screen?"
 
@@ -116,21 +116,26 @@ def test_question_reads_recent_relevant_and_named_frames(
     for frame in frames:
         engine.push_frame("cam", frame)
     memory = engine.stream("cam").memory
-    named = "What happened at 00:02?"
-    snapshot = memory.snapshot()
-    chosen = engine.choose_blocks("cam", snapshot, named)
-    snapshot.close()
-    times = [b.record.stream_time for b in chosen]
-    assert times == sorted(times)
-    assert 2.0 in times, "a time named in the question is read"
-    assert frames[-1].stream_time in times, "the newest frames are always read"
-    always = {
-        b.record.frame_id
-        for b in memory.blocks
-        if frames[-1].stream_time - b.record.stream_time <= 1.0 or abs(b.record.stream_time - 2.0) <= 0.5
-    }
-    assert len(chosen) == len(always) + 2, "the window, the named time, and the top 2 others"
-    assert "".join(engine.ask("cam", named)).strip()
+    newest = frames[-1].stream_time
+    recent = {b.record.frame_id for b in memory.blocks if newest - b.record.stream_time <= 1.0}
+
+    def chosen_for(question: str) -> list[float]:
+        snapshot = memory.snapshot()
+        chosen = engine.choose_blocks("cam", snapshot, question)
+        snapshot.close()
+        return [b.record.stream_time for b in chosen]
+
+    named = chosen_for("What happened at 00:02?")
+    assert named == sorted(named)
+    assert 2.0 in named, "a time named in the question is read"
+    assert newest in named, "the newest frames are always read"
+    around = {b.record.frame_id for b in memory.blocks if abs(b.record.stream_time - 2.0) <= 0.5}
+    assert len(named) == len(recent | around), "the window and the named time, nothing that merely resembles it"
+    unnamed = chosen_for(QUESTION)
+    assert newest in unnamed and len(unnamed) == len(recent) + 2, "the window and the top 2 others"
+    elsewhere = chosen_for("What happened at 09:00?")  # no frame near that time: the best others instead
+    assert len(elsewhere) == len(recent) + 2
+    assert "".join(engine.ask("cam", "What happened at 00:02?")).strip()
 
 
 def test_offloaded_block_comes_back_for_a_question(embedded_adapter: EmbeddedAdapter, frames: list[Frame]) -> None:
@@ -190,3 +195,67 @@ def test_curvature_tiers_route_cost_and_hold_the_budget(embedded_adapter: Embedd
     mean_margin = lambda chosen: sum(r.margin for r in chosen) / len(chosen)  # noqa: E731
     assert mean_margin(kept) > mean_margin(gone), "the least informative frames are the ones dropped"
     assert "".join(engine.ask("cam", QUESTION)).strip()
+
+
+def test_reread_answer_equals_a_fresh_pass_over_the_chosen_frames(
+    embedded_adapter: EmbeddedAdapter, frames: list[Frame]
+) -> None:
+    # After evictions the cached blocks were computed beside frames that are gone; re-reading the chosen
+    # frames gives exactly the context a plain forward pass over their lines would.
+    config = EngineConfig(budget_tokens=400, evict_chunk=40, retrieval_top_k=2, window_seconds=1.0)
+    engine = Engine(embedded_adapter, config)
+    engine.add_stream("cam")
+    for frame in frames * 2:
+        engine.push_frame("cam", frame)
+    memory = engine.stream("cam").memory
+    assert memory.evicted_tokens > 0 and engine.rereads, "auto: the embedded model's frames are text"
+    snapshot = memory.snapshot()
+    chosen = engine.choose_blocks("cam", snapshot, QUESTION)
+    assert 1 < len(chosen) < len(snapshot.blocks)
+    reread = reread_context(embedded_adapter, snapshot, chosen)
+    logits = embedded_adapter.next_token_logits(embedded_adapter.question_embeds(QUESTION), reread)
+    cached = snapshot.context(chosen, embedded_adapter.rotate_keys)
+    cached_logits = embedded_adapter.next_token_logits(embedded_adapter.question_embeds(QUESTION), cached)
+    snapshot.close()
+    plain = full_forward_logits(embedded_adapter, [b.record.text for b in chosen], QUESTION)
+    torch.testing.assert_close(logits, plain, atol=2e-4, rtol=1e-4)
+    assert (cached_logits - plain).abs().max() > 1e-2, "the cached blocks' deeper layers saw other frames"
+    answer = drain(engine.ask("cam", QUESTION))
+    engine.config.answer_from = "cache"
+    assert not engine.rereads
+    assert answer.text and drain(engine.ask("cam", QUESTION)).text
+
+
+@pytest.mark.parametrize("method", ["value_norm", "pool"])
+def test_reread_reads_what_a_compressed_block_still_holds(
+    embedded_adapter: EmbeddedAdapter, frames: list[Frame], method: str
+) -> None:
+    config = EngineConfig(
+        budget_tokens=420, evict_chunk=20, host_budget_tokens=0, window_seconds=2.0, compression=method
+    )
+    engine = Engine(embedded_adapter, config)
+    engine.add_stream("cam")
+    span = frames[-1].stream_time + 0.5
+    for lap in range(3):
+        for frame in frames:
+            sequence = lap * len(frames) + frame.sequence
+            engine.push_frame("cam", Frame(frame.pixels, frame.stream_time + lap * span, frame.capture_time, sequence))
+    memory = engine.stream("cam").memory
+    compressed = [b for b in memory.blocks if b.record.compressed]
+    whole = [b for b in memory.blocks if not b.record.compressed]
+    assert compressed and whole
+    for block in whole:
+        assert block.record.token_ids == embedded_adapter.ids(block.record.text + "\n")[0].tolist()
+    for block in compressed:
+        ids = block.record.token_ids
+        if method == "pool":
+            assert ids is None, "pooled tokens cannot be read again: their KV is used"
+        else:
+            original = embedded_adapter.ids(block.record.text + "\n")[0].tolist()
+            assert ids is not None and len(ids) == block.length < len(original)
+            remaining = iter(original)
+            assert all(token in remaining for token in ids), "the kept tokens, in their order"
+    snapshot = memory.snapshot()
+    reread = reread_context(embedded_adapter, snapshot, list(snapshot.blocks))
+    assert reread.length == snapshot.cache.length, "every block reads as many tokens as it holds"
+    snapshot.close()

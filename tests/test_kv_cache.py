@@ -139,3 +139,20 @@ def test_gather_builds_contiguous_context_without_touching_source(tiny_llama: Ll
     torch.testing.assert_close(cache.keys(2), before)
     logits = prefill(tiny_llama, gathered, tokens(3, 12))  # a gathered context accepts new tokens
     assert torch.isfinite(logits).all()
+
+
+def test_append_moves_a_segment_to_the_end_exactly(tiny_llama: LlamaForCausalLM) -> None:
+    ids = tokens(40, 13)
+    cache = StreamingCache(tiny_llama.config.num_hidden_layers)
+    prefill(tiny_llama, cache, ids)
+    shift = RotaryShift(tiny_llama.model.rotary_emb)
+    head = assemble([cache.segment(0, 10)], shift)
+    head.append(cache.segment(25, 40), shift)
+    expected = assemble([cache.segment(0, 10), cache.segment(25, 40)], shift)
+    assert head.length == expected.length == 25
+    for layer in range(cache.num_layers):
+        torch.testing.assert_close(head.keys(layer), expected.keys(layer), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(head.values(layer), expected.values(layer))
+    empty = StreamingCache(tiny_llama.config.num_hidden_layers)
+    empty.append(cache.segment(25, 40), shift)  # an empty cache takes the segment at position 0
+    torch.testing.assert_close(empty.keys(0), assemble([cache.segment(25, 40)], shift).keys(0), atol=1e-6, rtol=1e-6)

@@ -8,7 +8,7 @@ import torch
 from transformers import LlamaForCausalLM
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from memory.compression import compress, compressed_length
+from memory.compression import compress, compress_block, compressed_length
 from memory.kv_cache import KVSegment, StreamingCache
 from memory.policy import FifoPolicy, TieredPolicy, UniformPolicy, make_policy
 from memory.records import FrameRecord, ResidentBlock
@@ -201,11 +201,12 @@ def test_compressed_block_keeps_exact_positions(tiny_llama: LlamaForCausalLM, me
     start = 12  # a block of 18 tokens at positions 12..29
     block = cache.segment(start, 30)
     shift = RotaryShift(tiny_llama.model.rotary_emb)
-    squeezed = compress(block, method, 0.5, shift)
+    squeezed, survivors = compress_block(block, method, 0.5, shift)
     assert squeezed.length == compressed_length(18, 0.5) == 9 and squeezed.position == start
     if method == "value_norm":
         norms = sum(v.norm(dim=-1).sum(dim=(0, 1)) for v in block.values)
         kept = sorted(torch.topk(norms, 9).indices.tolist())
+        assert survivors == kept, "the kept tokens are named, so they can be read again"
         expected = first_layer_keys(tiny_llama, ids[:, start:][:, kept], torch.arange(start, start + 9))
         torch.testing.assert_close(squeezed.keys[0], expected, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(squeezed.values[1], block.values[1][..., kept, :])
@@ -217,3 +218,4 @@ def test_compressed_block_keeps_exact_positions(tiny_llama: LlamaForCausalLM, me
         ]
         expected = torch.cat([k.mean(dim=-2, keepdim=True) for k in at_new], dim=-2)
         torch.testing.assert_close(squeezed.keys[0], expected, atol=1e-5, rtol=1e-5)
+        assert survivors is None, "pooled tokens stand for no single original token"

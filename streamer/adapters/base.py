@@ -51,6 +51,8 @@ class FrameTokens:
     timings_ms: cost of each step that produced the tokens.
     positions: (sections, tokens) position of each token relative to the block's first position, for
     a model with multi-section positions (M-RoPE); None: the tokens take consecutive positions.
+    token_ids: the token ids `embeds` embed, when the frame is plain text for the language model (so a
+    question can re-read it); None for image tokens.
     """
 
     embeds: torch.Tensor
@@ -60,6 +62,7 @@ class FrameTokens:
     text_vector: np.ndarray | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
     positions: torch.Tensor | None = None
+    token_ids: list[int] | None = None
 
     @property
     def length(self) -> int:
@@ -82,6 +85,8 @@ class ModelAdapter(ABC):
     stop_ids: set[int]
     # Tokens of a typical full-detail frame, for checking a budget before frames arrive (0: unknown).
     typical_frame_tokens: int = 0
+    # Frames are plain text the language model reads as is (`FrameTokens.token_ids` set).
+    frames_are_text: bool = False
 
     def __init__(self, model: Any, tokenizer: Any, name: str) -> None:
         self.model = model

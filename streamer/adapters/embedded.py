@@ -45,6 +45,7 @@ class EmbeddedAdapter(ModelAdapter):
 
     # A full description line with time, labels, objects, text and colours.
     typical_frame_tokens = 40
+    frames_are_text = True
     # The stages `frame_tokens_batch` runs as one call for several frames (of several streams),
     # a subset of BATCHABLE_STAGES.
     batched_stages: frozenset[str] = BATCHED_STAGES
@@ -122,8 +123,16 @@ class EmbeddedAdapter(ModelAdapter):
             frames, descriptions, rendered, vectors, timings, strict=True
         ):
             line = self.frame_line(frame.stream_time, text)
-            embeds = self.embed_text(line)
+            ids = self.ids(line)
             tokens.append(
-                FrameTokens(embeds, line.strip(), description.detail, description.features, vector, frame_timings)
+                FrameTokens(
+                    self.embed_ids(ids),
+                    line.strip(),
+                    description.detail,
+                    description.features,
+                    vector,
+                    frame_timings,
+                    token_ids=ids[0].tolist(),
+                )
             )
         return tokens

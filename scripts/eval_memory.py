@@ -11,8 +11,9 @@ Policies: curvature (clear/fuzzy tiers from the curvature scorer, demotion by KV
 informative dropped first), uniform sampling, fifo window, and equal (the same tiers machinery with
 every frame clear: retrieval without curvature).
 
-Frames are described once per detail and the descriptions reused across runs, so the runs differ only
-in memory. Usage:
+Each question is asked twice of the same memory: re-reading the frames it chose (`answer_from="text"`)
+and reading their KV as cached at ingest (the default). Frames are described once per detail and the
+descriptions reused across runs, so the runs differ only in memory. Usage:
 
     python scripts/eval_memory.py [--minutes 6] [--signs 10] [--seeds 0 1] [--budgets 5 10 25]
 """
@@ -44,8 +45,8 @@ from streamer.needles import SIGN_WORDS, Needle, build_stream
 from streamer.query import Answer, drain
 
 POLICIES = ("curvature", "equal", "uniform", "fifo")
-# How each question reads the frames it chose: their tokens again after the sink (the default for text
-# frames), and their KV as cached at ingest.
+# How each question reads the frames it chose: their tokens again after the sink, and their KV as cached
+# at ingest (the default).
 ANSWER_FROM: tuple[AnswerSource, ...] = ("text", "cache")
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -330,8 +331,8 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> None:
         ),
         "",
         "Accuracy: the answer contains the sign's word; 're-read': the question reads its chosen frames' tokens "
-        "again after the cached system prompt (the default for text frames), 'cache': it reads their KV as "
-        "cached at ingest. TTFT: median ms from the question to the first answer token, each way.",
+        "again after the cached system prompt (`--answer-from text`), 'cache': it reads their KV as "
+        "cached at ingest (the default). TTFT: median ms from the question to the first answer token, each way.",
         "",
         "| policy | budget | accuracy (re-read) | accuracy (cache) | needle retained | clear frames "
         "| describe ms/frame | TTFT re-read | TTFT cache | questions |",

@@ -60,9 +60,9 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--answer-from",
-        default="auto",
-        help="what a question reads for its chosen frames: text (their tokens again; the default for the "
-        "described frames of the embedded model), cache (their KV from ingest) or auto",
+        default="cache",
+        help="what a question reads for its chosen frames: cache (their KV from ingest; default) or text "
+        "(their description lines again: better for questions about a named time after a long stream)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 

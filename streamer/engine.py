@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 
 MemoryPolicyName = Literal["curvature", "uniform", "fifo", "equal"]
-AnswerSource = Literal["auto", "cache", "text"]
+AnswerSource = Literal["cache", "text"]
 
 
 class EngineConfig(BaseModel):
@@ -51,9 +51,9 @@ class EngineConfig(BaseModel):
         65536, ge=0, description="KV tokens per stream kept in host memory after leaving the device (0: drop them)"
     )
     answer_from: AnswerSource = Field(
-        "auto",
-        description="what a question reads for its chosen frames: their cached KV ('cache'), or their tokens "
-        "read again after the sink ('text', for frames that are text); 'auto': text for text frames, else cache",
+        "cache",
+        description="what a question reads for its chosen frames: their KV as cached at ingest ('cache'), or "
+        "their tokens read again after the cached sink ('text'; frames without token ids are read from the cache)",
     )
     max_question_tokens: int = Field(64, ge=8)
     max_new_tokens: int = Field(48, ge=1)
@@ -318,8 +318,7 @@ class Engine:
     @property
     def rereads(self) -> bool:
         """Whether questions re-read their chosen frames' tokens rather than reuse the frames' cached KV."""
-        answer_from = self.config.answer_from
-        return answer_from == "text" or (answer_from == "auto" and self.adapter.frames_are_text)
+        return self.config.answer_from == "text"
 
     def first_token_logits(self, stream_id: str, question: str) -> torch.Tensor:
         """(vocab,) logits of the first answer token when the question reads every resident block.

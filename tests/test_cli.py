@@ -128,6 +128,11 @@ def unknown_policy(folder: Path) -> tuple[list[str], list[str]]:
     return args, ["Invalid --policy", "'curvature'"]
 
 
+def unknown_answer_source(folder: Path) -> tuple[list[str], list[str]]:
+    args = _replay(folder, BIKES, _questions(folder, QUESTION), "--answer-from", "disk")
+    return args, ["Invalid --answer-from", "'cache' or 'text'"]
+
+
 Case = Callable[[Path], tuple[list[str], list[str]]]
 CASES: list[Case] = [
     missing_video,
@@ -143,6 +148,7 @@ CASES: list[Case] = [
     one_frame_curvature_window,
     unknown_compression,
     unknown_policy,
+    unknown_answer_source,
 ]
 
 

@@ -202,13 +202,13 @@ def test_reread_answer_equals_a_fresh_pass_over_the_chosen_frames(
 ) -> None:
     # After evictions the cached blocks were computed beside frames that are gone; re-reading the chosen
     # frames gives exactly the context a plain forward pass over their lines would.
-    config = EngineConfig(budget_tokens=400, evict_chunk=40, retrieval_top_k=2, window_seconds=1.0)
+    config = EngineConfig(budget_tokens=400, evict_chunk=40, retrieval_top_k=2, window_seconds=1.0, answer_from="text")
     engine = Engine(embedded_adapter, config)
     engine.add_stream("cam")
     for frame in frames * 2:
         engine.push_frame("cam", frame)
     memory = engine.stream("cam").memory
-    assert memory.evicted_tokens > 0 and engine.rereads, "auto: the embedded model's frames are text"
+    assert memory.evicted_tokens > 0 and engine.rereads
     snapshot = memory.snapshot()
     chosen = engine.choose_blocks("cam", snapshot, QUESTION)
     assert 1 < len(chosen) < len(snapshot.blocks)

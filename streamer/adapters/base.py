@@ -85,8 +85,6 @@ class ModelAdapter(ABC):
     stop_ids: set[int]
     # Tokens of a typical full-detail frame, for checking a budget before frames arrive (0: unknown).
     typical_frame_tokens: int = 0
-    # Frames are plain text the language model reads as is (`FrameTokens.token_ids` set).
-    frames_are_text: bool = False
 
     def __init__(self, model: Any, tokenizer: Any, name: str) -> None:
         self.model = model

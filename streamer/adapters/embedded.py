@@ -45,7 +45,6 @@ class EmbeddedAdapter(ModelAdapter):
 
     # A full description line with time, labels, objects, text and colours.
     typical_frame_tokens = 40
-    frames_are_text = True
     # The stages `frame_tokens_batch` runs as one call for several frames (of several streams),
     # a subset of BATCHABLE_STAGES.
     batched_stages: frozenset[str] = BATCHED_STAGES

@@ -121,8 +121,9 @@ def _mode(options: EvalOptions) -> str:
             if options.host_budget_tokens
             else "no host tier, so what the budget cannot hold is gone."
         )
-        + f" Questions read the last 8 s, frames at times they name and the {options.top_k} best others "
-        "by MiniLM similarity" + (" (every resident frame with top-k 0)." if options.top_k == 0 else ".")
+        + f" Questions read the last 8 s and the frames at a time they name, or, when they name none (or none "
+        f"is left near it), the {options.top_k} best others by MiniLM similarity"
+        + (" (every resident frame with top-k 0)." if options.top_k == 0 else ".")
     )
     if options.via_websocket:
         return budget + (

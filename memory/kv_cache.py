@@ -237,11 +237,10 @@ class StreamingCache(Cache):
         """Write `segment` after this cache's tokens, its keys re-rotated to land there."""
         count = segment.length
         self.reserve(count)
+        if self.store is None:
+            self.allocate_first(segment.keys[0])
         store = self.store
-        if store is None:
-            fresh = KVStore.allocate(list(segment.keys), self._first_capacity)
-            fresh.owner = self
-            self.store = store = fresh
+        assert store is not None
         start, end = self.length, self.length + count
         delta = start - segment.position
         for layer in range(len(self.layers)):

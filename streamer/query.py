@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
 
 import torch
 
@@ -102,18 +103,15 @@ def reread_context(adapter: ModelAdapter, snapshot: MemorySnapshot, chosen: Sequ
     """
     rotate = adapter.rotate_keys
     cache = assemble([snapshot.cache.segment(0, snapshot.sink_tokens)], rotate, device=snapshot.cache.keys(0).device)
-    pending: list[int] = []
-    for block in sorted(chosen, key=lambda b: b.record.frame_id):
-        ids = block.record.token_ids
-        if ids is not None:
-            pending += ids
-            continue
-        if pending:
-            adapter.prefill(adapter.embed_ids(torch.tensor([pending], device=adapter.device)), cache)
-            pending = []
-        cache.append(block.segment(snapshot.cache), rotate)
-    if pending:
-        adapter.prefill(adapter.embed_ids(torch.tensor([pending], device=adapter.device)), cache)
+    ordered = sorted(chosen, key=lambda b: b.record.frame_id)
+    # Runs of consecutive text blocks are prefilled in one pass each.
+    for readable, run in groupby(ordered, key=lambda b: b.record.token_ids is not None):
+        if readable:
+            ids = [token for block in run for token in block.record.token_ids or ()]
+            adapter.prefill(adapter.embed_ids(torch.tensor([ids], device=adapter.device)), cache)
+        else:
+            for block in run:
+                cache.append(block.segment(snapshot.cache), rotate)
     return cache
 
 

@@ -248,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
+        if args.command != "ask":  # the websocket client needs none of the models
+            from streamer.environment import check_environment
+
+            check_environment()
         if args.command in SERVER_COMMANDS:
             return run_server_command(args)
         if args.command in EVALUATION_COMMANDS:

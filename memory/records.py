@@ -28,6 +28,7 @@ class FrameRecord:
     token_ids: the language model's token ids of the tokens its block holds (after a compression that
         keeps tokens, the kept ones), when the frame is text the model reads as is; None otherwise (image
         tokens, or tokens merged by pooling). A question can re-read these instead of reusing the block's KV.
+    items: the salient things the frame showed, (kind, name) pairs, fed to the memory's event timeline.
     key_summary: (layers, kv_heads * head_dim) mean un-rotated key of the block, for retrieval; handed to
         the memory's index when the frame is added, which keeps it from then on (the record lets go of it:
         `memory.index.key_summary(frame_id)` reads it back).
@@ -45,6 +46,7 @@ class FrameRecord:
     location: Location = "device"
     text_vector: np.ndarray | None = None
     token_ids: list[int] | None = None
+    items: list[tuple[str, str]] = field(default_factory=list)
     key_summary: np.ndarray | None = None
     frame_id: int = -1
 

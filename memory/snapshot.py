@@ -5,9 +5,9 @@ the target: a rename is atomic, so a reader finds either the previous snapshot o
 never half of one, even if the process is killed mid-write. Only plain tensors, numbers and
 strings are stored, and loading uses `torch.load(weights_only=True)`, which runs no code.
 
-What is not stored: the curvature scorer's window (a restored stream warms up again) and the
-retrieval index itself, which is rebuilt from the records' text vectors and the key summaries (saved
-as one float16 array).
+What is not stored: the curvature scorer's window (a restored stream warms up again), the event
+timeline, which is rebuilt from the records' items, and the retrieval index itself, which is rebuilt
+from the records' text vectors and the key summaries (saved as one float16 array).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from memory.events import EventTimeline
 from memory.kv_cache import KVStore, StreamingCache
 from memory.records import FrameRecord, OffloadedBlock, ResidentBlock
 from memory.stream_memory import StreamMemory
@@ -96,6 +97,7 @@ def load_snapshot(memory: StreamMemory, path: Path) -> None:
     with memory.lock:
         memory.cache = StreamingCache(len(keys), store, length)
         memory.records = []
+        memory.timeline = EventTimeline(memory.timeline.rejoin_s)
         memory.index = type(memory.index)(memory.index.internal_weight, memory.index.text_weight)
         summaries = state.get("key_summaries")
         for frame_id, saved in enumerate(state["records"]):
@@ -105,6 +107,7 @@ def load_snapshot(memory: StreamMemory, path: Path) -> None:
             record.frame_id = memory.index.add(record.key_summary, record.text_vector)
             record.key_summary = None
             memory.records.append(record)
+            memory.timeline.observe(record.frame_id, record.stream_time, record.items, record.detail == "full")
         memory.blocks.clear()
         for frame_id, start, block_length in state["blocks"]:
             memory.blocks.append(ResidentBlock(memory.records[frame_id], start, block_length))

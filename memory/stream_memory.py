@@ -21,6 +21,7 @@ import torch
 
 from memory.compression import compress_block
 from memory.errors import BudgetError
+from memory.events import EventTimeline, TimelineItem
 from memory.index import BlockIndex
 from memory.kv_cache import KeyRotation, StreamingCache, assemble
 from memory.policy import EvictionPlan, FifoPolicy, MemoryPolicy
@@ -40,6 +41,7 @@ class MemorySnapshot:
     sink_tokens: int
     as_of: float
     frames: int  # records (and index entries) that existed when the snapshot was taken
+    timeline: tuple[TimelineItem, ...] = ()  # the event timeline as of the snapshot, by first showing
 
     def close(self) -> None:
         self.cache.close()
@@ -103,6 +105,7 @@ class StreamMemory:
         self.compress_ratio = compress_ratio
         self.sink_tokens = 0
         self.records: list[FrameRecord] = []
+        self.timeline = EventTimeline()
         self.blocks: deque[ResidentBlock] = deque()
         self.offloaded: dict[int, OffloadedBlock] = {}
         self.host_tokens = 0
@@ -204,6 +207,7 @@ class StreamMemory:
         self.records.append(record)
         self.blocks.append(block)
         self.policy.observe(record)
+        self.timeline.observe(record.frame_id, record.stream_time, record.items, record.detail == "full")
         return block
 
     def content_vector(self, record: FrameRecord) -> np.ndarray | None:
@@ -223,6 +227,7 @@ class StreamMemory:
                 self.sink_tokens,
                 as_of,
                 len(self.records),
+                tuple(self.timeline.view(as_of)),
             )
 
 

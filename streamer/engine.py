@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from memory.compression import CompressionMethod
 from memory.curvature import ENGINE_DEFAULT_K, CurvatureConfig, CurvatureDecision, CurvatureScorer
 from memory.errors import BudgetError
+from memory.events import since_time
 from memory.index import BlockIndex
 from memory.kv_cache import assemble
 from memory.policy import make_policy
@@ -31,8 +32,8 @@ from memory.snapshot import load_snapshot, save_snapshot
 from memory.stream_memory import Block, MemorySnapshot, StreamMemory
 from sources.frame import Frame
 from streamer.adapters.base import FrameTokens, ModelAdapter
-from streamer.query import Answer, generate_answer
-from streamer.retrieval import select_blocks
+from streamer.query import Answer, ChoiceScoring, generate_answer
+from streamer.retrieval import Reading, Selection, select_reading
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,25 @@ class EngineConfig(BaseModel):
         description="what a question reads for its chosen frames: their KV as cached at ingest ('cache'), or "
         "their tokens read again after the cached sink ('text'; frames without token ids are read from the cache)",
     )
+    choice_scoring: ChoiceScoring = Field(
+        "grounded",
+        description="how a multiple-choice question picks its option: among those the frames and timeline lines "
+        "it read support best, the likeliest letter ('grounded'); the likeliest letter ('letter') or option text "
+        "('text') alone; or free text like an open question ('generate')",
+    )
+    grounded_answers: bool = Field(
+        True,
+        description="open questions that what they read answers (a count, one of the alternatives they offer, "
+        "written text) are answered from it rather than by free generation",
+    )
+    answer_controls: bool = Field(
+        True, description="free answers: the answer's own repeats penalised and one line at most (no loops)"
+    )
+    read_intent: bool = Field(
+        True,
+        description="questions read what they ask for (recency, order, counts, the present) and the event "
+        "timeline; False: named times, the recent window and the most relevant frames only",
+    )
     max_question_tokens: int = Field(64, ge=8)
     max_new_tokens: int = Field(48, ge=1)
     evict_chunk: int = Field(256, ge=1, description="tokens freed at once when the budget is full")
@@ -65,6 +85,12 @@ class EngineConfig(BaseModel):
         0.0, ge=0, description="weight of the key/query (internal) retrieval score; 0 skips its LM pass"
     )
     text_weight: float = Field(1.0, ge=0, description="weight of the description/question (MiniLM) score")
+    lexical_weight: float = Field(
+        1.0, ge=0, description="weight of the BM25 score of frame descriptions against the question's words"
+    )
+    coverage: bool = Field(
+        False, description="choose relevant frames by adaptive keyframe sampling (relevance and coverage)"
+    )
     policy: MemoryPolicyName = Field(
         "curvature",
         description="what gives way when the budget is full: curvature tiers, uniform sampling, fifo window, "
@@ -223,6 +249,7 @@ class Engine:
             tokens.detail,
             text_vector=tokens.text_vector,
             token_ids=tokens.token_ids,
+            items=list(tokens.items),
         )
         if decision is not None:
             record.tier, record.score, record.threshold = decision.tier, decision.score, decision.threshold
@@ -276,13 +303,17 @@ class Engine:
         cancel: threading.Event | None = None,
         on_snapshot: Callable[[float], None] | None = None,
         since: float = 0.0,
+        options: Sequence[str] | None = None,
     ) -> Generator[str, None, Answer]:
         """Stream the answer's text deltas; the generator returns the finished `Answer`.
 
+        options: the choices of a multiple-choice question, which `question` lists (`streamer.intent.options_prompt`);
+        the answer is the best-scoring one.
         on_snapshot: called with the snapshot's stream time (the answer's `as_of`) as soon as the
         memory snapshot the answer reads is taken, before retrieval and generation.
-        since: the question reads no frame older than this stream time. Blocks are chosen (retrieval,
-        recent window, named times) among the frames from `since` on, so a question limited to the last
+        since: the question reads no frame older than this stream time, and no showing of the event timeline
+        that began earlier. Blocks are chosen (retrieval, recent window, named times) among the frames from
+        `since` on, so a question limited to the last
         minute still gets its best frames from that minute; their KV was computed in the stream's full
         context, as with any streaming cache.
         """
@@ -296,8 +327,9 @@ class Engine:
                     snapshot,
                     blocks=tuple(b for b in snapshot.blocks if b.record.stream_time >= since),
                     offloaded=tuple(b for b in snapshot.offloaded if b.record.stream_time >= since),
+                    timeline=since_time(snapshot.timeline, since),
                 )
-            chosen = self.choose_blocks(stream_id, candidates, question)
+            reading = self.choose(stream_id, candidates, question, options or ())
         except BaseException:
             snapshot.close()
             raise
@@ -306,12 +338,17 @@ class Engine:
             yield from generate_answer(
                 self.adapter,
                 snapshot,
-                chosen,
+                reading,
                 question,
+                options=options,
                 max_new_tokens=config.max_new_tokens,
                 max_question_tokens=config.max_question_tokens,
                 cancel=cancel,
                 reread=self.rereads,
+                choice_scoring=config.choice_scoring,
+                controls=config.answer_controls,
+                grounded=config.grounded_answers,
+                anchor_seconds=config.anchor_seconds,
             )
         )
 
@@ -334,7 +371,11 @@ class Engine:
             snapshot.close()
 
     def choose_blocks(self, stream_id: str, snapshot: MemorySnapshot, question: str) -> list[Block]:
-        """The blocks a question reads: see `streamer.retrieval.select_blocks`."""
+        """The blocks a question reads: see `streamer.retrieval.select_reading`."""
+        return self.choose(stream_id, snapshot, question).blocks
+
+    def choose(self, stream_id: str, snapshot: MemorySnapshot, question: str, options: Sequence[str] = ()) -> Reading:
+        """What a question reads, blocks and timeline lines: see `streamer.retrieval.select_reading`."""
         config = self.config
         scores = None
         if config.retrieval_top_k:
@@ -346,6 +387,12 @@ class Engine:
                 query = adapter.query_summary(embeds, sink)
             index = self.stream(stream_id).memory.index
             scores = index.scores(query, adapter.question_vector(question), upto=snapshot.frames)
-        return select_blocks(
-            snapshot, question, scores, config.retrieval_top_k, config.window_seconds, config.anchor_seconds
+        selection = Selection(
+            config.retrieval_top_k,
+            config.window_seconds,
+            config.anchor_seconds,
+            config.lexical_weight,
+            config.coverage,
+            config.read_intent,
         )
+        return select_reading(snapshot, question, scores, selection, options)

@@ -73,7 +73,7 @@ def convert_gguf(gguf: Path, progress: bool = True) -> Path:
     if (target / "config.json").is_file():
         return target
     if progress:
-        print(f"Converting {gguf.name} into {target} (one time, about 30 s)...", file=sys.stderr, flush=True)
+        print(f"Converting {gguf.name} into {target} (one time)...", file=sys.stderr, flush=True)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -88,6 +88,24 @@ CLIP_SCENES = {
 # Footage clip -> one word for its main subject: the open-form answer to "what is on screen now?".
 CLIP_SUBJECTS = {"bigbuckbunny.mp4": "rabbit", "bikes.mp4": "bicycles", "carphone_pristine.mp4": "car"}
 
+# What a frame description shows when a photo's subject or a clip's subject was seen: the words the
+# ImageNet labels and COCO objects use for it ("|" separates alternatives; `streamer.funnel`). The
+# evaluation's funnel looks for these to tell whether the answer was perceived at all.
+PHOTO_SEEN = {
+    "cat": "cat",
+    "coffee": "espresso|cup|coffee",
+    "astronaut": "astronaut|person",
+    "rocket": "rocket|missile",
+    "motorcycle": "motorcycle|moped|scooter",
+    "horse": "horse|sorrel",
+    "person": "person|uniform",
+}
+CLIP_SEEN = {
+    "bigbuckbunny.mp4": "rabbit|hare|bunny",
+    "bikes.mp4": "bicycle|bike|cycle",
+    "carphone_pristine.mp4": "car|person|seat belt",
+}
+
 # Footage plays at one of these speeds; 0.5 stretches a 5 s clip over 10 s of stream.
 _FOOTAGE_SPEEDS = (1.0, 0.5)
 
@@ -113,14 +131,17 @@ class Question:
     question: str
     answer: str | None = None
     options: tuple[str, ...] | None = None
+    seen: tuple[str, ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The replay format: {"id", "t", "question", "answer"?, "options"?}."""
+        """The replay format: {"id", "t", "question", "answer"?, "options"?, "seen"?}."""
         line: dict[str, Any] = {"id": self.id, "t": self.t, "question": self.question}
         if self.options is not None:
             line["options"] = list(self.options)
         if self.answer is not None:
             line["answer"] = self.answer
+        if self.seen is not None:
+            line["seen"] = list(self.seen)
         return line
 
 
@@ -260,6 +281,15 @@ class _SuiteItem:
     showings: tuple[Needle, ...]
 
     @property
+    def seen(self) -> str:
+        """What a frame description shows when this content was perceived (see PHOTO_SEEN)."""
+        if self.kind == "photo":
+            return PHOTO_SEEN[self.content]
+        if self.kind == "shape":
+            return self.content.split()[0]  # the colour: the describer names colours, not shapes
+        return self.content
+
+    @property
     def descriptor(self) -> str:
         """How a question refers to it: "the sign saying GATE 42", "the photo of the cat", "the red circle"."""
         if self.kind == "photo":
@@ -276,14 +306,19 @@ def plan_suite(
     spacing_s: float = 60.0,
     shown_s: float = 4.0,
     choice_share: float = 0.5,
+    min_delay_s: float = 2.0,
+    max_delay_s: float = math.inf,
 ) -> tuple[list[Needle], list[Question]]:
     """Needles and questions for a `duration_s` stream: one needle per `spacing_s` slot, each shown
     for `shown_s` seconds, and about `choice_share` of the questions in multiple-choice form.
 
     About one content in twelve is shown 2-4 times (at least one is); the rest are shown once.
-    Questions: one "what was shown" per single needle, asked after a log-uniform random delay (from
-    2 s to the end of the stream); a few "which came first" pairs and one "how many times" per
-    repeated content, asked after the last showing; one "what is on screen now" per five minutes.
+    Questions come a log-uniform random delay after what they ask about, from `min_delay_s` to
+    `max_delay_s` (or the end of the stream); a question whose delay cannot fit is not asked. They are:
+    one "what was shown" per single needle; a few "which came first" pairs and one "how many times" per
+    repeated content, asked after the last showing; a few "what did the most recent sign say" and "what
+    was in the most recent photo" (no time named); one "what is on screen now" per five minutes.
+    Each question carries `seen`: what a frame description shows when the answer was perceived.
     Raises UserError when fewer than four slots fit.
     """
     if shown_s < 1.0 or spacing_s < shown_s + 3.0:
@@ -301,7 +336,8 @@ def plan_suite(
     starts = [round(slot * spacing_s + rng.uniform(1.0, spacing_s - shown_s - 1.0), 1) for slot in range(slots)]
     items = _plan_items(rng, slots, [(start, round(start + shown_s, 1)) for start in starts])
     needles = sorted((n for item in items for n in item.showings), key=lambda needle: needle.start)
-    questions = _plan_questions(rng, items, needles, duration_s, seed, choice_share)
+    delays = (min_delay_s, max_delay_s)
+    questions = _plan_questions(rng, items, needles, duration_s, seed, choice_share, delays)
     return needles, sorted(questions, key=lambda question: (question.t, question.id))
 
 
@@ -313,13 +349,23 @@ def build_suite(
     spacing_s: float = 60.0,
     shown_s: float = 4.0,
     choice_share: float = 0.5,
+    min_delay_s: float = 2.0,
+    max_delay_s: float = math.inf,
     fps: float = 2.0,
     size: tuple[int, int] = (640, 360),
     progress: Callable[[float], None] | None = None,
 ) -> NeedleStream:
     """Render `plan_suite(duration_s, seed, ...)` into `out_dir` with its questions JSONL next to the
     video; the video is reused while the plan and the rendering parameters are unchanged."""
-    needles, questions = plan_suite(duration_s, seed, spacing_s=spacing_s, shown_s=shown_s, choice_share=choice_share)
+    needles, questions = plan_suite(
+        duration_s,
+        seed,
+        spacing_s=spacing_s,
+        shown_s=shown_s,
+        choice_share=choice_share,
+        min_delay_s=min_delay_s,
+        max_delay_s=max_delay_s,
+    )
     # The name tells variants of the same length and seed apart, so they do not overwrite each other.
     variant = json.dumps([spacing_s, shown_s, choice_share, fps, list(size)])
     key = hashlib.sha1(variant.encode()).hexdigest()[:8]
@@ -402,17 +448,21 @@ def _plan_questions(
     duration: float,
     seed: int,
     choice_share: float,
+    delays: tuple[float, float] = (2.0, math.inf),
 ) -> list[Question]:
     counters: dict[str, int] = {}
+    min_delay, max_delay = delays
 
     def next_id(template: str) -> str:
         counters[template] = counters.get(template, -1) + 1
         return f"{template}-{counters[template]}"
 
-    def ask_after(end: float) -> float:
-        # Log-uniform delays: as many questions a few seconds after the needle as minutes or hours after.
-        room = max(duration - 1.0 - end, 2.0)
-        return round(min(end + math.exp(rng.uniform(math.log(2.0), math.log(room))), duration - 1.0), 1)
+    def ask_after(end: float, before: float = math.inf) -> float | None:
+        # Log-uniform delays: as many questions soon after the needle as long after it.
+        room = min(duration - 1.0 - end, max_delay, before - 1.0 - end)
+        if room < min_delay:
+            return None
+        return round(end + math.exp(rng.uniform(math.log(min_delay), math.log(room))), 1)
 
     def multiple_choice() -> bool:
         return rng.random() < choice_share
@@ -420,8 +470,11 @@ def _plan_questions(
     questions: list[Question] = []
     singles = sorted((item for item in items if len(item.showings) == 1), key=lambda item: item.showings[0].start)
     for item in singles:
+        t = ask_after(item.showings[0].end)
+        if t is None:
+            continue
         template, text, answer, pool = _what_was_shown(item)
-        question = Question(next_id(template), ask_after(item.showings[0].end), text, answer)
+        question = Question(next_id(template), t, text, answer, seen=(item.seen,))
         questions.append(_with_options(rng, question, pool) if multiple_choice() else question)
 
     items_per_content = Counter(item.content for item in items)
@@ -429,33 +482,87 @@ def _plan_questions(
     rng.shuffle(unique)
     for first, second in list(zip(unique[::2], unique[1::2], strict=False))[: max(1, len(unique) // 4)]:
         earlier = min(first, second, key=lambda item: item.showings[0].start)
-        text = f"Which was shown first: {first.descriptor} or {second.descriptor}?"
         t = ask_after(max(first.showings[0].end, second.showings[0].end))
+        if t is None:
+            continue
+        text = f"Which was shown first: {first.descriptor} or {second.descriptor}?"
+        seen = (first.seen, second.seen)
         if multiple_choice():
             pair = (first.descriptor, second.descriptor)
             letter = "AB"[pair.index(earlier.descriptor)]
-            questions.append(Question(next_id("first"), t, text, letter, pair))
+            questions.append(Question(next_id("first"), t, text, letter, pair, seen=seen))
         else:
-            questions.append(Question(next_id("first"), t, text, earlier.content))
+            questions.append(Question(next_id("first"), t, text, earlier.content, seen=seen))
 
     for item in items:
         if len(item.showings) > 1:
+            t = ask_after(item.showings[-1].end)
+            if t is None:
+                continue
             text = f"How many times was {item.descriptor} shown?"
-            question = Question(next_id("count"), ask_after(item.showings[-1].end), text, str(len(item.showings)))
+            question = Question(next_id("count"), t, text, str(len(item.showings)), seen=(item.seen,))
             counts = [str(n) for n in range(1, 7) if n != len(item.showings)]
             questions.append(_with_options(rng, question, counts, numeric=True) if multiple_choice() else question)
+
+    questions += _most_recent_questions(rng, items, needles, ask_after, next_id, multiple_choice)
 
     footage = plan_footage(duration, seed)
     for _ in range(max(1, round(duration / 300))):
         t = _footage_only_time(rng, needles, footage, duration)
         segment = segment_at(footage, t)
         text = "What is on screen right now?"
+        now_seen = (CLIP_SEEN[segment.clip],)
         if multiple_choice():
             options = tuple(sorted(CLIP_SCENES.values()))
             letter = chr(65 + options.index(CLIP_SCENES[segment.clip]))
-            questions.append(Question(next_id("now"), t, text, letter, options))
+            questions.append(Question(next_id("now"), t, text, letter, options, seen=now_seen))
         else:
-            questions.append(Question(next_id("now"), t, text, CLIP_SUBJECTS[segment.clip]))
+            questions.append(Question(next_id("now"), t, text, CLIP_SUBJECTS[segment.clip], seen=now_seen))
+    return questions
+
+
+def _most_recent_questions(
+    rng: random.Random,
+    items: Sequence[_SuiteItem],
+    needles: Sequence[Needle],
+    ask_after: Callable[[float, float], float | None],
+    next_id: Callable[[str], str],
+    multiple_choice: Callable[[], bool],
+) -> list[Question]:
+    """ "What did the most recent sign say?" and "What was in the most recent photo?", each asked a delay
+    after one showing and before the next needle of its kind (asked when that fits); tried for about one in
+    six needles of the kind."""
+    questions: list[Question] = []
+    by_content = {(item.kind, item.content): item for item in items}
+    for kind, template, text in (
+        ("sign", "recent-sign", "What did the most recent sign say?"),
+        ("photo", "recent-photo", "What was in the most recent photo?"),
+    ):
+        shown = [needle for needle in needles if needle.kind == kind]
+        picks = rng.sample(range(len(shown)), k=min(len(shown), max(1, len(shown) // 6)))
+        for index in sorted(picks):
+            needle = shown[index]
+            following = shown[index + 1].start if index + 1 < len(shown) else math.inf
+            t = ask_after(needle.end, following)
+            if t is None:
+                continue
+            item = (
+                by_content.get(("photo", needle.content))
+                if kind == "photo"
+                else (by_content.get(("word", needle.content)) or by_content.get(("number", needle.content)))
+            )
+            assert item is not None
+            if kind == "photo":
+                answer, pool = needle.content, list(SUITE_PHOTOS)
+            else:
+                answer, pool = (
+                    needle.content,
+                    [*SIGN_WORDS]
+                    if item.kind == "word"
+                    else [f"{label} {number}" for label in SIGN_LABELS for number in range(10, 100)],
+                )
+            question = Question(next_id(template), t, text, answer, seen=(item.seen,))
+            questions.append(_with_options(rng, question, pool) if multiple_choice() else question)
     return questions
 
 
@@ -531,9 +638,10 @@ def build_stream(
         "questions": [question.to_json() for question in questions],
     }
     manifest_path = video.with_suffix(".json")
-    if video.is_file() and _read_manifest(manifest_path) == manifest:
-        if not stream.questions_path.is_file():
-            write_questions(stream.questions_path, questions)
+    if video.is_file() and _same_video(_read_manifest(manifest_path), manifest):
+        # The pictures are the same; the questions may have changed.
+        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        write_questions(stream.questions_path, questions)
         return stream
 
     video.parent.mkdir(parents=True, exist_ok=True)
@@ -638,6 +746,13 @@ def _photo_bgr(subject: str) -> np.ndarray:
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     return cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+
+
+def _same_video(old: Any, new: dict[str, Any]) -> bool:
+    """Whether a manifest read from disk describes the same pictures as `new` (questions aside)."""
+    if not isinstance(old, dict):
+        return False
+    return {k: v for k, v in old.items() if k != "questions"} == {k: v for k, v in new.items() if k != "questions"}
 
 
 def _read_manifest(path: Path) -> Any:

@@ -12,12 +12,33 @@ import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
+from typing import Literal
 
 import torch
+from transformers import LogitsProcessorList, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
 
 from memory.kv_cache import StreamingCache, assemble
 from memory.stream_memory import Block, MemorySnapshot
 from streamer.adapters.base import ModelAdapter
+from streamer.clock import clock
+from streamer.grounding import (
+    choices_named,
+    colours_appeared,
+    count_answer,
+    option_choice,
+    texts_read,
+    things_appeared,
+    timeline_facts,
+)
+from streamer.intent import LETTERS, read_intent
+from streamer.retrieval import Reading
+
+ChoiceScoring = Literal["grounded", "letter", "text", "generate"]
+TIMELINE_HEADER = "Events so far:\n"
+# Generated tokens already in the answer have their logits divided by this (multiplied when negative);
+# the question's context is not penalised, so the answer may still copy what a frame read.
+REPETITION_PENALTY = 1.3
+NO_REPEAT_NGRAM = 3
 
 _WORD = re.compile(r"[a-z0-9]+")
 _STOPWORDS = frozenset(
@@ -39,6 +60,8 @@ class Answer:
     evidence: list[list[float]] = field(default_factory=list)
     tokens: int = 0
     cancelled: bool = False
+    frames_read: list[int] = field(default_factory=list)  # frame ids of the blocks the question read
+    lines_read: list[str] = field(default_factory=list)  # event timeline lines the question read
 
 
 def drain(deltas: Generator[str, None, Answer], on_delta: Callable[[str], None] | None = None) -> Answer:
@@ -115,58 +138,217 @@ def reread_context(adapter: ModelAdapter, snapshot: MemorySnapshot, chosen: Sequ
     return cache
 
 
+def option_scores(
+    adapter: ModelAdapter,
+    logits: torch.Tensor,
+    cache: StreamingCache,
+    options: Sequence[str],
+    scoring: str,
+    lettered: bool = True,
+) -> list[float]:
+    """One score per option, higher is likelier, from the answer's first-token `logits` after the question.
+
+    "letter": the logit of the option's letter (as the answer's first token, with or without a leading
+    space); otherwise the mean per-token log-likelihood of "<letter>. <option>" as the answer (of the
+    option alone when not `lettered`: candidates that the question does not list).
+    """
+    scores = []
+    for index, option in enumerate(options):
+        letter = LETTERS[index]
+        if scoring == "letter" and lettered:
+            firsts = {int(adapter.ids(variant)[0, 0]) for variant in (letter, " " + letter)}
+            scores.append(max(float(logits[i]) for i in firsts))
+        else:
+            ids = adapter.ids(f"{letter}. {option}" if lettered else option)[0].tolist()
+            scores.append(adapter.continuation_log_likelihood(logits, ids, cache) / max(1, len(ids)))
+    return scores
+
+
+def _likeliest(
+    adapter: ModelAdapter,
+    logits: torch.Tensor,
+    cache: StreamingCache,
+    options: Sequence[str],
+    among: Sequence[int],
+    scoring: str,
+    lettered: bool = True,
+) -> int:
+    """The index in `options` of the likeliest of the options `among` (no model pass when only one is left)."""
+    if len(among) == 1:
+        return among[0]
+    scores = option_scores(adapter, logits, cache, options, scoring, lettered)
+    return max(among, key=lambda index: scores[index])
+
+
+def grounded_open_answer(
+    adapter: ModelAdapter,
+    logits: torch.Tensor,
+    cache: StreamingCache,
+    question: str,
+    reading: Reading,
+    texts: Sequence[str],
+    slack: float = 3.0,
+) -> str | None:
+    """An open question's answer taken from what it read, or None for the language model to write:
+    a count from the timeline; one of the alternatives the question offers ("X or Y?"); the colour, or the
+    things, that appeared at a named time; or the text the question's frames read, with the time it was read."""
+    intent = read_intent(question)
+    facts = timeline_facts(texts)
+    if intent.count:
+        counted = count_answer(intent, facts)
+        if counted is not None:
+            return counted
+    choices = choices_named(question)
+    if choices:
+        among, _ = option_choice(question, intent, choices, texts, adapter.embed_sentences, slack)
+        return choices[_likeliest(adapter, logits, cache, choices, among, "text", lettered=False)]
+    colours = colours_appeared(question, intent, facts, slack)
+    if colours:
+        return colours[_likeliest(adapter, logits, cache, colours, range(len(colours)), "text", lettered=False)]
+    things = things_appeared(question, intent, facts, slack)
+    if things:
+        return ", ".join(things)
+    if intent.text:
+        by_id = {b.record.frame_id: b for b in reading.blocks}
+        focus = [by_id[frame_id].record.text for frame_id in reading.focus if frame_id in by_id]
+        read = texts_read([*focus, *reading.lines]) or texts_read(texts)
+        if read:
+            # The text of the frame nearest the named time, or the most relevant one.
+            chosen = read[0]
+            when = [b.record.stream_time for b in reading.blocks if f'"{chosen}"' in b.record.text]
+            return f'"{chosen}"' + (f" (at {clock(when[0])})" if when else "")
+    return None
+
+
+def answer_context(adapter: ModelAdapter, snapshot: MemorySnapshot, reading: Reading, reread: bool) -> StreamingCache:
+    """`[sink | chosen blocks | timeline lines]` for one question: blocks from their cached KV or, with
+    `reread`, read again (`reread_context`); the timeline lines, when there are any, prefilled after them."""
+    blocks = reading.blocks
+    cache = reread_context(adapter, snapshot, blocks) if reread else snapshot.context(blocks, adapter.rotate_keys)
+    if reading.lines:
+        adapter.prefill(adapter.embed_text(TIMELINE_HEADER + "".join(line + "\n" for line in reading.lines)), cache)
+    return cache
+
+
 def generate_answer(
     adapter: ModelAdapter,
     snapshot: MemorySnapshot,
-    chosen: Sequence[Block],
+    reading: Reading,
     question: str,
+    options: Sequence[str] | None = None,
     max_new_tokens: int = 48,
     max_question_tokens: int = 64,
     cancel: threading.Event | None = None,
     reread: bool = False,
+    choice_scoring: ChoiceScoring = "grounded",
+    controls: bool = True,
+    grounded: bool = True,
+    anchor_seconds: float = 3.0,
 ) -> Generator[str, None, Answer]:
     """Yield text deltas of the answer; the generator's return value is the finished `Answer`.
 
-    The context is the snapshot's sink plus the `chosen` blocks, from their cached KV or, with
-    `reread`, read again (`reread_context`); the snapshot is closed at the end.
+    The context is `answer_context`, then `question` as given (a multiple-choice question lists its options
+    in it, e.g. with `streamer.intent.options_prompt`); the snapshot is closed at the end. With `options`, the answer is
+    the chosen option, "<letter>. <option>", in one delta, so it cannot name two options: with
+    `choice_scoring` "grounded", the options the read texts support best (`streamer.grounding`), and among
+    those the likeliest letter; "letter" or "text", the likeliest letter or option text alone; "generate",
+    free text like an open question. With `grounded`, an open question that the read texts answer (a
+    count, one of the alternatives it offers, written text) is answered from them (`grounded_open_answer`).
+    Otherwise tokens are generated greedily, one line at most, with the answer's own repeated tokens
+    penalised and no three-token sequence repeated (transformers' logits processors), so an answer cannot
+    loop; `controls` False generates without the penalties and the one-line stop.
     """
     start = time.perf_counter()
-    cache = reread_context(adapter, snapshot, chosen) if reread else snapshot.context(chosen, adapter.rotate_keys)
+    cache = answer_context(adapter, snapshot, reading, reread)
     embeds = adapter.question_embeds(question)
-    if embeds.shape[1] > max_question_tokens:
+    limit = max_question_tokens * (4 if options else 1)
+    if embeds.shape[1] > limit:
         # keep the end: it carries the chat turn that opens the answer
-        embeds = torch.cat([embeds[:, : max_question_tokens // 2], embeds[:, -max_question_tokens // 2 :]], 1)
+        embeds = torch.cat([embeds[:, : limit // 2], embeds[:, -limit // 2 :]], 1)
     stream = TextStream(adapter)
     ttft_ms = 0.0
     cancelled = False
+    texts = [b.record.text for b in reading.blocks] + list(reading.lines)
     try:
         logits = adapter.next_token_logits(embeds, cache)
-        for step in range(max_new_tokens):
-            token = int(torch.argmax(logits))
-            if adapter.is_stop(token):
-                break
-            delta = stream.push(token)
-            if step == 0:
-                ttft_ms = (time.perf_counter() - start) * 1000
-            if delta:
-                yield delta
-            if cancel is not None and cancel.is_set():
-                cancelled = True
-                break
-            if step + 1 < max_new_tokens:
-                logits = adapter.next_token_logits(adapter.token_embeds(token), cache)
+        fixed: str | None = None
+        if options and choice_scoring != "generate":
+            among: Sequence[int] = range(len(options))
+            if choice_scoring == "grounded":
+                intent = read_intent(question)
+                among, _ = option_choice(question, intent, options, texts, adapter.embed_sentences, anchor_seconds)
+            best = _likeliest(adapter, logits, cache, options, among, "letter")
+            fixed = f"{LETTERS[best]}. {options[best]}"
+        elif grounded and not options:
+            fixed = grounded_open_answer(adapter, logits, cache, question, reading, texts, anchor_seconds)
+        if fixed is not None:
+            text = fixed
+            ttft_ms = (time.perf_counter() - start) * 1000
+            yield text
+        else:
+            ttft_ms, cancelled = yield from _generate(
+                adapter, logits, cache, stream, max_new_tokens, cancel, start, controls
+            )
+            text = stream.text.strip()
+            if controls:
+                text = text.split("\n")[0].strip()
     finally:
         cache.close()
         snapshot.close()
     latency_ms = (time.perf_counter() - start) * 1000
-    text = stream.text.strip()
     return Answer(
         question=question,
         text=text,
         as_of=snapshot.as_of,
         ttft_ms=ttft_ms or latency_ms,
         latency_ms=latency_ms,
-        evidence=evidence_spans(text, chosen),
+        evidence=evidence_spans(text, reading.blocks),
         tokens=len(stream.ids),
         cancelled=cancelled,
+        frames_read=[block.record.frame_id for block in reading.blocks],
+        lines_read=list(reading.lines),
     )
+
+
+def _generate(
+    adapter: ModelAdapter,
+    logits: torch.Tensor,
+    cache: StreamingCache,
+    stream: TextStream,
+    max_new_tokens: int,
+    cancel: threading.Event | None,
+    start: float,
+    controls: bool = True,
+) -> Generator[str, None, tuple[float, bool]]:
+    """Greedy decoding into `stream`, yielding text deltas; returns (TTFT ms, cancelled).
+
+    With `controls`: repeats penalised, one line at most."""
+    processors = LogitsProcessorList(
+        [RepetitionPenaltyLogitsProcessor(REPETITION_PENALTY), NoRepeatNGramLogitsProcessor(NO_REPEAT_NGRAM)]
+        if controls
+        else []
+    )
+    ttft_ms = 0.0
+    for step in range(max_new_tokens):
+        if stream.ids and processors:
+            generated = torch.tensor([stream.ids], device=logits.device)
+            logits = processors(generated, logits[None])[0]  # type: ignore[arg-type]
+        token = int(torch.argmax(logits))
+        if adapter.is_stop(token):
+            break
+        delta = stream.push(token)
+        if step == 0:
+            ttft_ms = (time.perf_counter() - start) * 1000
+        if controls and "\n" in delta and stream.text.strip():
+            # One line: what follows a line break is a second answer, not more of this one.
+            kept = delta.split("\n")[0]
+            if kept:
+                yield kept
+            break
+        if delta:
+            yield delta
+        if cancel is not None and cancel.is_set():
+            return ttft_ms, True
+        if step + 1 < max_new_tokens:
+            logits = adapter.next_token_logits(adapter.token_embeds(token), cache)
+    return ttft_ms, False

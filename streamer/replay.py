@@ -2,7 +2,9 @@
 
 Frames are fed up to each question's time `t`; the question goes through the same engine path as a
 live question; then the stream continues. Questions file: one JSON object per line,
-`{"id": str, "t": seconds, "question": str, "options"?: [str], "answer"?: str}`. Results file: one
+`{"id": str, "t": seconds, "question": str, "options"?: [str], "answer"?: str, "seen"?: [str]}` ("seen":
+phrases a frame's description shows when the answer was perceived, for the evaluation's funnel,
+`streamer.funnel`). Results file: one
 line per question, `{"id", "t", "question", "answer", "ttft_ms", "latency_ms", "evidence", ...}`.
 """
 
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from sources.file import FileSource
 from sources.frame import SourceEnded
 from streamer.errors import UserError
+from streamer.intent import options_prompt
 
 if TYPE_CHECKING:  # the engine pulls in torch; the question checks must stay quick to import
     from memory.records import FrameRecord
@@ -36,15 +39,11 @@ class ReplayQuestion:
     question: str
     options: tuple[str, ...] | None = None
     answer: str | None = None
+    seen: tuple[str, ...] | None = None  # phrases a frame description shows when the answer was seen
 
     def prompt(self) -> str:
         """The text sent to the model: the question, plus lettered options when there are any."""
-        if not self.options:
-            return self.question
-        lines = [self.question, "Options:"]
-        lines += [f"{chr(65 + i)}. {option}" for i, option in enumerate(self.options)]
-        lines.append("Answer with the option's letter.")
-        return "\n".join(lines)
+        return options_prompt(self.question, self.options) if self.options else self.question
 
 
 @dataclass
@@ -118,7 +117,21 @@ def load_questions(path: Path) -> list[ReplayQuestion]:
             raise UserError(f"{where}: field 'answer' must be a string.")
         if options and answer is not None and _option_letter(tuple(options), answer) not in _LETTERS[: len(options)]:
             raise UserError(f"{where}: answer '{answer}' is neither an option's letter nor an option's text.")
-        questions.append(ReplayQuestion(str(qid), t, text, tuple(options) if options else None, answer))
+        seen = record.get("seen")
+        if seen is not None and (
+            not isinstance(seen, list) or not seen or not all(isinstance(e, str) and e for e in seen)
+        ):
+            raise UserError(f"{where}: field 'seen' must be a non-empty list of phrases.")
+        questions.append(
+            ReplayQuestion(
+                str(qid),
+                t,
+                text,
+                tuple(options) if options else None,
+                answer,
+                tuple(seen) if seen else None,
+            )
+        )
     if not questions:
         raise UserError(f"Questions file '{path}' has no questions; add one JSON object per line.")
     return sorted(questions, key=lambda q: q.t)
@@ -214,7 +227,8 @@ class Replay:
         from streamer.query import drain
 
         answer = drain(
-            self.engine.ask(self.stream_id, question.prompt()), (lambda d: on_delta(question, d)) if on_delta else None
+            self.engine.ask(self.stream_id, question.prompt(), options=question.options),
+            (lambda d: on_delta(question, d)) if on_delta else None,
         )
         result = ReplayResult(
             id=question.id,

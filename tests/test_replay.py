@@ -41,7 +41,7 @@ def test_load_questions_reads_every_field_and_sorts_by_time(tmp_path: Path) -> N
         [
             '{"id": "late", "t": 9.5, "question": "Which animal?", "options": ["cat", "dog"], "answer": "B"}',
             "",
-            '{"id": 7, "t": 3, "question": "What word was on the sign?", "answer": "ZEPHYR"}',
+            '{"id": 7, "t": 3, "question": "What word was on the sign?", "answer": "ZEPHYR", "seen": ["ZEPHYR"]}',
             '{"id": "first", "t": 0, "question": "What colour is the car?"}',
         ],
     )
@@ -50,7 +50,7 @@ def test_load_questions_reads_every_field_and_sorts_by_time(tmp_path: Path) -> N
 
     assert [q.id for q in questions] == ["first", "7", "late"]
     assert questions[0] == ReplayQuestion("first", 0.0, "What colour is the car?")
-    assert questions[1] == ReplayQuestion("7", 3.0, "What word was on the sign?", answer="ZEPHYR")
+    assert questions[1] == ReplayQuestion("7", 3.0, "What word was on the sign?", answer="ZEPHYR", seen=("ZEPHYR",))
     assert questions[2] == ReplayQuestion("late", 9.5, "Which animal?", options=("cat", "dog"), answer="B")
     assert isinstance(questions[1].t, float)
 
@@ -72,6 +72,8 @@ def test_load_questions_reads_every_field_and_sorts_by_time(tmp_path: Path) -> N
         ('{"id": "q2", "t": NaN, "question": "What?"}', "is not a time"),
         ('{"id": "q2", "t": 4, "question": "What?", "options": ["cat", "dog"], "answer": "E"}', "neither an option"),
         ('{"id": "q2", "t": 4, "question": "What?", "options": ["cat", "dog"], "answer": "cow"}', "neither an option"),
+        ('{"id": "q2", "t": 4, "question": "What?", "seen": "cat"}', "'seen' must be a non-empty list"),
+        ('{"id": "q2", "t": 4, "question": "What?", "seen": [""]}', "'seen' must be a non-empty list"),
     ],
 )
 def test_load_questions_names_file_and_line_of_a_malformed_record(tmp_path: Path, bad_line: str, reason: str) -> None:

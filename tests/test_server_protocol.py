@@ -188,3 +188,22 @@ def test_question_errors_name_the_question(server: ServerThread) -> None:
         ("unknown_question", "never-asked"),
         ("duplicate_question", "dup"),
     ]
+
+
+def test_a_question_with_options_is_answered_with_one_of_them(server: ServerThread) -> None:
+    options = ["a city street with bicycles", "a man talking in a car", "an animated rabbit in a meadow"]
+
+    async def scenario() -> tuple[list[Message], Message]:
+        async with aiohttp.ClientSession() as http:
+            ws = await connect(http, ws_url(server))
+            messages = await ask(ws, "mc", "What is on screen right now?", options=options)
+            await ws.send_json({"type": "question.ask", "question_id": "bad", "text": "Which?", "options": ["x"]})
+            error = await receive(ws)
+            await ws.close()
+            return messages, error
+
+    messages, error = asyncio.run(scenario())
+    done = messages[-1]
+    letter, _, chosen = done["text"].partition(". ")
+    assert done["type"] == "answer.done" and chosen == options["ABC".index(letter)], done["text"]
+    assert error["type"] == "error" and error["code"] == "invalid_message" and "options" in error["message"]

@@ -53,6 +53,8 @@ class FrameTokens:
     a model with multi-section positions (M-RoPE); None: the tokens take consecutive positions.
     token_ids: the token ids `embeds` embed, when the frame is plain text for the language model (so a
     question can re-read it); None for image tokens.
+    items: the salient things the frame shows as (kind, name) pairs, for the memory's event timeline
+    (`memory.events`); empty when the adapter names none (image tokens).
     """
 
     embeds: torch.Tensor
@@ -63,6 +65,7 @@ class FrameTokens:
     timings_ms: dict[str, float] = field(default_factory=dict)
     positions: torch.Tensor | None = None
     token_ids: list[int] | None = None
+    items: tuple[tuple[str, str], ...] = ()
 
     @property
     def length(self) -> int:
@@ -125,6 +128,11 @@ class ModelAdapter(ABC):
     def question_vector(self, question: str) -> np.ndarray | None:
         """Embedding of the question in the space of `FrameTokens.text_vector`, if there is one."""
         return None
+
+    def embed_sentences(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), dim) unit-length sentence embeddings in the space of `FrameTokens.text_vector`;
+        (len(texts), 0) when the adapter has no text embedder."""
+        return np.zeros((len(texts), 0), dtype=np.float32)
 
     def ids(self, text: str) -> torch.Tensor:
         """(1, tokens) ids of `text`, no special tokens added."""
@@ -235,6 +243,33 @@ class ModelAdapter(ABC):
     def decoder_layers(self) -> list[Any]:
         """The language model's decoder layers, each with `self_attn.{q,k}_proj` (Llama/Qwen2 layout)."""
         return list(self.model.get_decoder().layers)
+
+    @torch.inference_mode()
+    def continuation_log_likelihood(
+        self, first_logits: torch.Tensor, ids: Sequence[int], cache: StreamingCache
+    ) -> float:
+        """Sum of the log-probabilities of the tokens `ids` following `cache`, whose next-token logits are
+        `first_logits` (vocab,); `cache` is left as it was (the continuation is read on a fork)."""
+        total = float(torch.log_softmax(first_logits.float(), dim=-1)[ids[0]])
+        if len(ids) == 1:
+            return total
+        fork = cache.fork()
+        try:
+            rest = torch.tensor([list(ids)], device=self.device)
+            position_ids = self.position_ids(fork.length, len(ids) - 1)
+            fork.reserve(len(ids) - 1)
+            with self.forward_lock:
+                out = self.model(
+                    inputs_embeds=self.embed_ids(rest[:, :-1]),
+                    position_ids=position_ids,
+                    past_key_values=fork,
+                    use_cache=True,
+                )
+            log_probs = torch.log_softmax(out.logits[0].float(), dim=-1)
+            total += float(log_probs.gather(1, rest[0, 1:, None]).sum())
+        finally:
+            fork.close()
+        return total
 
     @torch.inference_mode()
     def next_token_logits(self, embeds: torch.Tensor, cache: StreamingCache) -> torch.Tensor:

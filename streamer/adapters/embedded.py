@@ -92,6 +92,11 @@ class EmbeddedAdapter(ModelAdapter):
     def question_vector(self, question: str) -> np.ndarray | None:
         return self.embedder.embed([question])[0] if self.embedder else None
 
+    def embed_sentences(self, texts: Sequence[str]) -> np.ndarray:
+        if self.embedder is None:
+            return super().embed_sentences(texts)
+        return self.embedder.embed(list(texts))
+
     def frame_tokens(self, frame: Frame, detail: Detail = "full") -> FrameTokens:
         return self.frame_tokens_batch([frame], [detail])[0]
 
@@ -132,6 +137,7 @@ class EmbeddedAdapter(ModelAdapter):
                     vector,
                     frame_timings,
                     token_ids=ids[0].tolist(),
+                    items=tuple(description.items()),
                 )
             )
         return tokens

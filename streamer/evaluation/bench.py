@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -142,7 +143,7 @@ def run_sessions(
     answers: dict[str, ProbeAnswer] = {}
     for number, session in enumerate(sessions):
         progress.start(f"{session.video.name} ({number + 1}/{len(sessions)})")
-        probes = [Probe(e.id, e.t_query, e.prompt, e.context_start) for e in session.events]
+        probes = [Probe(e.id, e.t_query, e.prompt, e.context_start, _choices(e)) for e in session.events]
         run = asyncio.run(
             replay_probes(
                 engine,
@@ -274,3 +275,11 @@ def run_bench(options: BenchOptions, out: Path, command: str, progress: Progress
     report = score(sessions, answers, judge, options.benchmark)
     records = answer_records(sessions, answers, judge, options.benchmark)
     return write_bench_report(out, report, records, options, command, time.perf_counter() - started)
+
+
+def _choices(event: BenchmarkEvent) -> tuple[str, ...] | None:
+    """A multiple-choice event's options without the letters some benchmarks write before them; the
+    engine scores them (the prompt lists them already)."""
+    if event.kind != "mcq" or not event.options:
+        return None
+    return tuple(re.sub(r"^[A-H][.)]\s*", "", option) for option in event.options)

@@ -11,8 +11,12 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from streamer.errors import UserError
+
+if TYPE_CHECKING:
+    from streamer.evaluation.options import Variant
 
 EVALUATION_COMMANDS = ("eval", "bench")
 
@@ -27,7 +31,10 @@ def add_evaluation_commands(commands: argparse._SubParsersAction[argparse.Argume
         "answers.json, runs.json and PNG plots into --out.",
     )
     evaluate.add_argument(
-        "--suite", default="default", help="'default' (one 10-minute needle stream) or a suite YAML file"
+        "--suite",
+        default="default",
+        help="'default' (one 6-minute needle stream), 'delayed' (three 20-minute streams, questions 2-20 minutes "
+        "after their needles; 'delayed-dev' is the same on the development seeds) or a suite YAML file",
     )
     evaluate.add_argument(
         "--policies",
@@ -69,6 +76,15 @@ def add_evaluation_commands(commands: argparse._SubParsersAction[argparse.Argume
     evaluate.add_argument("--max-new-tokens", type=int, default=32, help="longest answer in tokens (default 32)")
     evaluate.add_argument(
         "--host-budget", type=int, default=0, help="host-memory tokens behind the device budget (default 0: none)"
+    )
+    evaluate.add_argument(
+        "--variant",
+        nargs="+",
+        action="append",
+        metavar="NAME [KEY=VALUE ...]",
+        help="engine settings to compare, side by side on the same described frames: a name and EngineConfig "
+        "fields, e.g. --variant cache answer_from=cache --variant no-bm25 lexical_weight=0 (repeatable; "
+        "default: one variant, the engine's defaults)",
     )
     evaluate.add_argument("--threads", type=int, help="torch threads (default: torch's choice, one per core)")
     evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -118,6 +134,31 @@ def _log(quiet: bool) -> Callable[[str], None]:
     return log
 
 
+def parse_variants(given: list[list[str]] | None) -> list[Variant]:
+    """`--variant NAME KEY=VALUE ...` options as Variants (values read as YAML scalars: 0, false, text)."""
+    import yaml
+
+    from streamer.evaluation.options import Variant
+
+    if not given:
+        return [Variant()]
+    variants = []
+    for name, *pairs in given:
+        if "=" in name:
+            raise UserError(f"--variant {name}: give the variant a name first, then KEY=VALUE settings.")
+        settings = []
+        for pair in pairs:
+            key, equals, value = pair.partition("=")
+            if not equals or not key:
+                raise UserError(f"--variant {name}: '{pair}' is not KEY=VALUE.")
+            settings.append((key, yaml.safe_load(value)))
+        variants.append(Variant(name, tuple(settings)))
+    names = [variant.name for variant in variants]
+    if len(set(names)) < len(names):
+        raise UserError("--variant names must differ; name each variant once.")
+    return variants
+
+
 def run_eval(args: argparse.Namespace, command: str) -> int:
     import os
 
@@ -125,7 +166,7 @@ def run_eval(args: argparse.Namespace, command: str) -> int:
     from streamer.evaluation.options import DEFAULT_BUDGETS, DEFAULT_POLICIES, EvalOptions
     from streamer.evaluation.progress import Progress
     from streamer.evaluation.report import write_report
-    from streamer.evaluation.suite import default_spec, prepare_suite, read_suite_file, with_minutes
+    from streamer.evaluation.suite import named_spec, prepare_suite, read_suite_file, with_minutes
     from streamer.llm import cache_dir
 
     if args.url is not None and (args.policies or args.budgets or args.llm):
@@ -145,6 +186,7 @@ def run_eval(args: argparse.Namespace, command: str) -> int:
         via_websocket=args.via_websocket,
         url=args.url,
         token=args.token or os.environ.get("STREAMER_TOKEN"),
+        variants=parse_variants(args.variant),
     )
     check_options(options)
     if args.host_budget < 0:
@@ -153,7 +195,7 @@ def run_eval(args: argparse.Namespace, command: str) -> int:
         raise UserError(f"--max-new-tokens {args.max_new_tokens} must be at least 1.")
     _check_out(args.out)
     log = _log(args.quiet)
-    spec = default_spec() if args.suite == "default" else read_suite_file(Path(args.suite))
+    spec = named_spec(args.suite) or read_suite_file(Path(args.suite))
     suite = prepare_suite(with_minutes(spec, args.minutes), args.suite, cache_dir() / "eval-suites", log)
     progress = Progress(enabled=not args.quiet)
     result = run_suite(suite, options, progress, log)

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from sources.file import FileSource
 from sources.frame import SourceEnded
 from streamer.engine import EngineConfig
@@ -28,6 +30,7 @@ from streamer.evaluation.options import POLICIES, EvalOptions, RunConfig, llm_na
 from streamer.evaluation.progress import Progress
 from streamer.evaluation.replaying import Probe, ProbeAnswer, StreamRun, replay_probes
 from streamer.evaluation.suite import Suite, SuiteStream
+from streamer.funnel import FunnelRow, seen_phrases
 from streamer.replay import ReplayQuestion, score
 
 
@@ -65,6 +68,16 @@ def check_options(options: EvalOptions) -> None:
         http_base(options.url)
     if options.url is not None and len(options.fps) > 1:
         raise UserError("A running server ingests at the fps it is given once; with --url give one --fps.")
+    for variant in options.variants:
+        try:
+            EngineConfig.model_validate(dict(variant.settings))
+        except ValidationError as error:
+            first = error.errors()[0]
+            field = ".".join(str(part) for part in first["loc"]) or "settings"
+            raise UserError(
+                f"--variant {variant.name}: {field}: {str(first['msg']).rstrip('.')}; give EngineConfig fields as "
+                "KEY=VALUE."
+            ) from None
     if options.llms:
         from streamer.llm import check_llm_path
 
@@ -75,9 +88,10 @@ def check_options(options: EvalOptions) -> None:
 
 def configs(options: EvalOptions) -> list[RunConfig]:
     return [
-        RunConfig(policy, percent, fps, llm, llm_name(llm))
+        RunConfig(policy, percent, fps, llm, llm_name(llm), variant)
         for fps in options.fps
         for llm in options.llms
+        for variant in options.variants
         for policy in options.policies
         for percent in options.budgets
     ]
@@ -136,14 +150,15 @@ def engine_config(adapter: Any, options: EvalOptions, config: RunConfig, frame_b
     be most of a small budget, and the policies would differ mostly in when they evict)."""
     probe = EngineConfig(max_new_tokens=max(1, options.max_new_tokens))
     sink = int(adapter.system_embeds().shape[1])
-    return EngineConfig(
-        policy=config.policy,  # type: ignore[arg-type]
-        budget_tokens=frame_budget + sink + probe.answer_reserve,
-        evict_chunk=max(16, frame_budget // EVICT_SHARE),
-        host_budget_tokens=options.host_budget_tokens,
-        retrieval_top_k=options.top_k,
-        max_new_tokens=probe.max_new_tokens,
-    )
+    settings: dict[str, Any] = {
+        "policy": config.policy,
+        "budget_tokens": frame_budget + sink + probe.answer_reserve,
+        "evict_chunk": max(16, frame_budget // EVICT_SHARE),
+        "host_budget_tokens": options.host_budget_tokens,
+        "retrieval_top_k": options.top_k,
+        "max_new_tokens": probe.max_new_tokens,
+    }
+    return EngineConfig.model_validate(settings | dict(config.variant.settings))
 
 
 def frame_budget_for(
@@ -173,7 +188,17 @@ def frame_budget_for(
 
 
 def probes_of(stream: SuiteStream) -> list[Probe]:
-    return [Probe(question.id, question.t, question.prompt()) for question in stream.questions]
+    return [
+        Probe(
+            question.id,
+            question.t,
+            question.prompt(),
+            options=question.options,
+            seen=tuple(seen_phrases(question.answer, question.options, question.seen)),
+            question=question.question,
+        )
+        for question in stream.questions
+    ]
 
 
 def template_of(question_id: str) -> str:
@@ -190,6 +215,7 @@ def config_record(config: RunConfig, budget_tokens: int) -> dict[str, Any]:
         "budget_tokens": budget_tokens,
         "fps": config.fps,
         "llm": config.llm_name,
+        "variant": config.variant.name,
     }
 
 
@@ -212,6 +238,9 @@ def answer_record(
         "evidence": answer.evidence,
         "as_of": answer.as_of,
     }
+    if answer.funnel is not None:
+        perceived, kept, chosen = answer.funnel
+        record["funnel"] = FunnelRow(perceived, kept, chosen, bool(record["correct"])).as_dict()
     if answer.client_ttft_ms is not None:
         record["client_ttft_ms"] = answer.client_ttft_ms
         record["client_latency_ms"] = answer.client_latency_ms

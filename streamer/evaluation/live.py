@@ -137,7 +137,11 @@ async def _ask_all(
 
 async def _ask(ws: Any, question_id: str, probe: Probe, stream_id: str, timeout_s: float) -> ProbeAnswer:
     sent = time.perf_counter()
-    message = {"type": "question.ask", "question_id": question_id, "stream_id": stream_id, "text": probe.prompt}
+    message: dict[str, Any] = {"type": "question.ask", "question_id": question_id, "stream_id": stream_id}
+    if probe.options and probe.question:
+        message.update(text=probe.question, options=list(probe.options))  # the server lists and scores them
+    else:
+        message["text"] = probe.prompt
     await ws.send_json(message)
     first_delta: float | None = None
     while True:

@@ -8,12 +8,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # The names of streamer.engine.MemoryPolicyName (kept here so the command line loads without torch).
 POLICIES: tuple[str, ...] = ("curvature", "uniform", "fifo", "equal")
 DEFAULT_POLICIES = ("curvature", "uniform", "fifo", "equal")
 DEFAULT_BUDGETS = (5.0, 10.0, 25.0)
 DEFAULT_LLM_NAME = "SmolLM2-135M-Instruct"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named set of engine settings (`streamer.engine.EngineConfig` fields) that runs beside the others."""
+
+    name: str = "default"
+    settings: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -25,6 +34,7 @@ class RunConfig:
     fps: float
     llm: str | None = None
     llm_name: str = DEFAULT_LLM_NAME
+    variant: Variant = Variant()
 
 
 @dataclass
@@ -39,6 +49,7 @@ class EvalOptions:
     via_websocket: bool = False
     url: str | None = None
     token: str | None = None
+    variants: Sequence[Variant] = (Variant(),)
 
 
 def llm_name(llm: str | None) -> str:

@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from streamer.evaluation.tables import accuracy_of, row_label, varied_fields
+from streamer.funnel import STEPS
 
 ACCURACY_PNG = "accuracy_vs_budget.png"
 TTFT_PNG = "ttft_vs_stream_length.png"
 RESIDENT_PNG = "resident_tokens.png"
+FUNNEL_PNG = "funnel.png"
 
 
 def write_plots(out: Path, answers: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]]) -> list[Path]:
@@ -22,7 +24,32 @@ def write_plots(out: Path, answers: Sequence[dict[str, Any]], runs: Sequence[dic
     written = [_accuracy(out / ACCURACY_PNG, answers), _ttft(out / TTFT_PNG, answers)]
     if any(run["timeline"] for run in runs):
         written.append(_resident(out / RESIDENT_PNG, runs))
+    if any("funnel" in a for a in answers):
+        written.append(_funnel(out / FUNNEL_PNG, answers))
     return written
+
+
+def _funnel(path: Path, answers: Sequence[dict[str, Any]]) -> Path:
+    """One line per configuration (policy at a budget): the share of questions past each funnel step."""
+    import matplotlib.pyplot as plt
+
+    varied = varied_fields([a["config"] for a in answers]) - {"budget_percent", "budget_tokens"}
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for answer in answers:
+        if "funnel" in answer:
+            config = answer["config"]
+            budget = f"{config['budget_percent']:g}%" if config["budget_percent"] else "as served"
+            groups.setdefault(f"{row_label(config, varied)} {budget}", []).append(answer["funnel"])
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for label, rows in groups.items():
+        shares = [sum(bool(row[step]) for row in rows) / len(rows) for step in STEPS]
+        axis.plot(list(STEPS), shares, marker="o", label=label)
+    axis.set_ylabel("share of questions")
+    axis.set_ylim(-0.05, 1.05)
+    axis.set_title("Where right answers are lost")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    return _save(figure, path)
 
 
 def _accuracy(path: Path, answers: Sequence[dict[str, Any]]) -> Path:

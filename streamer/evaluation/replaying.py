@@ -15,6 +15,7 @@ from memory.records import FrameRecord
 from sources.file import FileSource
 from sources.frame import SourceEnded
 from streamer.engine import Engine
+from streamer.funnel import trace
 from streamer.query import Answer, drain
 
 
@@ -23,12 +24,17 @@ class Probe:
     """A question sent as `prompt` once the stream reaches `t` seconds.
 
     since: the earliest stream time whose memory the question may read (0: everything kept).
+    options: the choices `prompt` lists, scored by the engine; None for an open question.
+    seen: with these, the answer records where the evidence was lost (`ProbeAnswer.funnel`).
     """
 
     id: str
     t: float
     prompt: str
     since: float = 0.0
+    options: tuple[str, ...] | None = None
+    seen: tuple[str, ...] = ()  # phrases that show the answer was perceived (`streamer.funnel`)
+    question: str | None = None  # the question alone, without the options `prompt` lists
 
 
 @dataclass
@@ -42,6 +48,7 @@ class ProbeAnswer:
     as_of: float
     client_ttft_ms: float | None = None
     client_latency_ms: float | None = None
+    funnel: tuple[bool, bool, bool] | None = None  # (perceived, kept, chosen), when the probe has `seen`
 
 
 @dataclass
@@ -55,9 +62,9 @@ class StreamRun:
     ingest_ms_per_frame: dict[str, float] = field(default_factory=dict)
 
 
-def ask_within(engine: Engine, stream_id: str, question: str, since: float = 0.0) -> Generator[str, None, Answer]:
-    """`engine.ask`, except that the question reads no frame older than stream time `since`."""
-    return engine.ask(stream_id, question, since=since)
+def ask_within(engine: Engine, stream_id: str, probe: Probe) -> Generator[str, None, Answer]:
+    """`engine.ask` for a probe: its options scored, no frame older than its `since` read."""
+    return engine.ask(stream_id, probe.prompt, since=probe.since, options=probe.options)
 
 
 async def replay_probes(
@@ -80,7 +87,7 @@ async def replay_probes(
     run = StreamRun([], budget_tokens=memory.budget_tokens)
 
     def answer(probe: Probe) -> None:
-        result = drain(ask_within(engine, stream_id, probe.prompt, probe.since))
+        result = drain(ask_within(engine, stream_id, probe))
         given = ProbeAnswer(
             probe.id,
             probe.t,
@@ -89,6 +96,7 @@ async def replay_probes(
             round(result.latency_ms, 1),
             result.evidence,
             result.as_of,
+            funnel=trace(memory, result, probe.seen) if probe.seen else None,
         )
         run.answers.append(given)
         if on_answer is not None:

@@ -14,9 +14,18 @@ import torch
 from streamer.clock import clock
 from streamer.evaluation.evaluate import EvalResult
 from streamer.evaluation.options import EvalOptions
-from streamer.evaluation.plots import ACCURACY_PNG, RESIDENT_PNG, TTFT_PNG, write_plots
+from streamer.evaluation.plots import ACCURACY_PNG, FUNNEL_PNG, RESIDENT_PNG, TTFT_PNG, write_plots
 from streamer.evaluation.suite import Suite
-from streamer.evaluation.tables import accuracy_cell, median_cell, pivot, runs_table, template_table
+from streamer.evaluation.tables import (
+    accuracy_cell,
+    funnel_cell,
+    funnel_template_table,
+    lost_cell,
+    median_cell,
+    pivot,
+    runs_table,
+    template_table,
+)
 
 ANSWERS_JSON = "answers.json"
 RUNS_JSON = "runs.json"
@@ -79,6 +88,26 @@ def report_lines(
             *pivot(answers, median_cell("client_latency_ms"), "policy"),
             "",
         ]
+    if any("funnel" in a for a in answers):
+        lines += [
+            "## Where right answers are lost: perceived / kept / chosen / answered",
+            "",
+            "Per question with a known answer: was it **perceived** (the evidence, in normalised words, is in the "
+            "description of a frame up to the question), **kept** (in a frame whose KV was still on the device or "
+            "host, or in a line of the event timeline), **chosen** (in a frame or timeline line the question read), "
+            "**answered** (scored right). The share of questions past each step:",
+            "",
+            *pivot(answers, funnel_cell, "policy"),
+            "",
+            "Wrong answers by the step where they were lost:",
+            "",
+            *pivot(answers, lost_cell, "policy"),
+            "",
+            "By question template, every configuration pooled:",
+            "",
+            *funnel_template_table(answers),
+            "",
+        ]
     lines += [
         "## Accuracy by question template (all budgets)",
         "",
@@ -91,7 +120,12 @@ def report_lines(
         "## Plots",
         "",
     ]
-    titles = {ACCURACY_PNG: "Accuracy vs budget", TTFT_PNG: "TTFT vs stream length", RESIDENT_PNG: "Resident tokens"}
+    titles = {
+        ACCURACY_PNG: "Accuracy vs budget",
+        TTFT_PNG: "TTFT vs stream length",
+        RESIDENT_PNG: "Resident tokens",
+        FUNNEL_PNG: "Perceived, kept, chosen, answered",
+    }
     lines += [f"![{titles.get(plot.name, plot.stem)}]({plot.name})" for plot in plots]
     lines += [
         "",

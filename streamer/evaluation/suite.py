@@ -41,6 +41,8 @@ class GenerateSpec(BaseModel):
     spacing_s: float = Field(DEFAULT_SPACING_S, gt=0)
     shown_s: float = Field(4.0, gt=0)
     choice_share: float = Field(0.5, ge=0, le=1)
+    min_delay_s: float = Field(2.0, gt=0, description="shortest time from a needle to a question about it")
+    max_delay_s: float = Field(float("inf"), gt=0, description="longest time from a needle to a question about it")
 
 
 class StreamSpec(BaseModel):
@@ -85,8 +87,31 @@ class Suite:
     source: str  # "default" or the suite file's path
 
 
+# The suites `--suite` knows by name. "delayed": 20-minute streams whose questions come 2 to 20 minutes after
+# their needles, past the recent window every policy keeps, so what the memory kept decides the answer.
+# The answer path was developed on the seeds of "delayed-dev" only; "delayed" (other seeds) is what reports.
+DELAYED_DEV_SEEDS = (1, 2)
+DELAYED_REPORT_SEEDS = (11, 12, 13)
+SUITE_NAMES = ("default", "delayed", "delayed-dev")
+
+
+def _delayed(seed: int) -> StreamSpec:
+    return StreamSpec(generate=GenerateSpec(minutes=20, seed=seed, spacing_s=60, min_delay_s=120, max_delay_s=1200))
+
+
 def default_spec() -> SuiteSpec:
     return SuiteSpec(name="default", streams=[StreamSpec(generate=GenerateSpec())])
+
+
+def named_spec(name: str) -> SuiteSpec | None:
+    """The built-in suite called `name` (one of SUITE_NAMES), or None."""
+    if name == "default":
+        return default_spec()
+    if name == "delayed":
+        return SuiteSpec(name=name, streams=[_delayed(seed) for seed in DELAYED_REPORT_SEEDS])
+    if name == "delayed-dev":
+        return SuiteSpec(name=name, streams=[_delayed(seed) for seed in DELAYED_DEV_SEEDS])
+    return None
 
 
 def read_suite_file(path: Path) -> SuiteSpec:
@@ -142,6 +167,8 @@ def prepare_suite(spec: SuiteSpec, source: str, cache: Path, log: Any = None) ->
                 spacing_s=g.spacing_s,
                 shown_s=g.shown_s,
                 choice_share=g.choice_share,
+                min_delay_s=g.min_delay_s,
+                max_delay_s=g.max_delay_s,
             )
             name = f"needles {g.minutes:g} min seed {g.seed}"
             prepared.append(_checked(name, built.video, built.questions_path, number))

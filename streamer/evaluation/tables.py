@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from streamer.funnel import STEPS
+
 # Configuration fields that name a row when they vary (budget is the tables' column).
-_ROW_FIELDS = ("policy", "fps", "llm")
+_ROW_FIELDS = ("policy", "fps", "llm", "variant")
 
 
 def varied_fields(configs: Iterable[dict[str, Any]]) -> set[str]:
@@ -29,6 +31,8 @@ def row_label(config: dict[str, Any], varied: set[str]) -> str:
         parts.append(f"{config['fps']:g} fps")
     if "llm" in varied:
         parts.append(str(config["llm"]))
+    if "variant" in varied:
+        parts.append(str(config.get("variant", "default")))
     return ", ".join(parts)
 
 
@@ -134,6 +138,32 @@ def template_table(answers: Sequence[dict[str, Any]]) -> list[str]:
             for template in templates
         ]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def funnel_cell(answers: Sequence[dict[str, Any]]) -> str:
+    """ "0.95 / 0.90 / 0.70 / 0.60 (n=20)": the share perceived, kept, chosen, answered."""
+    rows = [a["funnel"] for a in answers if "funnel" in a]
+    if not rows:
+        return "n/a"
+    shares = " / ".join(f"{sum(bool(row[step]) for row in rows) / len(rows):.2f}" for step in STEPS)
+    return f"{shares} (n={len(rows)})"
+
+
+def lost_cell(answers: Sequence[dict[str, Any]]) -> str:
+    """How many wrong answers were lost at each step: "kept 2, chosen 3, answered 4"."""
+    rows = [a["funnel"] for a in answers if "funnel" in a and a["funnel"]["lost_at"] is not None]
+    counts = {step: sum(1 for row in rows if row["lost_at"] == step) for step in STEPS}
+    return ", ".join(f"{step} {count}" for step, count in counts.items() if count) or "none"
+
+
+def funnel_template_table(answers: Sequence[dict[str, Any]]) -> list[str]:
+    """The funnel per question template, every configuration pooled."""
+    templates = sorted({a["template"] for a in answers if "funnel" in a})
+    lines = ["| template | perceived / kept / chosen / answered | wrong, lost at |", "|---|---|---|"]
+    for template in templates:
+        mine = [a for a in answers if a["template"] == template]
+        lines.append(f"| {template} | {funnel_cell(mine)} | {lost_cell(mine)} |")
     return lines
 
 

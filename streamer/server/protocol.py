@@ -29,6 +29,8 @@ from streamer.server.config import STREAM_ID_PATTERN
 
 QUESTION_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 MAX_QUESTION_CHARS = 2000
+MAX_OPTIONS = 8
+MAX_OPTION_CHARS = 200
 _ID = re.compile(QUESTION_ID_PATTERN)
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_]{1,40}")
 
@@ -78,9 +80,13 @@ class ClientMessage(BaseModel):
 
 
 class QuestionAsk(ClientMessage):
+    """A question; with `options` it is multiple choice: the options are listed after the text for the model,
+    and the answer is the chosen one, "<letter>. <option>"."""
+
     type: Literal["question.ask"]
     question_id: str = Field(pattern=QUESTION_ID_PATTERN)
     text: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
+    options: list[str] | None = Field(None, min_length=2, max_length=MAX_OPTIONS)
 
     @field_validator("text")
     @classmethod
@@ -92,6 +98,13 @@ class QuestionAsk(ClientMessage):
         except UnicodeEncodeError:
             raise ValueError("the question is not valid Unicode text") from None
         return text
+
+    @field_validator("options")
+    @classmethod
+    def _short_options(cls, options: list[str] | None) -> list[str] | None:
+        if options is not None and any(not option.strip() or len(option) > MAX_OPTION_CHARS for option in options):
+            raise ValueError(f"each option must be text of 1 to {MAX_OPTION_CHARS} characters")
+        return options
 
 
 class QuestionCancel(ClientMessage):

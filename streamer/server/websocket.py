@@ -23,6 +23,7 @@ from concurrent.futures import Executor
 from aiohttp import WSMsgType, web
 
 from streamer.engine import Engine, UnknownStream
+from streamer.intent import options_prompt
 from streamer.query import Answer, drain
 from streamer.server.metrics import ServerMetrics
 from streamer.server.protocol import (
@@ -101,11 +102,18 @@ class QuestionDesk:
         question = QuestionInFlight(message.question_id, stream_id)
         session.questions[question.question_id] = question
         self.pending += 1
-        task = asyncio.create_task(self._answer(session, question, message.text), name=f"answer {question.question_id}")
+        text, options = message.text, message.options
+        if options:
+            text = options_prompt(text, options)
+        task = asyncio.create_task(
+            self._answer(session, question, text, options), name=f"answer {question.question_id}"
+        )
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _answer(self, session: Session, question: QuestionInFlight, text: str) -> None:
+    async def _answer(
+        self, session: Session, question: QuestionInFlight, text: str, options: list[str] | None = None
+    ) -> None:
         loop = asyncio.get_running_loop()
         question_id, stream_id = question.question_id, question.stream_id
         sequence = 0
@@ -129,7 +137,7 @@ class QuestionDesk:
             def hand_over(delta: str) -> None:
                 loop.call_soon_threadsafe(on_delta, delta)
 
-            deltas = self.engine.ask(stream_id, text, question.cancel, on_snapshot=snapshot_taken)
+            deltas = self.engine.ask(stream_id, text, question.cancel, on_snapshot=snapshot_taken, options=options)
             return drain(deltas, hand_over)
 
         try:

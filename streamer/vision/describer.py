@@ -64,6 +64,15 @@ class FrameDescription:
         parts.append(("colours", ", ".join(self.colours)))
         return "; ".join(f"{name}: {value}" for name, value in parts if value)
 
+    def items(self) -> list[tuple[str, str]]:
+        """The things it names, as (kind, name) for the memory's event timeline: each text line read, each
+        object detected, each scene label, each palette colour."""
+        found = [("text", readable_case(line)) for line in self.text]
+        found += [("object", detected.name) for detected in self.objects]
+        found += [("scene", name) for name, _ in self.labels]
+        found += [("colour", colour) for colour in self.colours]
+        return found
+
 
 def readable_case(text: str) -> str:
     """Signs are often all capitals; small LMs copy "Juniper" far more reliably than "JUNIPER"."""

@@ -1,0 +1,110 @@
+"""The long-term level of a stream's memory: a timeline of what was shown, when, and how many times.
+
+Frames are the detailed level: each keeps a KV block while the budget allows. Above them, every thing a
+frame's description names (text read, an object detected, a scene label, a colour) is an item of the
+timeline, with each stretch of time it was on screen (a showing). A showing begins at a frame that names
+the item and ends at the first frame that looked for it and did not find it: fully described frames
+(the curvature peaks, where the video changed) look for everything; fuzzy frames are described tersely,
+without OCR or the detector, so their silence about text and objects says nothing. An item named again
+after its showing ended counts as coming back, a new showing, unless within `rejoin_s` of its last
+sighting (detectors flicker).
+
+Questions about order, recency and counts read the matching items as one short line each (see
+`streamer.retrieval`). The timeline keeps a few numbers per showing, whatever happens to the frames' KV
+blocks.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+# What kind of thing an item is, as a frame description names it.
+ITEM_KINDS = ("text", "object", "scene", "colour")
+# What a terse description (a fuzzy frame's: no OCR, no detector) still names.
+TERSE_KINDS = ("scene", "colour")
+
+
+@dataclass
+class Showing:
+    """One stretch of time an item was on screen: first and last frame that named it."""
+
+    first: float
+    last: float
+    frame_ids: list[int] = field(default_factory=list)
+    ended: bool = False
+
+
+@dataclass
+class TimelineItem:
+    """Something the stream showed (`kind` one of ITEM_KINDS, `name` as described) and every showing of it."""
+
+    kind: str
+    name: str
+    showings: list[Showing] = field(default_factory=list)
+
+    @property
+    def first(self) -> float:
+        return self.showings[0].first
+
+    @property
+    def last(self) -> float:
+        return self.showings[-1].last
+
+
+class EventTimeline:
+    """Items and their showings, fed one frame at a time in stream order.
+
+    rejoin_s: an item named again within this many seconds of its last sighting continues its showing.
+    """
+
+    def __init__(self, rejoin_s: float = 6.0) -> None:
+        self.rejoin_s = rejoin_s
+        self.items: dict[tuple[str, str], TimelineItem] = {}
+        self.lock = threading.Lock()
+
+    def observe(self, frame_id: int, stream_time: float, items: Iterable[tuple[str, str]], full: bool) -> None:
+        """Add one frame: the (kind, name) items its description names; `full` when it was fully described
+        (a terse description looks only for TERSE_KINDS, so only those end a showing by their absence)."""
+        named = set(items)
+        looked_for = ITEM_KINDS if full else TERSE_KINDS
+        with self.lock:
+            for key in named:
+                item = self.items.get(key)
+                if item is None:
+                    item = self.items[key] = TimelineItem(*key)
+                showing = item.showings[-1] if item.showings else None
+                if showing is None or (showing.ended and stream_time - showing.last > self.rejoin_s):
+                    item.showings.append(Showing(stream_time, stream_time, [frame_id]))
+                else:
+                    showing.last, showing.ended = stream_time, False
+                    showing.frame_ids.append(frame_id)
+            for key, item in self.items.items():
+                if key not in named and item.kind in looked_for and item.showings:
+                    item.showings[-1].ended = True
+
+    def view(self, upto: float) -> list[TimelineItem]:
+        """A copy of every item's showings that began by stream time `upto`, ordered by first showing."""
+        with self.lock:
+            copies = []
+            for item in self.items.values():
+                showings = [
+                    Showing(s.first, s.last, list(s.frame_ids), s.ended) for s in item.showings if s.first <= upto
+                ]
+                if showings:
+                    copies.append(TimelineItem(item.kind, item.name, showings))
+        return sorted(copies, key=lambda item: (item.first, item.kind, item.name))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def since_time(items: Sequence[TimelineItem], since: float) -> tuple[TimelineItem, ...]:
+    """`items` with only the showings that began at `since` or later (items left with none are dropped)."""
+    kept = []
+    for item in items:
+        showings = [showing for showing in item.showings if showing.first >= since]
+        if showings:
+            kept.append(TimelineItem(item.kind, item.name, showings))
+    return tuple(kept)

@@ -277,7 +277,7 @@ def generate_answer(
             if choice_scoring == "grounded":
                 intent = read_intent(question)
                 among, _ = option_choice(question, intent, options, texts, adapter.embed_sentences, anchor_seconds)
-            best = _likeliest(adapter, logits, cache, options, among, "letter")
+            best = _likeliest(adapter, logits, cache, options, among, "text" if choice_scoring == "text" else "letter")
             fixed = f"{LETTERS[best]}. {options[best]}"
         elif grounded and not options:
             fixed = grounded_open_answer(adapter, logits, cache, question, reading, texts, anchor_seconds)

@@ -119,6 +119,8 @@ class Printer:
         self.open_question = None
         evidence = ", ".join(f"{clock(a)}-{clock(b)}" for a, b in result.evidence) or "none"
         verdict = "" if result.correct is None else f"  [{'correct' if result.correct else 'wrong'}: {result.expected}]"
+        if result.funnel is not None and result.funnel["lost_at"] is not None:
+            verdict += f" lost at: {result.funnel['lost_at']}"
         print(
             f"\n         TTFT {result.ttft_ms:.0f} ms, total {result.latency_ms:.0f} ms, evidence {evidence}{verdict}"
         )
@@ -133,6 +135,9 @@ class Printer:
             f"resident tokens {summary.resident_tokens}/{summary.budget_tokens}"
             f"\nIngest ms per frame: {split}"
         )
+        if summary.funnel:
+            steps = ", ".join(f"{step} {share:.0%}" for step, share in summary.funnel.items() if step != "traced")
+            print(f"Funnel ({summary.funnel['traced']:.0f} questions with a key): {steps}")
 
 
 def run_replay(args: argparse.Namespace, video: Path, questions_path: Path, out: Path | None) -> int:

@@ -12,7 +12,7 @@ stream's resident and host tokens are sampled as the stream grows.
                                 [--budget 60000] [--host-budget 400000] [--device cuda] [--dtype bfloat16]
                                 [--repeats 3] [--memory-every FRAMES] [--tiny] [--out scripts/results/bench_gpu.md]
 
-`--tiny` swaps in the 2-layer model of `--arch`'s family from tests/test_vlm_adapters.py in float32,
+`--tiny` swaps in the 2-layer model of `--arch`'s family of streamer/adapters/tiny.py in float32,
 a smoke test that runs on a CPU in well under a minute:
 
     python scripts/bench_gpu.py --tiny --device cpu --minutes 0.2 0.5 --out /tmp/bench_gpu_tiny.md

@@ -80,13 +80,19 @@ def content_words(text: str) -> set[str]:
     return {w for w in _WORD.findall(text.lower()) if len(w) > 2 and w not in _STOPWORDS}
 
 
-def evidence_spans(answer: str, blocks: Sequence[Block], merge_gap: float = 2.0) -> list[list[float]]:
-    """Time spans of the resident frames whose descriptions share content words with the answer.
+def evidence_spans(
+    answer: str, blocks: Sequence[Block], merge_gap: float = 2.0, by_words: bool = True
+) -> list[list[float]]:
+    """Time spans of the frames read whose descriptions share content words with the answer; of every
+    frame read when `by_words` is False (image frames carry no description to match).
 
     Frames closer than `merge_gap` seconds join one span [t0, t1].
     """
-    words = content_words(answer)
-    times = [b.record.stream_time for b in blocks if words & content_words(b.record.text)] if words else []
+    if by_words:
+        words = content_words(answer)
+        times = [b.record.stream_time for b in blocks if words & content_words(b.record.text)] if words else []
+    else:
+        times = sorted(b.record.stream_time for b in blocks)
     spans: list[list[float]] = []
     for t in times:
         if spans and t - spans[-1][1] <= merge_gap:
@@ -302,7 +308,7 @@ def generate_answer(
         as_of=snapshot.as_of,
         ttft_ms=ttft_ms or latency_ms,
         latency_ms=latency_ms,
-        evidence=evidence_spans(text, reading.blocks),
+        evidence=evidence_spans(text, reading.blocks, by_words=adapter.describes_frames),
         tokens=len(stream.ids),
         cancelled=cancelled,
         frames_read=[block.record.frame_id for block in reading.blocks],

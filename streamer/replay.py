@@ -247,7 +247,7 @@ class Replay:
             correct=score(question, answer.text),
         )
         phrases = seen_phrases(question.answer, question.options, question.seen)
-        if phrases and result.correct is not None:
+        if phrases and result.correct is not None and self.engine.adapter.describes_frames:
             memory = self.engine.stream(self.stream_id).memory
             perceived, kept, chosen = trace(memory, answer, phrases)
             result.funnel = FunnelRow(perceived, kept, chosen, result.correct).as_dict()

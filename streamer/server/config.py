@@ -5,7 +5,7 @@ sources:
   - {id: door, url: rtsp://192.168.1.20/stream1, fps: 1}
   - {id: lobby, url: /videos/lobby.mp4, loop: true}
 memory: {budget_tokens: 4096, retrieval_top_k: 4}     # any streamer.engine.EngineConfig field
-model: {llm: /models/qwen2.5-0.5b-instruct}
+model: {name: embedded, llm: /models/qwen2.5-0.5b-instruct}   # or model: /models/Qwen2.5-VL-7B-Instruct
 server: {host: 0.0.0.0, port: 8080, token: "${STREAMER_TOKEN}"}
 ```
 
@@ -21,12 +21,13 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from streamer.engine import EngineConfig
 from streamer.errors import UserError, read_yaml_file
+from streamer.models import DEVICE_PATTERN, EMBEDDED, ModelChoice
 
 TOKEN_ENV = "STREAMER_TOKEN"
 STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -52,9 +53,23 @@ class MemoryConfig(EngineConfig):
 
 
 class ModelConfig(BaseModel):
+    """Which model answers (see `streamer.models`); `model: FOLDER_OR_ID` alone is short for `{name: ...}`."""
+
     model_config = ConfigDict(extra="forbid")
 
-    llm: str | None = Field(None, description="local Hugging Face causal-LM folder or .gguf file (default SmolLM2)")
+    name: str = Field(EMBEDDED, min_length=1, description="embedded, a checkpoint folder or a Hugging Face model id")
+    llm: str | None = Field(None, description="the embedded stack's LM: a causal-LM folder or .gguf (default SmolLM2)")
+    device: str = Field("auto", pattern=DEVICE_PATTERN.pattern, description="cpu, cuda, cuda:N or auto")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    download: bool = Field(False, description="download a hub id missing from the local cache")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_alone(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    def choice(self) -> ModelChoice:
+        return ModelChoice(self.name, self.llm, self.device, self.dtype, self.download)
 
 
 class ServerConfig(BaseModel):

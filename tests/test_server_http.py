@@ -27,7 +27,7 @@ from streamer.adapters.embedded import EmbeddedAdapter
 from streamer.engine import Engine
 from streamer.errors import UserError
 from streamer.server.app import ServerThread, create_app
-from streamer.server.config import StreamerConfig
+from streamer.server.config import TOKEN_ENV, StreamerConfig, build_config
 
 TOKEN = "correct-horse-battery"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -99,6 +99,62 @@ def test_requests_from_another_web_site_are_refused(server: ServerThread) -> Non
     assert evil.status == 403 and evil.json()["error"]["code"] == "forbidden_origin"
     same = http("GET", f"{server.url}/streams", {**AUTH, "Origin": server.url})
     assert same.status == 200
+
+
+def test_the_address_listened_on_decides_whether_a_token_is_needed(embedded_adapter: EmbeddedAdapter) -> None:
+    config = StreamerConfig.model_validate({"server": {"host": "127.0.0.1", "port": 0}})
+    app = create_app(config, lambda: Engine(embedded_adapter))
+    with pytest.raises(UserError, match=r"Listening on 0\.0\.0\.0 lets other machines in, so a token is required"):
+        ServerThread(app, host="0.0.0.0")
+
+
+@pytest.mark.parametrize("token", ["", "   ", "short-token"])
+def test_empty_or_short_tokens_are_refused(token: str) -> None:
+    with pytest.raises(UserError, match=r"server\.token: a token needs at least 16 characters"):
+        build_config({"server": {"host": "0.0.0.0", "token": token}}, "streamer.yaml")
+
+
+def test_an_empty_token_in_the_environment_is_no_token_and_a_short_one_is_refused() -> None:
+    config = build_config({"server": {"host": "0.0.0.0"}}, "streamer.yaml", environ={TOKEN_ENV: ""})
+    with pytest.raises(UserError, match="a token is required"):
+        config.check_exposure()
+    with pytest.raises(UserError, match=f"{TOKEN_ENV} needs at least 16 characters"):
+        build_config({"server": {"host": "0.0.0.0"}}, "streamer.yaml", environ={TOKEN_ENV: "hunter2"})
+
+
+@pytest.fixture(scope="module")
+def loopback_server(embedded_adapter: EmbeddedAdapter) -> Iterator[ServerThread]:
+    """A server on loopback with no token (local development), reachable also as cams.example."""
+    config = StreamerConfig.model_validate({"server": {"port": 0, "allowed_hosts": ["Cams.Example"]}})
+    server = ServerThread(create_app(config, lambda: Engine(embedded_adapter))).start()
+    yield server
+    server.stop()
+
+
+def test_a_page_whose_name_resolves_to_this_machine_is_refused(loopback_server: ServerThread) -> None:
+    port = loopback_server.port
+    evil = {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}
+    added = http("POST", f"{loopback_server.url}/streams", evil, body={"url": "webcam:0"})
+    assert added.status == 403 and added.json()["error"]["code"] == "forbidden_host"
+    assert added.json()["error"]["message"] == (
+        "This server does not answer to evil.example; add it to server.allowed_hosts to reach it by that name."
+    )
+    assert http("GET", f"{loopback_server.url}/streams", {"Host": f"evil.example:{port}"}).status == 403
+    for name in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", f"cams.example:{port}"):
+        assert http("GET", f"{loopback_server.url}/streams", {"Host": name}).status == 200, name
+    assert http("GET", f"{loopback_server.url}/health/live", {"Host": "evil.example"}).status == 200
+
+    async def upgrade(host: str) -> int:
+        async with aiohttp.ClientSession() as session:
+            try:
+                ws = await session.ws_connect(ws_url(loopback_server), headers={"Host": host})
+            except aiohttp.WSServerHandshakeError as refused:
+                return refused.status
+            await ws.close()
+            return 101
+
+    assert asyncio.run(upgrade(f"evil.example:{port}")) == 403
+    assert asyncio.run(upgrade(f"localhost:{port}")) == 101
 
 
 def test_ready_only_once_the_model_is_loaded(embedded_adapter: EmbeddedAdapter) -> None:

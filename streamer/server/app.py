@@ -82,6 +82,7 @@ class ServerState:
         self.config = config
         self.load_engine = load_engine
         self.initial = list(initial)
+        self.allowed_hosts = config.server.allowed_host_names()
         self.engine: Engine | None = None
         self.hub: StreamHub | None = None
         self.desk: QuestionDesk | None = None
@@ -167,7 +168,9 @@ def create_app(
 ) -> web.Application:
     """The application; `load_engine` runs on a worker thread once the server is listening."""
     config.check_exposure()
-    app = web.Application(middlewares=[_errors_as_json, _same_origin, _token_check], client_max_size=64 * 1024)
+    app = web.Application(
+        middlewares=[_errors_as_json, _known_host, _same_origin, _token_check], client_max_size=64 * 1024
+    )
     state = ServerState(config, load_engine, initial)
     app[STATE] = state
     app.on_startup.append(_on_startup)
@@ -235,6 +238,30 @@ async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamR
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
         return http_error(500, "internal_error", "The request failed on the server; the server log has the details.")
+
+
+@web.middleware
+async def _known_host(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse a request addressed to a name the server does not answer to (see allowed_host_names)."""
+    allowed = request.app[STATE].allowed_hosts
+    if allowed is not None and not request.path.startswith("/health/"):
+        name = request_host_name(request.host)
+        if name not in allowed:
+            shown = name if re.fullmatch(r"[\w.:-]{1,253}", name) else "that name"
+            return http_error(
+                403,
+                "forbidden_host",
+                f"This server does not answer to {shown}; add it to server.allowed_hosts to reach it by that name.",
+            )
+    return await handler(request)
+
+
+def request_host_name(host: str) -> str:
+    """The name in a Host header, lower case, without its port: "Evil.example:80" -> "evil.example"."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
 
 
 @web.middleware
@@ -387,6 +414,7 @@ class ServerThread:
     """Runs an application on its own event loop in a background thread (tests, benchmarks, notebooks)."""
 
     def __init__(self, app: web.Application, host: str = "127.0.0.1", port: int = 0) -> None:
+        app[STATE].config.check_exposure(host)  # the address listened on decides, not the configured one
         self.app = app
         self.host = host
         self.port = port

@@ -23,13 +23,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from streamer.engine import EngineConfig
 from streamer.errors import UserError, read_yaml_file
 from streamer.models import DEVICE_PATTERN, EMBEDDED, ModelChoice
 
 TOKEN_ENV = "STREAMER_TOKEN"
+MIN_TOKEN_CHARS = 16
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 DEFAULT_FPS = 1.0
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -80,6 +83,10 @@ class ServerConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535, description="0 picks a free port")
     token: SecretStr | None = Field(None, description="required from clients; mandatory off loopback")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="host names clients may reach the server by, besides loopback and `host` (see allowed_host_names)",
+    )
     max_message_bytes: int = Field(16384, ge=1024, le=1 << 20, description="largest websocket message accepted")
     queue_messages: int = Field(256, ge=8, description="messages waiting for one slow client before it is dropped")
     max_messages_per_s: float = Field(
@@ -94,15 +101,46 @@ class ServerConfig(BaseModel):
     answer_workers: int = Field(2, ge=1, description="threads generating answers")
     status_interval_s: float = Field(1.0, gt=0, description="seconds between stream.status messages")
 
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and len(token.get_secret_value().strip()) < MIN_TOKEN_CHARS:
+            raise ValueError(
+                f"a token needs at least {MIN_TOKEN_CHARS} characters (an empty one would let anyone in); make one "
+                "with `python -c 'import secrets; print(secrets.token_urlsafe(24))'`"
+            )
+        return token
+
     @property
     def loopback(self) -> bool:
         """Whether the bind address is reachable only from this machine."""
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False  # a host name other than localhost may resolve to anything
+        return is_loopback(self.host)
+
+    def allowed_host_names(self) -> frozenset[str] | None:
+        """The names a request's Host header may carry; None when any name is allowed.
+
+        A request whose Host is not the server's own name is how a web page whose name was made to
+        resolve to this machine (DNS rebinding) reaches a server on loopback without a token: so
+        loopback names always, the configured host when it is a name or address, and what the
+        operator adds. A server on a wildcard address with no names added answers to any name: it
+        requires a token there, which a foreign page does not have.
+        """
+        if self.host in WILDCARD_HOSTS and not self.allowed_hosts:
+            return None
+        names = set(LOOPBACK_NAMES) | {name.lower().strip("[]") for name in self.allowed_hosts}
+        if self.host not in WILDCARD_HOSTS:
+            names.add(self.host.lower().strip("[]"))
+        return frozenset(names)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether an address (or `localhost`) is reachable only from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve to anything
 
 
 class StreamerConfig(BaseModel):
@@ -125,11 +163,15 @@ class StreamerConfig(BaseModel):
     def engine_config(self) -> EngineConfig:
         return EngineConfig(**self.memory.model_dump())
 
-    def check_exposure(self) -> None:
-        """Refuse a bind address other machines can reach unless clients must present a token."""
-        if not self.server.loopback and self.server.token is None:
+    def check_exposure(self, bound_host: str | None = None) -> None:
+        """Refuse an address other machines can reach unless clients must present a token.
+
+        `bound_host` is the address actually listened on, when it differs from the configured one.
+        """
+        host = self.server.host if bound_host is None else bound_host
+        if not is_loopback(host) and self.server.token is None:
             raise UserError(
-                f"Listening on {self.server.host} lets other machines in, so a token is required: "
+                f"Listening on {host} lets other machines in, so a token is required: "
                 f"set {TOKEN_ENV} (or server.token in the config), or listen on 127.0.0.1."
             )
 
@@ -152,6 +194,11 @@ def build_config(raw: Mapping[str, Any], where: str, environ: Mapping[str, str] 
     except ValidationError as error:
         raise UserError(validation_sentence(error, where)) from None
     if config.server.token is None and environ.get(TOKEN_ENV):
+        if len(environ[TOKEN_ENV].strip()) < MIN_TOKEN_CHARS:
+            raise UserError(
+                f"{TOKEN_ENV} needs at least {MIN_TOKEN_CHARS} characters; make a token with "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(24))'`."
+            )
         config.server.token = SecretStr(environ[TOKEN_ENV])
     return config
 

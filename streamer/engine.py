@@ -36,6 +36,8 @@ from streamer.query import Answer, ChoiceScoring, generate_answer
 from streamer.retrieval import Reading, Selection, select_reading
 
 log = logging.getLogger(__name__)
+# Seconds between the last restored frame and the first frame after a restart, on the stream's clock.
+RESTART_GAP_S = 1.0
 
 
 MemoryPolicyName = Literal["curvature", "uniform", "fifo", "equal"]
@@ -132,6 +134,16 @@ class Stream:
     scorer: CurvatureScorer | None = None
     stats: IngestStats = field(default_factory=IngestStats)
     last_snapshot: float | None = None
+    # Added to the stream time of every frame pushed: after a restore the source starts again at 0,
+    # and the memory's clock must go on from its last restored frame (records stay in time order,
+    # and snapshots stay due every snapshot_every_s).
+    time_offset: float = 0.0
+
+    def on_clock(self, frame: Frame) -> Frame:
+        """`frame` on this stream's clock (the same frame when nothing was restored)."""
+        if not self.time_offset:
+            return frame
+        return dataclasses.replace(frame, stream_time=frame.stream_time + self.time_offset)
 
 
 class UnknownStream(KeyError):
@@ -171,7 +183,9 @@ class Engine:
         path = self.snapshot_path(stream_id)
         if path is not None and path.exists():
             load_snapshot(memory, path)
-            stream.last_snapshot = memory.records[-1].stream_time if memory.records else None
+            if memory.records:
+                stream.last_snapshot = memory.records[-1].stream_time
+                stream.time_offset = stream.last_snapshot + RESTART_GAP_S
             log.info("%s: restored %d frames from %s", stream_id, len(memory.records), path)
         self.streams[stream_id] = stream
         return stream
@@ -214,6 +228,7 @@ class Engine:
         must come in its frame order, since its curvature scorer sees them in that order.
         """
         streams = [self.stream(stream_id) for stream_id, _ in items]
+        items = [(stream_id, stream.on_clock(frame)) for (stream_id, frame), stream in zip(items, streams, strict=True)]
         decisions: list[CurvatureDecision | None] = [None] * len(items)
 
         def chooser(index: int) -> Callable[[np.ndarray | None], str]:

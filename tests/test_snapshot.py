@@ -61,6 +61,34 @@ def test_restored_memory_answers_exactly_as_before(
     )
 
 
+def test_after_a_restore_the_clock_goes_on_and_snapshots_stay_due(
+    embedded_adapter: EmbeddedAdapter, bikes_clip: Path, tmp_path: Path
+) -> None:
+    frames = read_frames(bikes_clip, 8)  # 0 to 3.5 s at 2 fps
+    config = EngineConfig(snapshot_dir=tmp_path, snapshot_every_s=3.0)
+    engine = Engine(embedded_adapter, config)
+    engine.add_stream("cam")
+    for frame in frames[:8]:
+        engine.push_frame("cam", frame)
+    engine.close()
+    last = engine.stream("cam").memory.records[-1].stream_time
+    assert last == frames[7].stream_time
+
+    restarted = Engine(embedded_adapter, config)
+    restarted.add_stream("cam")
+    path = restarted.snapshot_path("cam")
+    assert path is not None
+    written = path.stat().st_mtime_ns
+    # The source starts again at 0 s; its frames continue the memory's clock.
+    records = [restarted.push_frame("cam", frame) for frame in frames[:8]]
+    assert [r.stream_time for r in records] == pytest.approx([last + 1.0 + f.stream_time for f in frames[:8]])
+    times = [r.stream_time for r in restarted.stream("cam").memory.records]
+    assert times == sorted(times) and len(times) == 16
+    assert path.stat().st_mtime_ns > written, (
+        "a snapshot was due 3 s after the last one, not 3 s after 3.5 s of new stream"
+    )
+
+
 def test_a_damaged_snapshot_is_named_with_the_fix(embedded_adapter: EmbeddedAdapter, tmp_path: Path) -> None:
     (tmp_path / "cam.memory.pt").write_bytes(b"not a snapshot")
     engine = Engine(embedded_adapter, EngineConfig(snapshot_dir=tmp_path))

@@ -14,6 +14,7 @@ import inspect
 import itertools
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,6 +29,8 @@ from sources.capture import Captured, CaptureSource
 from sources.frame import SourceError
 
 log = logging.getLogger(__name__)
+# The stream ids an offer may ask for: what the server's API accepts, and safe in a log line.
+STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class WebRTCSource(CaptureSource):
@@ -97,10 +100,14 @@ async def accept_offer(sdp: str, type: str, name: str = "WebRTC stream") -> tupl
             raise SourceError("The offer has no video track; add a camera track before calling createOffer().")
         # Candidates are gathered here, so the answer is complete: the page needs no trickle ICE.
         await peer.setLocalDescription(await peer.createAnswer())
-    except (ValueError, KeyError) as error:
+    except SourceError:
         await peer.close()
+        raise
+    except Exception as error:  # the SDP parser fails in many ways (ValueError, KeyError, AssertionError...)
+        await peer.close()
+        detail = str(error).splitlines()[0][:200] if str(error).strip() else error.__class__.__name__
         raise SourceError(
-            f"The SDP offer is malformed ({error}); send the offer exactly as createOffer() made it."
+            f"The SDP offer is malformed ({detail}); send the offer exactly as createOffer() made it."
         ) from None
     except BaseException:
         await peer.close()
@@ -138,6 +145,8 @@ class OfferHandler:
         stream_id = body.get("stream_id") or f"webrtc-{next(self._numbers)}"
         if not isinstance(stream_id, str):
             return _error(400, "'stream_id' must be a string; leave it out to get one assigned.")
+        if not STREAM_ID.fullmatch(stream_id):  # checked before it reaches a log line or a peer's name
+            return _error(400, "A stream_id is 1-64 letters, digits, '_', '.' or '-'; pick another.")
         try:
             source, answer = await accept_offer(body["sdp"], body["type"], name=f"WebRTC stream {stream_id}")
         except SourceError as error:

@@ -153,6 +153,8 @@ def test_bad_offers_are_refused_in_one_sentence() -> None:
                 ({"sdp": "hello", "type": "offer"}, "not SDP"),
                 (data_only, "no video track"),
                 ({**data_only, "stream_id": 7}, "'stream_id' must be a string"),
+                ({**data_only, "stream_id": "cam\nERROR forged line"}, "A stream_id is 1-64 letters"),
+                ({"sdp": "v=0\r\nm=video x\r\n", "type": "offer"}, "The SDP offer is malformed (AssertionError)"),
             ]
             for body, fragment in cases:
                 status, reply = await server.post(body)

@@ -12,12 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from server_helpers import wait_for_frames
 
 from sources.file import FileSource
 from sources.frame import Frame
 from streamer.adapters.embedded import EmbeddedAdapter
 from streamer.engine import Engine, EngineConfig
 from streamer.needles import Needle, build_stream
+from streamer.server.app import InitialStream, ServerThread, create_app
+from streamer.server.config import StreamerConfig
+from streamer.server.streams import open_source
 
 QUESTION = "What is on screen?"
 
@@ -94,6 +98,34 @@ def test_a_damaged_snapshot_is_named_with_the_fix(embedded_adapter: EmbeddedAdap
     engine = Engine(embedded_adapter, EngineConfig(snapshot_dir=tmp_path))
     with pytest.raises(ValueError, match=r"cam\.memory\.pt' cannot be read .*delete it"):
         engine.add_stream("cam")
+
+
+def test_a_server_saves_every_stream_on_shutdown_and_forgets_a_deleted_one(
+    embedded_adapter: EmbeddedAdapter, bikes_clip: Path, tmp_path: Path
+) -> None:
+    config = StreamerConfig.model_validate({"server": {"port": 0}, "memory": {"snapshot_dir": str(tmp_path)}})
+    initial = [InitialStream(name, open_source(str(bikes_clip), 2.0, loop=True), 2.0) for name in ("kept", "gone")]
+    server = ServerThread(create_app(config, lambda: Engine(embedded_adapter, config.engine_config()), initial))
+    server.start()
+    try:
+        wait_for_frames(server, 4, "kept")
+        assert server.call(_remove(server, "gone"))
+        assert not (tmp_path / "gone.memory.pt").exists(), "a deleted stream's memory is not restored later"
+    finally:
+        hub = server.state.hub
+        assert hub is not None
+        ingested = hub.streams["kept"].memory.records[-1].frame_id + 1 if "kept" in hub.streams else 0
+        server.stop()
+    restored = Engine(embedded_adapter, config.engine_config())
+    restored.add_stream("kept")
+    # The periodic snapshot came after the first frame only (every 60 s of stream); shutdown wrote the rest.
+    assert len(restored.stream("kept").memory.records) >= ingested >= 4
+
+
+async def _remove(server: ServerThread, stream_id: str) -> bool:
+    hub = server.state.hub
+    assert hub is not None
+    return await hub.remove(stream_id)
 
 
 @pytest.mark.slow

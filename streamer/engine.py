@@ -28,7 +28,7 @@ from memory.index import BlockIndex
 from memory.kv_cache import assemble
 from memory.policy import make_policy
 from memory.records import FrameRecord
-from memory.snapshot import load_snapshot, save_snapshot
+from memory.snapshot import SnapshotError, load_snapshot, remove_stale_partials, save_snapshot, set_aside
 from memory.stream_memory import Block, MemorySnapshot, StreamMemory
 from sources.frame import Frame
 from streamer.adapters.base import FrameTokens, ModelAdapter
@@ -181,8 +181,17 @@ class Engine:
         scorer = CurvatureScorer(config.curvature) if config.policy == "curvature" else None
         stream = Stream(stream_id, memory, scorer)
         path = self.snapshot_path(stream_id)
+        if path is not None:
+            for stale in remove_stale_partials(path):
+                log.info("%s: removed %s, left by a writer that was stopped", stream_id, stale)
         if path is not None and path.exists():
-            load_snapshot(memory, path)
+            try:
+                load_snapshot(memory, path)
+            except SnapshotError as error:
+                # One bad file must not keep the stream (or a server) from starting: keep it aside.
+                aside = set_aside(path)
+                reason = str(error).split(";")[0]
+                log.warning("%s: %s; moved it to %s and started the stream empty.", stream_id, reason, aside.name)
             if memory.records:
                 stream.last_snapshot = memory.records[-1].stream_time
                 stream.time_offset = stream.last_snapshot + RESTART_GAP_S

@@ -93,11 +93,22 @@ def test_after_a_restore_the_clock_goes_on_and_snapshots_stay_due(
     )
 
 
-def test_a_damaged_snapshot_is_named_with_the_fix(embedded_adapter: EmbeddedAdapter, tmp_path: Path) -> None:
+def test_a_damaged_snapshot_is_set_aside_and_the_stream_starts_empty(
+    embedded_adapter: EmbeddedAdapter, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     (tmp_path / "cam.memory.pt").write_bytes(b"not a snapshot")
+    (tmp_path / "cam.memory.pt.k2j4.partial").write_bytes(b"half written")
     engine = Engine(embedded_adapter, EngineConfig(snapshot_dir=tmp_path))
-    with pytest.raises(ValueError, match=r"cam\.memory\.pt' cannot be read .*delete it"):
-        engine.add_stream("cam")
+    with caplog.at_level("WARNING", logger="streamer.engine"):
+        stream = engine.add_stream("cam")
+    assert stream.memory.records == []
+    [aside] = [path.name for path in tmp_path.iterdir()]
+    assert aside.startswith("cam.memory.pt.unreadable-"), "kept for inspection, the partial file removed"
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning == (
+        f"cam: Snapshot '{tmp_path / 'cam.memory.pt'}' cannot be read (UnpicklingError); moved it to {aside} "
+        "and started the stream empty."
+    )
 
 
 def test_a_server_saves_every_stream_on_shutdown_and_forgets_a_deleted_one(

@@ -38,6 +38,8 @@ from streamer.retrieval import Reading, Selection, select_reading
 log = logging.getLogger(__name__)
 # Seconds between the last restored frame and the first frame after a restart, on the stream's clock.
 RESTART_GAP_S = 1.0
+# Stream seconds before a snapshot that failed to write is tried again.
+SNAPSHOT_RETRY_S = 10.0
 
 
 MemoryPolicyName = Literal["curvature", "uniform", "fifo", "equal"]
@@ -134,6 +136,7 @@ class Stream:
     scorer: CurvatureScorer | None = None
     stats: IngestStats = field(default_factory=IngestStats)
     last_snapshot: float | None = None
+    snapshot_failures: int = 0  # snapshots that could not be written (full disk, too many open files)
     # Added to the stream time of every frame pushed: after a restore the source starts again at 0,
     # and the memory's clock must go on from its last restored frame (records stay in time order,
     # and snapshots stay due every snapshot_every_s).
@@ -317,8 +320,16 @@ class Engine:
     def _snapshot_if_due(self, stream: Stream, stream_time: float) -> None:
         if self.config.snapshot_dir is None:
             return
-        if stream.last_snapshot is None or stream_time - stream.last_snapshot >= self.config.snapshot_every_s:
-            self.save_snapshot(stream.stream_id)
+        every = self.config.snapshot_every_s
+        if stream.last_snapshot is None or stream_time - stream.last_snapshot >= every:
+            try:
+                self.save_snapshot(stream.stream_id)
+            except OSError as error:
+                # Ingest goes on; the snapshot is tried again SNAPSHOT_RETRY_S of stream time later.
+                stream.snapshot_failures += 1
+                stream.last_snapshot = stream_time - every + min(every, SNAPSHOT_RETRY_S)
+                log.error("%s: snapshot failed (%s); ingest goes on, retrying in %.0f s", stream.stream_id, error,
+                          min(every, SNAPSHOT_RETRY_S))  # fmt: skip
 
     def ask(
         self,

@@ -217,6 +217,7 @@ def test_metrics_parse_as_prometheus_text(server: ServerThread) -> None:
     )
     assert value("streamer_frames_dropped_total", stream=STREAM) == 0
     assert value("streamer_reconnects_total", stream=STREAM) == 0
+    assert value("streamer_snapshot_failures_total", stream=STREAM) == 0
     assert value("streamer_stream_up", stream=STREAM) == 1
     assert value("streamer_memory_resident_tokens", stream=STREAM) > 0
     remembered = value("streamer_memory_frames", stream=STREAM)

@@ -93,6 +93,25 @@ def test_after_a_restore_the_clock_goes_on_and_snapshots_stay_due(
     )
 
 
+def test_a_snapshot_that_cannot_be_written_leaves_ingest_going_and_is_retried(
+    embedded_adapter: EmbeddedAdapter, bikes_clip: Path, tmp_path: Path
+) -> None:
+    frames = read_frames(bikes_clip, 8)  # 0 to 3.5 s at 2 fps
+    blocked = tmp_path / "snapshots"
+    blocked.write_text("a file where the snapshot folder should be")  # as a full disk would, makes writing fail
+    engine = Engine(embedded_adapter, EngineConfig(snapshot_dir=blocked, snapshot_every_s=2.0))
+    engine.add_stream("cam")
+    for frame in frames[:2]:
+        engine.push_frame("cam", frame)
+    assert engine.stream("cam").snapshot_failures == 1
+    blocked.unlink()  # the disk has room again
+    for frame in frames[2:]:
+        engine.push_frame("cam", frame)
+    stream = engine.stream("cam")
+    assert len(stream.memory.records) == 8 and stream.snapshot_failures == 1
+    assert (blocked / "cam.memory.pt").is_file(), "retried 2 s of stream later, and written"
+
+
 def test_a_damaged_snapshot_is_set_aside_and_the_stream_starts_empty(
     embedded_adapter: EmbeddedAdapter, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

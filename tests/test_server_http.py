@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import threading
 import urllib.error
 import urllib.request
@@ -54,8 +56,16 @@ def http(method: str, url: str, headers: dict[str, str] | None = None, body: Any
 
 
 @pytest.fixture(scope="module")
-def server(embedded_adapter: EmbeddedAdapter, bikes_clip: Path) -> Iterator[ServerThread]:
-    server = start_server(embedded_adapter, bikes_clip, host="0.0.0.0", token=TOKEN)
+def videos(bikes_clip: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one folder clients of `server` may open video files from, with a copy of the bikes clip."""
+    folder = tmp_path_factory.mktemp("videos")
+    shutil.copy(bikes_clip, folder / "bikes.mp4")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(embedded_adapter: EmbeddedAdapter, bikes_clip: Path, videos: Path) -> Iterator[ServerThread]:
+    server = start_server(embedded_adapter, bikes_clip, host="0.0.0.0", token=TOKEN, api_file_folders=[str(videos)])
     wait_for_frames(server, 3)
     yield server
     server.stop()
@@ -236,7 +246,8 @@ def test_metrics_parse_as_prometheus_text(server: ServerThread) -> None:
     assert value("streamer_ready") == 1
 
 
-def test_streams_are_added_previewed_and_removed(server: ServerThread, bikes_clip: Path) -> None:
+def test_streams_are_added_previewed_and_removed(server: ServerThread, videos: Path) -> None:
+    bikes_clip = videos / "bikes.mp4"
     base = f"{server.url}/streams"
     added = http("POST", base, AUTH, {"stream_id": "second", "source": str(bikes_clip)})
     assert added.status == 201, added.body
@@ -270,7 +281,7 @@ def test_streams_are_added_previewed_and_removed(server: ServerThread, bikes_cli
         ({"source": "x.mp4", "colour": "red"}, 400, "'colour' is not a known setting"),
         ({"source": 7}, 400, "source"),
         ({"source": "x.mp4", "stream_id": "../up"}, 400, "stream_id"),
-        ({"source": "/no/such/video.mp4"}, 422, "does not exist"),
+        ({"source": "/no/such/video.mp4"}, 422, "clients may open video files only from the folders in"),
         ({"source": "ftp://camera/stream"}, 422, "Unsupported source"),
     ],
 )
@@ -284,3 +295,59 @@ def test_bad_stream_requests_get_one_sentence(server: ServerThread, body: Any, s
 def test_unknown_paths_are_json_errors(server: ServerThread) -> None:
     reply = http("GET", f"{server.url}/no/such/page", AUTH)
     assert reply.status == 404 and reply.json()["error"]["code"] == "not_found"
+
+
+def test_clients_open_only_the_sources_the_operator_allows(server: ServerThread, videos: Path) -> None:
+    base = f"{server.url}/streams"
+    webcam = http("POST", base, AUTH, {"source": "webcam:0"})
+    assert webcam.status == 403 and webcam.json()["error"] == {
+        "code": "source_not_allowed",
+        "message": "Clients may open only these kinds of source here: rtsp, synthetic; the operator can allow "
+        "webcam in server.api_sources.",
+    }
+    # Outside the allowed folder, missing, a folder, a FIFO, a link out of the folder, not a video: one answer
+    # for all, so a client learns nothing about the disk; the FIFO must not hang the server.
+    fifo = videos / "camera.fifo"
+    os.mkfifo(fifo)
+    link = videos / "out.mp4"
+    link.symlink_to("/etc/hostname")
+    not_video = videos / "notes.mp4"
+    not_video.write_text("not a video")
+    try:
+        for source in (
+            "/etc/passwd",
+            "/no/such.mp4",
+            str(videos),
+            str(fifo),
+            str(link),
+            f"file://{fifo}",
+            str(not_video),
+        ):
+            refused = http("POST", base, AUTH, {"source": source})
+            assert refused.status == 422, source
+            assert refused.json()["error"]["message"] == (
+                f"Cannot open '{source}' as a video: clients may open video files only from the folders in "
+                "server.api_file_folders."
+            )
+    finally:
+        for made in (fifo, link, not_video):
+            made.unlink()
+    synthetic = http("POST", base, AUTH, {"stream_id": "bars", "source": "synthetic:bars"})
+    assert synthetic.status == 201, synthetic.body
+    assert http("DELETE", f"{base}/bars", AUTH).status == 204
+
+
+def test_a_server_holds_at_most_max_streams(embedded_adapter: EmbeddedAdapter) -> None:
+    config = StreamerConfig.model_validate({"server": {"port": 0, "max_streams": 1}})
+    server = ServerThread(create_app(config, lambda: Engine(embedded_adapter))).start()
+    try:
+        base = f"{server.url}/streams"
+        assert http("POST", base, body={"stream_id": "one", "source": "synthetic:bars"}).status == 201
+        refused = http("POST", base, body={"stream_id": "two", "source": "synthetic:ball"})
+        assert refused.status == 429 and refused.json()["error"]["message"] == (
+            "This server ingests at most 1 streams; remove one first."
+        )
+        assert http("DELETE", f"{base}/one").status == 204
+        assert http("POST", base, body={"stream_id": "two", "source": "synthetic:ball"}).status == 201
+    finally:
+        server.stop()

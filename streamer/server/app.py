@@ -15,6 +15,7 @@ import hmac
 import json
 import logging
 import re
+import stat
 import threading
 import time
 import uuid
@@ -31,11 +32,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sources.base import Source
 from sources.frame import Frame, SourceError
+from sources.open import file_path, source_kind
 from sources.webrtc import OfferHandler
 from streamer.engine import Engine
 from streamer.errors import UserError
 from streamer.query import drain
-from streamer.server.config import DEFAULT_FPS, STREAM_ID_PATTERN, StreamerConfig, validation_sentence
+from streamer.server.config import (
+    DEFAULT_FPS,
+    STREAM_ID_PATTERN,
+    ServerConfig,
+    StreamerConfig,
+    validation_sentence,
+)
 from streamer.server.metrics import CONTENT_TYPE, ServerMetrics
 from streamer.server.streams import StreamExists, StreamHub, open_source
 from streamer.server.websocket import QuestionDesk, WebsocketEndpoint
@@ -91,6 +99,8 @@ class ServerState:
         self.metrics = ServerMetrics(lambda: self.hub)
         server = config.server
         self.answer_executor = ThreadPoolExecutor(server.answer_workers, thread_name_prefix="answer")
+        # Opening a client's source may hang (a camera that never answers): never on the ingest threads.
+        self.open_executor = ThreadPoolExecutor(2, thread_name_prefix="open")
         self.websocket = WebsocketEndpoint(
             lambda: self.hub,
             lambda: self.desk,
@@ -135,6 +145,8 @@ class ServerState:
             raise ValueError("The model is still loading; try again when /health/ready is 200.")
         if not re.fullmatch(STREAM_ID_PATTERN, stream_id):
             raise ValueError("A stream_id is 1-64 letters, digits, '_', '.' or '-'; pick another.")
+        if len(self.hub.streams) >= self.config.server.max_streams:
+            raise ValueError(f"This server ingests at most {self.config.server.max_streams} streams; remove one first.")
         await self.hub.add(stream_id, source, DEFAULT_FPS)
 
     async def tick_status(self) -> None:
@@ -158,6 +170,7 @@ class ServerState:
         for stream in self.initial:
             stream.source.close()
         self.answer_executor.shutdown(wait=False, cancel_futures=True)
+        self.open_executor.shutdown(wait=False, cancel_futures=True)
 
 
 STATE = web.AppKey("state", ServerState)
@@ -187,7 +200,7 @@ def create_app(
     app.router.add_get("/streams/{stream_id}/preview.jpg", _preview)
     app.router.add_get("/streams/{stream_id}/timeline", _timeline)
     app.router.add_get("/ws", state.websocket.handle)
-    offers = OfferHandler(state.add_browser_stream)
+    offers = OfferHandler(state.add_browser_stream, ice_servers=config.server.stun_servers)
     app.router.add_post("/webrtc/offer", offers.handle_offer)
     app.on_shutdown.append(offers.close)
     return app
@@ -360,16 +373,68 @@ async def _add_stream(request: web.Request) -> web.Response:
             "invalid_request",
             'POST /streams takes a JSON object like {"source": "rtsp://...", "stream_id": "door"}.',
         ) from None
+    state = request.app[STATE]
+    server = state.config.server
+    if len(hub.streams) >= server.max_streams:
+        raise ApiError(
+            429, "too_many_streams", f"This server ingests at most {server.max_streams} streams; remove one first."
+        )
     stream_id = body.stream_id or _free_stream_id(hub)
+    check_api_source(body.source, server)
+    opening = asyncio.get_running_loop().run_in_executor(
+        state.open_executor, open_source, body.source, body.fps, body.loop
+    )
     try:
-        source = await asyncio.to_thread(open_source, body.source, body.fps, body.loop)
+        source = await asyncio.wait_for(opening, server.source_open_timeout_s)
     except SourceError as error:
+        if source_kind(body.source) == "file":  # one answer for every file: nothing about the disk leaks out
+            raise ApiError(422, "source_error", _unopenable_file(body.source, server)) from None
         raise ApiError(422, "source_error", str(error)) from None
+    except TimeoutError:
+        raise ApiError(
+            504, "source_timeout", f"The source did not open within {server.source_open_timeout_s:g} s; check it."
+        ) from None
     try:
         await hub.add(stream_id, source, body.fps)
     except StreamExists as error:
         raise ApiError(409, "stream_exists", str(error)) from None
     return web.json_response(hub.describe(stream_id), status=201)
+
+
+def check_api_source(source: str, server: ServerConfig) -> None:
+    """Refuse a source a client may not open (see ServerConfig.api_sources and api_file_folders)."""
+    try:
+        kind = source_kind(source)
+    except SourceError as error:
+        raise ApiError(422, "source_error", str(error)) from None
+    if kind == "file":
+        if not _allowed_file(source, server.api_file_folders):
+            raise ApiError(422, "source_error", _unopenable_file(source, server))
+    elif kind not in server.api_sources:
+        allowed = ", ".join(server.api_sources) or "none"
+        raise ApiError(
+            403,
+            "source_not_allowed",
+            f"Clients may open only these kinds of source here: {allowed}; the operator can allow {kind} in "
+            "server.api_sources.",
+        )
+
+
+def _allowed_file(source: str, folders: Sequence[Path]) -> bool:
+    """Whether `source` is a regular file inside one of `folders` (links resolved: no way out by ..)."""
+    try:
+        path = file_path(source).resolve(strict=True)
+        regular = stat.S_ISREG(path.stat().st_mode)  # a FIFO or a device would block the reader forever
+    except (OSError, RuntimeError, SourceError):
+        return False
+    return regular and any(path.is_relative_to(folder.resolve()) for folder in folders)
+
+
+def _unopenable_file(source: str, server: ServerConfig) -> str:
+    where = (
+        "the folders in server.api_file_folders" if server.api_file_folders else "no folder (server.api_file_folders)"
+    )
+    return f"Cannot open '{source}' as a video: clients may open video files only from {where}."
 
 
 async def _remove_stream(request: web.Request) -> web.Response:

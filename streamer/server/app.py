@@ -467,6 +467,7 @@ class ServerThread:
 
     def __init__(self, app: web.Application, host: str = "127.0.0.1", port: int = 0) -> None:
         app[STATE].config.check_exposure(host)  # the address listened on decides, not the configured one
+        self.ssl_context = app[STATE].config.server.ssl_context()
         self.app = app
         self.host = host
         self.port = port
@@ -485,7 +486,7 @@ class ServerThread:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ssl_context else 'http'}://127.0.0.1:{self.port}"
 
     def start(self, wait_ready: bool = True, ready_timeout: float = 120.0) -> ServerThread:
         """Listen, then (unless told not to) wait until the model is ready.
@@ -521,7 +522,7 @@ class ServerThread:
 
     async def _listen(self) -> None:
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
         await site.start()
         sockets = self._runner.addresses
         self.port = int(sockets[0][1])

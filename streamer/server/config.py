@@ -19,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -85,6 +86,11 @@ class ServerConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535, description="0 picks a free port")
     token: SecretStr | None = Field(None, description="required from clients; mandatory off loopback")
+    tls_cert: Path | None = Field(None, description="PEM certificate chain: serve HTTPS and WSS (with tls_key)")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    behind_tls_proxy: bool = Field(
+        False, description="a TLS proxy in front terminates HTTPS, so plain HTTP off loopback is acceptable"
+    )
     allowed_hosts: list[str] = Field(
         default_factory=list,
         description="host names clients may reach the server by, besides loopback and `host` (see allowed_host_names)",
@@ -130,6 +136,27 @@ class ServerConfig(BaseModel):
                 "with `python -c 'import secrets; print(secrets.token_urlsafe(24))'`"
             )
         return token
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> ServerConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together; give both files or neither")
+        return self
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server's TLS context from tls_cert and tls_key; None without them."""
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.tls_cert, self.tls_key)
+        except (OSError, ssl.SSLError) as error:
+            reason = getattr(error, "strerror", None) or getattr(error, "reason", None) or error
+            raise UserError(
+                f"Cannot use server.tls_cert '{self.tls_cert}' with server.tls_key '{self.tls_key}' ({reason}); "
+                "give a PEM certificate chain and its private key."
+            ) from None
+        return context
 
     @property
     def loopback(self) -> bool:
@@ -189,10 +216,18 @@ class StreamerConfig(BaseModel):
         `bound_host` is the address actually listened on, when it differs from the configured one.
         """
         host = self.server.host if bound_host is None else bound_host
-        if not is_loopback(host) and self.server.token is None:
+        if is_loopback(host):
+            return
+        if self.server.token is None:
             raise UserError(
                 f"Listening on {host} lets other machines in, so a token is required: "
                 f"set {TOKEN_ENV} (or server.token in the config), or listen on 127.0.0.1."
+            )
+        if self.server.tls_cert is None and not self.server.behind_tls_proxy:
+            raise UserError(
+                f"Listening on {host} without TLS would send the token in clear text: give server.tls_cert and "
+                "server.tls_key (--tls-cert, --tls-key), or set server.behind_tls_proxy when a proxy in front "
+                "terminates TLS."
             )
 
 

@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 # Close code 1001 "going away": the server is shutting down.
 _PUBLIC_PREFIXES = ("/health/", "/static/")
+SESSION_COOKIE = "streamer_token"
 _PUBLIC_PATHS = frozenset({"/", "/favicon.ico"})
 _TIMELINE_LIMIT = 2000
 
@@ -180,6 +181,7 @@ def create_app(
     app.on_startup.append(_on_startup)
     app.on_shutdown.append(_on_shutdown)
     app.router.add_get("/", _index)
+    app.router.add_post("/session", _session)
     app.router.add_static("/static/", STATIC_DIR)
     app.router.add_get("/health/live", _live)
     app.router.add_get("/health/ready", _ready)
@@ -279,7 +281,10 @@ async def _token_check(request: web.Request, handler: Handler) -> web.StreamResp
     if token is None or public:
         return await handler(request)
     header = request.headers.get("Authorization", "")
-    given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else request.query.get("token", "")
+    if header.startswith("Bearer "):
+        given = header.removeprefix("Bearer ").strip()
+    else:
+        given = request.query.get("token") or request.cookies.get(SESSION_COOKIE, "")
     if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
         return http_error(
             401,
@@ -290,6 +295,23 @@ async def _token_check(request: web.Request, handler: Handler) -> web.StreamResp
 
 
 # Handlers
+
+
+async def _session(request: web.Request) -> web.Response:
+    """`POST /session` (with the token): the token as an HttpOnly, same-site cookie, so the page can
+    drop it from its URL and every later request, image and websocket carries it without showing it."""
+    reply = web.Response(status=204)
+    token = request.app[STATE].config.server.token
+    if token is not None:
+        reply.set_cookie(
+            SESSION_COOKIE,
+            token.get_secret_value(),
+            httponly=True,
+            samesite="Strict",
+            secure=request.secure,
+            path="/",
+        )
+    return reply
 
 
 async def _index(request: web.Request) -> web.FileResponse:

@@ -336,7 +336,7 @@ def _run_config(
     # The server describes every frame itself, as it would live: no cached descriptions.
     live_adapter = _uncached(adapter)
     engine = Engine(live_adapter, engine_config(adapter, options, config, frame_budget))
-    with ServerForConfig(engine) as base_url:
+    with ServerForConfig(engine, stream.video.parent) as base_url:
         return asyncio.run(
             replay_over_websocket(
                 base_url,

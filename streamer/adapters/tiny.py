@@ -47,17 +47,19 @@ QWEN_VL_TEMPLATE = (
 )
 
 
+# The language model of every tiny family: 2 layers, 64 wide, grouped-query attention.
+TINY_TEXT: dict[str, Any] = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=4096,
+)
+
+
 def tiny_text_config(model_type: str, vocab_size: int) -> dict[str, Any]:
-    return dict(
-        model_type=model_type,
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-    )
+    return dict(model_type=model_type, vocab_size=vocab_size, **TINY_TEXT)
 
 
 def tiny_vision_config(image_size: int, **extra: Any) -> dict[str, Any]:

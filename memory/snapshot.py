@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -65,10 +66,34 @@ def save_snapshot(memory: StreamMemory, path: Path) -> int:
             out.flush()
             os.fsync(out.fileno())
         os.replace(staging, path)
+        _sync_directory(path.parent)  # the rename itself survives a power cut only once its directory is synced
     finally:
         if os.path.exists(staging):
             os.unlink(staging)
     return path.stat().st_size
+
+
+def _sync_directory(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def remove_stale_partials(path: Path) -> list[Path]:
+    """Delete the staging files a killed writer left beside the snapshot `path`; returns them."""
+    stale = sorted(path.parent.glob(path.name + ".*.partial")) if path.parent.is_dir() else []
+    for partial in stale:
+        partial.unlink(missing_ok=True)
+    return stale
+
+
+def set_aside(path: Path) -> Path:
+    """Rename an unreadable snapshot out of the way (kept for inspection); returns its new path."""
+    aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+    path.replace(aside)
+    return aside
 
 
 def load_snapshot(memory: StreamMemory, path: Path) -> None:

@@ -12,7 +12,7 @@ stream's resident and host tokens are sampled as the stream grows.
                                 [--budget 60000] [--host-budget 400000] [--device cuda] [--dtype bfloat16]
                                 [--repeats 3] [--memory-every FRAMES] [--tiny] [--out scripts/results/bench_gpu.md]
 
-`--tiny` swaps in the 2-layer model of `--arch`'s family from tests/test_vlm_adapters.py in float32,
+`--tiny` swaps in the 2-layer model of `--arch`'s family of streamer/adapters/tiny.py in float32,
 a smoke test that runs on a CPU in well under a minute:
 
     python scripts/bench_gpu.py --tiny --device cpu --minutes 0.2 0.5 --out /tmp/bench_gpu_tiny.md
@@ -40,6 +40,7 @@ from skimage import data
 
 from memory.errors import BudgetError
 from sources.frame import Frame
+from streamer.adapters.tiny import TINY_TEXT
 from streamer.adapters.vlm import VisionLanguageAdapter
 from streamer.engine import Engine, EngineConfig, Stream
 from streamer.errors import UserError
@@ -82,15 +83,6 @@ class Architecture:
     max_pixels: int = 0
 
 
-# The language model of the tiny test models.
-TINY_TEXT: dict[str, Any] = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=4096,
-)
 ARCHITECTURES = {
     "llava-onevision-7b": Architecture(
         title="LLaVA-OneVision-7B",

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The lock: every Python package the project installs, pinned exactly, for CPython 3.11 on x86-64
-# Linux, resolved by uv from pyproject.toml and scripts/requirements/{torch.txt,wheels.in}.
+# Linux, resolved by uv from pyproject.toml and scripts/requirements/{torch.txt,wheels.in}; gpu.txt is
+# the GPU environment's lock (PyPI's CUDA build of torch, faiss-gpu-cu12; from gpu.in).
 #   bash scripts/lock.sh              bring the lock in line with pyproject.toml, keeping every pin that
 #                                     still fits, then prove it (below)
 #   bash scripts/lock.sh --upgrade    move every package to the newest version pyproject.toml allows,
@@ -56,13 +57,22 @@ compile() {  # compile OUTPUT [extra uv arguments]
         --custom-compile-command "bash scripts/lock.sh" "${resolve[@]}" -o "$output"
 }
 
+compile_gpu() {  # compile_gpu OUTPUT: the GPU lock, torch and its CUDA libraries from PyPI included
+    "$uv" pip compile --quiet pyproject.toml "$dir/gpu.in" "$dir/wheels.in" \
+        --excludes "$dir/excluded.txt" --excludes "$dir/gpu-excluded.txt" \
+        --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+        --custom-compile-command "bash scripts/lock.sh" -c "$dir/run.txt" "${resolve[@]}" -o "$1"
+}
+
 if [ "$mode" = check ]; then
     # uv keeps the pins of an existing output file where they still fit: a lock that matches
     # pyproject.toml comes back unchanged.
-    cp "$dir/run.txt" "$dir/test.txt" "$work/"
+    cp "$dir/run.txt" "$dir/test.txt" "$dir/gpu.txt" "$work/"
     compile "$work/run.txt"
     compile "$work/test.txt" --extra dev -c "$dir/run.txt"
-    if ! diff -u "$dir/run.txt" "$work/run.txt" || ! diff -u "$dir/test.txt" "$work/test.txt"; then
+    compile_gpu "$work/gpu.txt"
+    if ! diff -u "$dir/run.txt" "$work/run.txt" || ! diff -u "$dir/test.txt" "$work/test.txt" \
+        || ! diff -u "$dir/gpu.txt" "$work/gpu.txt"; then
         echo "lock: scripts/requirements/ does not match pyproject.toml (differences above); run \`bash scripts/lock.sh\` and commit the result." >&2
         exit 1
     fi
@@ -73,6 +83,7 @@ fi
 started=$SECONDS
 compile "$dir/run.txt"
 compile "$dir/test.txt" --extra dev -c "$dir/run.txt"
+compile_gpu "$dir/gpu.txt"
 git --no-pager diff --stat -- "$dir" || true
 echo "lock: resolved; proving it in a throw-away environment (install, fast tests, demo with an empty cache)"
 
@@ -84,3 +95,4 @@ STREAMER_VENV=$venv bash scripts/setup.sh --test
     tests/test_llm.py tests/test_kv_cache.py tests/test_synthetic.py tests/test_file_source.py tests/test_cli.py
 STREAMER_CACHE=$work/cache "$venv/bin/streamer" demo --quiet
 echo "lock: the new lock installs, passes the fast tests and runs the demo ($((SECONDS - started)) s); commit scripts/requirements/."
+echo "lock: gpu.txt is resolved but not proven here (it needs a GPU): run \`bash scripts/setup.sh --gpu\` and the tests on a GPU machine."

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from sources.base import Source
@@ -25,6 +26,39 @@ SUPPORTED = "rtsp://HOST/PATH, rtsps://HOST/PATH, webcam:N, /dev/videoN, synthet
 
 # A URL scheme per RFC 3986; a one-letter "scheme" would be a Windows drive, which we treat as a path.
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")
+
+
+SourceKind = Literal["rtsp", "webcam", "synthetic", "file"]
+
+
+def source_kind(url_or_path: str) -> SourceKind:
+    """Which kind of source `url_or_path` names, without opening it; SourceError when none."""
+    text = url_or_path.strip()
+    if not text:
+        raise SourceError(f"No source was given; pass {SUPPORTED}.")
+    if text.startswith("/dev/video"):
+        return "webcam"
+    match = _SCHEME.match(text)
+    # A file whose name contains a colon is still a file.
+    if match is None or Path(text).exists():
+        return "file"
+    scheme = match.group(1).lower()
+    if scheme in RTSP_SCHEMES:
+        return "rtsp"
+    if scheme in ("webcam", "synthetic", "file"):
+        return scheme  # type: ignore[return-value]
+    raise SourceError(f"Unsupported source '{text}': the scheme '{scheme}' is not one of {SUPPORTED}.")
+
+
+def file_path(url_or_path: str) -> Path:
+    """The path a file source (`source_kind` "file") reads: a plain path or a local file:// URL."""
+    text = url_or_path.strip()
+    if text.lower().startswith("file:") and not Path(text).exists():
+        parts = urlsplit(text)
+        if parts.netloc not in ("", "localhost"):
+            raise SourceError(f"'{text}' names a file on another host; copy it here and pass its path.")
+        return Path(unquote(parts.path))
+    return Path(text)
 
 
 def open_source(
@@ -41,27 +75,16 @@ def open_source(
     as they are read, with a simulated clock). Live cameras always deliver their newest frame.
     """
     text = url_or_path.strip()
-    if not text:
-        raise SourceError(f"No source was given; pass {SUPPORTED}.")
-    if text.startswith("/dev/video"):
-        return WebcamSource(text)
-    match = _SCHEME.match(text)
-    # A file whose name contains a colon is still a file.
-    if match is None or Path(text).exists():
-        return FileSource(text, fps=fps, realtime=realtime)
-    scheme = match.group(1).lower()
-    rest = text[match.end() :]
-    if scheme in RTSP_SCHEMES:
+    kind = source_kind(text)
+    if kind == "file":
+        return FileSource(file_path(text), fps=fps, realtime=realtime)
+    if kind == "rtsp":
         return RtspSource(text, rtsp_options)
-    if scheme == "webcam":
+    if kind == "webcam":
+        if text.startswith("/dev/video"):
+            return WebcamSource(text)
+        rest = text.partition(":")[2]
         if not rest.isdigit():
             raise SourceError(f"'{text}' does not name a webcam number; write webcam:0 for /dev/video0.")
         return WebcamSource(int(rest))
-    if scheme == "synthetic":
-        return SyntheticSource(rest or "ball", fps=fps or 15.0, realtime=realtime)
-    if scheme == "file":
-        parts = urlsplit(text)
-        if parts.netloc not in ("", "localhost"):
-            raise SourceError(f"'{text}' names a file on another host; copy it here and pass its path.")
-        return FileSource(unquote(parts.path), fps=fps, realtime=realtime)
-    raise SourceError(f"Unsupported source '{text}': the scheme '{scheme}' is not one of {SUPPORTED}.")
+    return SyntheticSource(text.partition(":")[2] or "ball", fps=fps or 15.0, realtime=realtime)

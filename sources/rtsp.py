@@ -2,7 +2,9 @@
 
 The stream is read with PyAV (FFmpeg) over TCP, drained by a capture thread into a latest-frame
 slot. A supervisor owns the connection: open, watch, and on end, error or silence close it and
-reopen after an exponential backoff with jitter, reset once a connection has stayed healthy.
+reopen after an exponential backoff with jitter, reset once a connection has stayed healthy. While
+it waits after a refused connection, it knocks on the camera's port twice a second, so a camera that
+comes back is read again within a second or two, however long the backoff had grown.
 FFmpeg's own timeouts are honoured but fire late (a 3 s read timeout took 6-9 s against a frozen
 server), so the supervisor also watches the age of the newest frame and abandons a connection
 that has gone quiet for `watchdog_s`.
@@ -11,6 +13,7 @@ that has gone quiet for `watchdog_s`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import random
 import socket
@@ -39,6 +42,12 @@ class RtspOptions(BaseModel):
     backoff_max_s: float = Field(30.0, gt=0, description="longest wait between retries")
     backoff_jitter: float = Field(0.2, ge=0, lt=1, description="each wait is scaled by a random 1 +/- jitter")
     healthy_after_s: float = Field(10.0, ge=0, description="a connection live this long resets the backoff")
+    port_probe_s: float = Field(
+        0.5,
+        ge=0,
+        description="while waiting after a failure with the camera's port closed, try the port this often and "
+        "reconnect as soon as it accepts (0: wait out the backoff)",
+    )
     max_attempts: int | None = Field(
         None, ge=1, description="consecutive connections without a frame before the source fails (None: never)"
     )
@@ -116,7 +125,35 @@ class RtspSource(CaptureSource):
             delay = self.backoff.next_delay()
             state = SourceState.CONNECTING if self.frames_decoded == 0 else SourceState.RECONNECTING
             self.set_state(state, f"{reason}; retrying in {delay:.1f} s")
+            await self._wait(delay)
+
+    async def _wait(self, delay: float) -> None:
+        """Sleep `delay` s, cut short once a port that was closed accepts again (see `port_probe_s`).
+
+        Only a closed port is watched: a camera that accepts connections but fails to stream is
+        retried on the backoff, not twice a second.
+        """
+        every = self.options.port_probe_s
+        ends = time.monotonic() + delay
+        if every <= 0 or await self._port_open():
             await asyncio.sleep(delay)
+            return
+        while (left := ends - time.monotonic()) > 0:
+            await asyncio.sleep(min(every, left))
+            if time.monotonic() < ends and await self._port_open():
+                return
+
+    async def _port_open(self) -> bool:
+        """Whether a TCP connection to the camera's port is accepted now (within 0.5 s)."""
+        port = self.parts.port or _DEFAULT_PORT[self.parts.scheme.lower()]
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(self.parts.hostname, port), 0.5)
+        except (TimeoutError, OSError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
 
     async def _watch(self, capture: CaptureThread) -> str:
         """Return why the connection has to go: it ended, failed, or went quiet for `watchdog_s`."""

@@ -14,13 +14,14 @@ import inspect
 import itertools
 import json
 import logging
+import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import av
 from aiohttp import web
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from sources.base import SourceState
@@ -28,6 +29,8 @@ from sources.capture import Captured, CaptureSource
 from sources.frame import SourceError
 
 log = logging.getLogger(__name__)
+# The stream ids an offer may ask for: what the server's API accepts, and safe in a log line.
+STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class WebRTCSource(CaptureSource):
@@ -77,10 +80,14 @@ class WebRTCSource(CaptureSource):
             await self.peer.close()
 
 
-async def accept_offer(sdp: str, type: str, name: str = "WebRTC stream") -> tuple[WebRTCSource, dict[str, str]]:
+async def accept_offer(
+    sdp: str, type: str, name: str = "WebRTC stream", ice_servers: Sequence[str] = ()
+) -> tuple[WebRTCSource, dict[str, str]]:
     """Answer a peer's SDP offer; return the source receiving its video and the answer to send back.
 
-    Raises SourceError when the offer is not an offer, cannot be parsed, or carries no video.
+    ice_servers: STUN URLs (`stun:host:port`) for reaching peers beyond the LAN; none by default, so
+    nothing is contacted outside the two peers. Raises SourceError when the offer is not an offer,
+    cannot be parsed, or carries no video.
     """
     if type != "offer":
         raise SourceError(f"Expected an SDP offer but got type '{type}'; send the result of createOffer().")
@@ -88,7 +95,7 @@ async def accept_offer(sdp: str, type: str, name: str = "WebRTC stream") -> tupl
         raise SourceError(
             "The offer is not SDP (it must start with 'v='); send the offer exactly as createOffer() made it."
         )
-    peer = RTCPeerConnection()
+    peer = RTCPeerConnection(RTCConfiguration(iceServers=[RTCIceServer(urls=list(ice_servers))] if ice_servers else []))
     tracks: list[MediaStreamTrack] = []
     peer.on("track", lambda track: tracks.append(track) if track.kind == "video" else None)
     try:
@@ -97,10 +104,14 @@ async def accept_offer(sdp: str, type: str, name: str = "WebRTC stream") -> tupl
             raise SourceError("The offer has no video track; add a camera track before calling createOffer().")
         # Candidates are gathered here, so the answer is complete: the page needs no trickle ICE.
         await peer.setLocalDescription(await peer.createAnswer())
-    except (ValueError, KeyError) as error:
+    except SourceError:
         await peer.close()
+        raise
+    except Exception as error:  # the SDP parser fails in many ways (ValueError, KeyError, AssertionError...)
+        await peer.close()
+        detail = str(error).splitlines()[0][:200] if str(error).strip() else error.__class__.__name__
         raise SourceError(
-            f"The SDP offer is malformed ({error}); send the offer exactly as createOffer() made it."
+            f"The SDP offer is malformed ({detail}); send the offer exactly as createOffer() made it."
         ) from None
     except BaseException:
         await peer.close()
@@ -123,8 +134,9 @@ class OfferHandler:
     Mount `handle_offer` on an aiohttp app and call `close()` on shutdown.
     """
 
-    def __init__(self, on_source: SourceCallback) -> None:
+    def __init__(self, on_source: SourceCallback, ice_servers: Sequence[str] = ()) -> None:
         self.on_source = on_source
+        self.ice_servers = list(ice_servers)
         self.sources: dict[str, WebRTCSource] = {}
         self._numbers = itertools.count(1)
 
@@ -138,8 +150,14 @@ class OfferHandler:
         stream_id = body.get("stream_id") or f"webrtc-{next(self._numbers)}"
         if not isinstance(stream_id, str):
             return _error(400, "'stream_id' must be a string; leave it out to get one assigned.")
+        if not STREAM_ID.fullmatch(stream_id):  # checked before it reaches a log line or a peer's name
+            return _error(400, "A stream_id is 1-64 letters, digits, '_', '.' or '-'; pick another.")
+        # Peers that have ended are forgotten, so the list holds only live ones.
+        self.sources = {k: v for k, v in self.sources.items() if v.state not in (SourceState.ENDED, SourceState.FAILED)}
         try:
-            source, answer = await accept_offer(body["sdp"], body["type"], name=f"WebRTC stream {stream_id}")
+            source, answer = await accept_offer(
+                body["sdp"], body["type"], name=f"WebRTC stream {stream_id}", ice_servers=self.ice_servers
+            )
         except SourceError as error:
             return _error(400, str(error))
         try:

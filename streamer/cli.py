@@ -19,6 +19,7 @@ from sources.frame import SourceError
 from streamer.clock import clock
 from streamer.errors import UserError
 from streamer.evaluation.cli import EVALUATION_COMMANDS, add_evaluation_commands, run_evaluation_command
+from streamer.models import add_model_options, check_choice, choice_from_args
 from streamer.replay import ReplayQuestion, ReplayResult, ReplaySummary
 from streamer.server.cli import SERVER_COMMANDS, add_server_commands, run_server_command
 
@@ -30,7 +31,7 @@ EXIT_USAGE = 2
 
 
 def _add_engine_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--llm", help="local Hugging Face causal-LM folder or .gguf file (default: SmolLM2-135M)")
+    add_model_options(parser)
     parser.add_argument("--fps", type=float, default=1.0, help="frames sampled per second of video (default 1)")
     parser.add_argument("--budget", type=int, default=4096, help="KV tokens resident per stream (default 4096)")
     parser.add_argument(
@@ -119,6 +120,8 @@ class Printer:
         self.open_question = None
         evidence = ", ".join(f"{clock(a)}-{clock(b)}" for a, b in result.evidence) or "none"
         verdict = "" if result.correct is None else f"  [{'correct' if result.correct else 'wrong'}: {result.expected}]"
+        if result.funnel is not None and result.funnel["lost_at"] is not None:
+            verdict += f" lost at: {result.funnel['lost_at']}"
         print(
             f"\n         TTFT {result.ttft_ms:.0f} ms, total {result.latency_ms:.0f} ms, evidence {evidence}{verdict}"
         )
@@ -133,6 +136,9 @@ class Printer:
             f"resident tokens {summary.resident_tokens}/{summary.budget_tokens}"
             f"\nIngest ms per frame: {split}"
         )
+        if summary.funnel:
+            steps = ", ".join(f"{step} {share:.0%}" for step, share in summary.funnel.items() if step != "traced")
+            print(f"Funnel ({summary.funnel['traced']:.0f} questions with a key): {steps}")
 
 
 def run_replay(args: argparse.Namespace, video: Path, questions_path: Path, out: Path | None) -> int:
@@ -172,8 +178,8 @@ def run_replay(args: argparse.Namespace, video: Path, questions_path: Path, out:
 
 def _engine(args: argparse.Namespace) -> Engine:
     from memory.curvature import CurvatureConfig
-    from streamer.adapters.embedded import EmbeddedAdapter
     from streamer.engine import Engine, EngineConfig
+    from streamer.models import load_adapter
 
     try:
         config = EngineConfig(
@@ -189,7 +195,7 @@ def _engine(args: argparse.Namespace) -> Engine:
         raise UserError(config_error(error)) from None
     if not args.quiet:
         print("Loading models...", file=sys.stderr, flush=True)
-    engine = Engine(EmbeddedAdapter.load(args.llm), config)
+    engine = Engine(load_adapter(choice_from_args(args)), config)
     engine.check_budget(args.fps)
     return engine
 
@@ -238,10 +244,7 @@ def check_options(args: argparse.Namespace) -> None:
         raise UserError(f"--fps {args.fps:g} must be positive.")
     if args.top_k < 0:
         raise UserError(f"--top-k {args.top_k} must be 0 or more.")
-    if args.llm is not None:
-        from streamer.llm import check_llm_path
-
-        check_llm_path(args.llm)
+    check_choice(choice_from_args(args))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,7 @@ from memory.index import BlockIndex
 from memory.kv_cache import assemble
 from memory.policy import make_policy
 from memory.records import FrameRecord
-from memory.snapshot import load_snapshot, save_snapshot
+from memory.snapshot import SnapshotError, load_snapshot, remove_stale_partials, save_snapshot, set_aside
 from memory.stream_memory import Block, MemorySnapshot, StreamMemory
 from sources.frame import Frame
 from streamer.adapters.base import FrameTokens, ModelAdapter
@@ -36,6 +36,10 @@ from streamer.query import Answer, ChoiceScoring, generate_answer
 from streamer.retrieval import Reading, Selection, select_reading
 
 log = logging.getLogger(__name__)
+# Seconds between the last restored frame and the first frame after a restart, on the stream's clock.
+RESTART_GAP_S = 1.0
+# Stream seconds before a snapshot that failed to write is tried again.
+SNAPSHOT_RETRY_S = 10.0
 
 
 MemoryPolicyName = Literal["curvature", "uniform", "fifo", "equal"]
@@ -132,6 +136,17 @@ class Stream:
     scorer: CurvatureScorer | None = None
     stats: IngestStats = field(default_factory=IngestStats)
     last_snapshot: float | None = None
+    snapshot_failures: int = 0  # snapshots that could not be written (full disk, too many open files)
+    # Added to the stream time of every frame pushed: after a restore the source starts again at 0,
+    # and the memory's clock must go on from its last restored frame (records stay in time order,
+    # and snapshots stay due every snapshot_every_s).
+    time_offset: float = 0.0
+
+    def on_clock(self, frame: Frame) -> Frame:
+        """`frame` on this stream's clock (the same frame when nothing was restored)."""
+        if not self.time_offset:
+            return frame
+        return dataclasses.replace(frame, stream_time=frame.stream_time + self.time_offset)
 
 
 class UnknownStream(KeyError):
@@ -169,9 +184,20 @@ class Engine:
         scorer = CurvatureScorer(config.curvature) if config.policy == "curvature" else None
         stream = Stream(stream_id, memory, scorer)
         path = self.snapshot_path(stream_id)
+        if path is not None:
+            for stale in remove_stale_partials(path):
+                log.info("%s: removed %s, left by a writer that was stopped", stream_id, stale)
         if path is not None and path.exists():
-            load_snapshot(memory, path)
-            stream.last_snapshot = memory.records[-1].stream_time if memory.records else None
+            try:
+                load_snapshot(memory, path)
+            except SnapshotError as error:
+                # One bad file must not keep the stream (or a server) from starting: keep it aside.
+                aside = set_aside(path)
+                reason = str(error).split(";")[0]
+                log.warning("%s: %s; moved it to %s and started the stream empty.", stream_id, reason, aside.name)
+            if memory.records:
+                stream.last_snapshot = memory.records[-1].stream_time
+                stream.time_offset = stream.last_snapshot + RESTART_GAP_S
             log.info("%s: restored %d frames from %s", stream_id, len(memory.records), path)
         self.streams[stream_id] = stream
         return stream
@@ -214,6 +240,7 @@ class Engine:
         must come in its frame order, since its curvature scorer sees them in that order.
         """
         streams = [self.stream(stream_id) for stream_id, _ in items]
+        items = [(stream_id, stream.on_clock(frame)) for (stream_id, frame), stream in zip(items, streams, strict=True)]
         decisions: list[CurvatureDecision | None] = [None] * len(items)
 
         def chooser(index: int) -> Callable[[np.ndarray | None], str]:
@@ -293,8 +320,16 @@ class Engine:
     def _snapshot_if_due(self, stream: Stream, stream_time: float) -> None:
         if self.config.snapshot_dir is None:
             return
-        if stream.last_snapshot is None or stream_time - stream.last_snapshot >= self.config.snapshot_every_s:
-            self.save_snapshot(stream.stream_id)
+        every = self.config.snapshot_every_s
+        if stream.last_snapshot is None or stream_time - stream.last_snapshot >= every:
+            try:
+                self.save_snapshot(stream.stream_id)
+            except OSError as error:
+                # Ingest goes on; the snapshot is tried again SNAPSHOT_RETRY_S of stream time later.
+                stream.snapshot_failures += 1
+                stream.last_snapshot = stream_time - every + min(every, SNAPSHOT_RETRY_S)
+                log.error("%s: snapshot failed (%s); ingest goes on, retrying in %.0f s", stream.stream_id, error,
+                          min(every, SNAPSHOT_RETRY_S))  # fmt: skip
 
     def ask(
         self,

@@ -1,7 +1,7 @@
 """Where a right answer is lost: perceived -> kept -> chosen -> answered.
 
 For a question with a known answer, its evidence (the phrases a frame description shows when the
-answer was seen: the question file's `evidence`, else the correct option's text, else the expected
+answer was seen: the question file's `seen`, else the correct option's text, else the expected
 answer) is looked for in the text the engine had at each step:
 
 - perceived: the description of some frame up to the question's time;

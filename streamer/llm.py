@@ -17,6 +17,9 @@ from typing import Any
 
 from streamer.errors import ModelPackageMissing, UserError
 
+# Loading never reaches the network; a download the user asks for (`streamer.models`) lifts this for
+# that call, unless the user set the hub offline themselves.
+USER_HUB_OFFLINE = os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 

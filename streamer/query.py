@@ -80,13 +80,19 @@ def content_words(text: str) -> set[str]:
     return {w for w in _WORD.findall(text.lower()) if len(w) > 2 and w not in _STOPWORDS}
 
 
-def evidence_spans(answer: str, blocks: Sequence[Block], merge_gap: float = 2.0) -> list[list[float]]:
-    """Time spans of the resident frames whose descriptions share content words with the answer.
+def evidence_spans(
+    answer: str, blocks: Sequence[Block], merge_gap: float = 2.0, by_words: bool = True
+) -> list[list[float]]:
+    """Time spans of the frames read whose descriptions share content words with the answer; of every
+    frame read when `by_words` is False (image frames carry no description to match).
 
     Frames closer than `merge_gap` seconds join one span [t0, t1].
     """
-    words = content_words(answer)
-    times = [b.record.stream_time for b in blocks if words & content_words(b.record.text)] if words else []
+    if by_words:
+        words = content_words(answer)
+        times = [b.record.stream_time for b in blocks if words & content_words(b.record.text)] if words else []
+    else:
+        times = sorted(b.record.stream_time for b in blocks)
     spans: list[list[float]] = []
     for t in times:
         if spans and t - spans[-1][1] <= merge_gap:
@@ -140,8 +146,7 @@ def reread_context(adapter: ModelAdapter, snapshot: MemorySnapshot, chosen: Sequ
 
 def option_scores(
     adapter: ModelAdapter,
-    logits: torch.Tensor,
-    cache: StreamingCache,
+    context: ModelContext,
     options: Sequence[str],
     scoring: str,
     lettered: bool = True,
@@ -157,17 +162,16 @@ def option_scores(
         letter = LETTERS[index]
         if scoring == "letter" and lettered:
             firsts = {int(adapter.ids(variant)[0, 0]) for variant in (letter, " " + letter)}
-            scores.append(max(float(logits[i]) for i in firsts))
+            scores.append(max(float(context.logits[i]) for i in firsts))
         else:
             ids = adapter.ids(f"{letter}. {option}" if lettered else option)[0].tolist()
-            scores.append(adapter.continuation_log_likelihood(logits, ids, cache) / max(1, len(ids)))
+            scores.append(adapter.continuation_log_likelihood(context.logits, ids, context.cache) / max(1, len(ids)))
     return scores
 
 
 def _likeliest(
     adapter: ModelAdapter,
-    logits: torch.Tensor,
-    cache: StreamingCache,
+    context: ModelContext,
     options: Sequence[str],
     among: Sequence[int],
     scoring: str,
@@ -176,14 +180,13 @@ def _likeliest(
     """The index in `options` of the likeliest of the options `among` (no model pass when only one is left)."""
     if len(among) == 1:
         return among[0]
-    scores = option_scores(adapter, logits, cache, options, scoring, lettered)
+    scores = option_scores(adapter, context, options, scoring, lettered)
     return max(among, key=lambda index: scores[index])
 
 
 def grounded_open_answer(
     adapter: ModelAdapter,
-    logits: torch.Tensor,
-    cache: StreamingCache,
+    context: ModelContext,
     question: str,
     reading: Reading,
     texts: Sequence[str],
@@ -201,10 +204,10 @@ def grounded_open_answer(
     choices = choices_named(question)
     if choices:
         among, _ = option_choice(question, intent, choices, texts, adapter.embed_sentences, slack)
-        return choices[_likeliest(adapter, logits, cache, choices, among, "text", lettered=False)]
+        return choices[_likeliest(adapter, context, choices, among, "text", lettered=False)]
     colours = colours_appeared(question, intent, facts, slack)
     if colours:
-        return colours[_likeliest(adapter, logits, cache, colours, range(len(colours)), "text", lettered=False)]
+        return colours[_likeliest(adapter, context, colours, range(len(colours)), "text", lettered=False)]
     things = things_appeared(question, intent, facts, slack)
     if things:
         return ", ".join(things)
@@ -218,6 +221,34 @@ def grounded_open_answer(
             when = [b.record.stream_time for b in reading.blocks if f'"{chosen}"' in b.record.text]
             return f'"{chosen}"' + (f" (at {clock(when[0])})" if when else "")
     return None
+
+
+class ModelContext:
+    """The model's side of one answer, `[sink | chosen blocks | timeline lines | question]` and the first
+    answer token's logits, built the first time a step needs them: an answer that what was read decides
+    (a supported option, a count, a text read) is given without any model pass, so its TTFT is the choice
+    of frames and the grounding alone."""
+
+    def __init__(self, build: Callable[[], tuple[StreamingCache, torch.Tensor]]) -> None:
+        self._build = build
+        self._built: tuple[StreamingCache, torch.Tensor] | None = None
+
+    def _get(self) -> tuple[StreamingCache, torch.Tensor]:
+        if self._built is None:
+            self._built = self._build()
+        return self._built
+
+    @property
+    def cache(self) -> StreamingCache:
+        return self._get()[0]
+
+    @property
+    def logits(self) -> torch.Tensor:
+        return self._get()[1]
+
+    def close(self) -> None:
+        if self._built is not None:
+            self._built[0].close()
 
 
 def answer_context(adapter: ModelAdapter, snapshot: MemorySnapshot, reading: Reading, reread: bool) -> StreamingCache:
@@ -259,41 +290,45 @@ def generate_answer(
     loop; `controls` False generates without the penalties and the one-line stop.
     """
     start = time.perf_counter()
-    cache = answer_context(adapter, snapshot, reading, reread)
-    embeds = adapter.question_embeds(question)
-    limit = max_question_tokens * (4 if options else 1)
-    if embeds.shape[1] > limit:
-        # keep the end: it carries the chat turn that opens the answer
-        embeds = torch.cat([embeds[:, : limit // 2], embeds[:, -limit // 2 :]], 1)
+
+    def read() -> tuple[StreamingCache, torch.Tensor]:
+        cache = answer_context(adapter, snapshot, reading, reread)
+        embeds = adapter.question_embeds(question)
+        limit = max_question_tokens * (4 if options else 1)
+        if embeds.shape[1] > limit:
+            # keep the end: it carries the chat turn that opens the answer
+            embeds = torch.cat([embeds[:, : limit // 2], embeds[:, -limit // 2 :]], 1)
+        return cache, adapter.next_token_logits(embeds, cache)
+
+    context = ModelContext(read)
     stream = TextStream(adapter)
     ttft_ms = 0.0
     cancelled = False
     texts = [b.record.text for b in reading.blocks] + list(reading.lines)
     try:
-        logits = adapter.next_token_logits(embeds, cache)
         fixed: str | None = None
         if options and choice_scoring != "generate":
             among: Sequence[int] = range(len(options))
             if choice_scoring == "grounded":
                 intent = read_intent(question)
                 among, _ = option_choice(question, intent, options, texts, adapter.embed_sentences, anchor_seconds)
-            best = _likeliest(adapter, logits, cache, options, among, "text" if choice_scoring == "text" else "letter")
+            best = _likeliest(adapter, context, options, among, "text" if choice_scoring == "text" else "letter")
             fixed = f"{LETTERS[best]}. {options[best]}"
         elif grounded and not options:
-            fixed = grounded_open_answer(adapter, logits, cache, question, reading, texts, anchor_seconds)
+            fixed = grounded_open_answer(adapter, context, question, reading, texts, anchor_seconds)
         if fixed is not None:
             text = fixed
             ttft_ms = (time.perf_counter() - start) * 1000
             yield text
         else:
             ttft_ms, cancelled = yield from _generate(
-                adapter, logits, cache, stream, max_new_tokens, cancel, start, controls
+                adapter, context.logits, context.cache, stream, max_new_tokens, cancel, start, controls
             )
             text = stream.text.strip()
             if controls:
                 text = text.split("\n")[0].strip()
     finally:
-        cache.close()
+        context.close()
         snapshot.close()
     latency_ms = (time.perf_counter() - start) * 1000
     return Answer(
@@ -302,7 +337,7 @@ def generate_answer(
         as_of=snapshot.as_of,
         ttft_ms=ttft_ms or latency_ms,
         latency_ms=latency_ms,
-        evidence=evidence_spans(text, reading.blocks),
+        evidence=evidence_spans(text, reading.blocks, by_words=adapter.describes_frames),
         tokens=len(stream.ids),
         cancelled=cancelled,
         frames_read=[block.record.frame_id for block in reading.blocks],

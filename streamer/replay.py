@@ -3,9 +3,10 @@
 Frames are fed up to each question's time `t`; the question goes through the same engine path as a
 live question; then the stream continues. Questions file: one JSON object per line,
 `{"id": str, "t": seconds, "question": str, "options"?: [str], "answer"?: str, "seen"?: [str]}` ("seen":
-phrases a frame's description shows when the answer was perceived, for the evaluation's funnel,
-`streamer.funnel`). Results file: one
-line per question, `{"id", "t", "question", "answer", "ttft_ms", "latency_ms", "evidence", ...}`.
+phrases a frame's description shows when the answer was perceived). Results file: one line per
+question, `{"id", "t", "question", "answer", "ttft_ms", "latency_ms", "evidence", ..., "funnel"}`, where
+`funnel` says, for a question with a known answer, whether the answer was perceived, kept, chosen and
+answered (`streamer.funnel`); the summary gives the share past each step.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sources.file import FileSource
 from sources.frame import SourceEnded
 from streamer.errors import UserError
+from streamer.funnel import STEPS, FunnelRow, seen_phrases, trace
 from streamer.intent import options_prompt
 
 if TYPE_CHECKING:  # the engine pulls in torch; the question checks must stay quick to import
@@ -58,6 +60,7 @@ class ReplayResult:
     as_of: float
     expected: str | None = None
     correct: bool | None = None
+    funnel: dict[str, bool | str | None] | None = None  # FunnelRow.as_dict(), for questions with a key
 
 
 @dataclass
@@ -72,6 +75,7 @@ class ReplaySummary:
     resident_tokens: int
     budget_tokens: int
     ingest_ms_per_frame: dict[str, float] = field(default_factory=dict)
+    funnel: dict[str, float] = field(default_factory=dict)  # share of traced questions past each step
 
 
 def _field(record: dict[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -242,6 +246,11 @@ class Replay:
             expected=question.answer,
             correct=score(question, answer.text),
         )
+        phrases = seen_phrases(question.answer, question.options, question.seen)
+        if phrases and result.correct is not None and self.engine.adapter.describes_frames:
+            memory = self.engine.stream(self.stream_id).memory
+            perceived, kept, chosen = trace(memory, answer, phrases)
+            result.funnel = FunnelRow(perceived, kept, chosen, result.correct).as_dict()
         if on_result:
             on_result(result)
         return result
@@ -262,7 +271,17 @@ class Replay:
             resident_tokens=stream.memory.resident_tokens,
             budget_tokens=stream.memory.budget_tokens,
             ingest_ms_per_frame={k: round(v, 1) for k, v in stream.stats.mean_ms().items()},
+            funnel=funnel_shares(results),
         )
+
+
+def funnel_shares(results: Iterable[ReplayResult]) -> dict[str, float]:
+    """The share of traced answers past each funnel step, plus `traced` (how many); empty when none."""
+    rows = [result.funnel for result in results if result.funnel is not None]
+    if not rows:
+        return {}
+    shares = {step: round(sum(bool(row[step]) for row in rows) / len(rows), 3) for step in STEPS}
+    return {**shares, "traced": float(len(rows))}
 
 
 def write_results(path: Path, results: Iterable[ReplayResult], summary: ReplaySummary) -> None:

@@ -8,7 +8,8 @@ sink, then the chosen frame blocks in time order (re-positioned to be contiguous
 from __future__ import annotations
 
 import importlib.util
-import logging
+import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 
 from memory.events import TimelineItem
 from memory.index import zscore
+from memory.records import FrameRecord
 from memory.stream_memory import Block, MemorySnapshot
 from streamer.clock import clock
 from streamer.errors import ModelPackageMissing
@@ -157,19 +159,46 @@ class Selection:
     intent: bool = True
 
 
+# BM25 as bm25s computes it by default (Lucene's variant), over each block's normalised words.
+BM25_K1 = 1.5
+BM25_B = 0.75
+# A record's normalised word counts, computed once per description and kept beside the record (not a
+# field: snapshots do not carry it): a question then costs a few dictionary lookups per frame instead of
+# indexing every description again, which grew with the stream.
+_COUNTS_KEY = "_word_counts"
+
+
+def _word_counts(record: FrameRecord) -> tuple[Counter[str], int]:
+    attributes = vars(record)
+    cached = attributes.get(_COUNTS_KEY)
+    if cached is None or cached[0] != record.text:
+        words = normal_words(record.text) or ["\x00"]
+        cached = (record.text, Counter(words), len(words))
+        attributes[_COUNTS_KEY] = cached
+    return cached[1], cached[2]
+
+
 def lexical_scores(blocks: Sequence[Block], words: Iterable[str]) -> np.ndarray:
-    """BM25 (bm25s) scores (len(blocks),) of each block's description against `words`, both as normalised
-    words (`streamer.funnel.normal_words`), so an OCR word in the question finds the frames that read it."""
+    """BM25 scores (len(blocks),) of each block's description against `words`, both as normalised words
+    (`streamer.funnel.normal_words`), so an OCR word in the question finds the frames that read it.
+
+    Lucene's BM25 (k1 1.5, b 0.75, idf log(1 + (N - df + 0.5) / (df + 0.5))) over the blocks given, as
+    the bm25s library scores by default (`tests/test_retrieval.py` checks the two agree).
+    """
     query = list(dict.fromkeys(words))
     if not blocks or not query:
         return np.zeros(len(blocks), dtype=np.float32)
-    import bm25s
-
-    logging.getLogger("bm25s").setLevel(logging.WARNING)  # it sets itself to DEBUG on import
-    corpus = [normal_words(block.record.text) or ["\x00"] for block in blocks]
-    retriever = bm25s.BM25()
-    retriever.index(corpus, show_progress=False)
-    return np.asarray(retriever.get_scores(query), dtype=np.float32)
+    counts, lengths = zip(*(_word_counts(block.record) for block in blocks), strict=True)
+    length = np.asarray(lengths, dtype=np.float64)
+    norm = BM25_K1 * (1 - BM25_B + BM25_B * length / length.mean())
+    scores = np.zeros(len(blocks), dtype=np.float64)
+    for word in query:
+        tf = np.asarray([count.get(word, 0) for count in counts], dtype=np.float64)
+        df = int(np.count_nonzero(tf))
+        if df:
+            idf = math.log(1 + (len(blocks) - df + 0.5) / (df + 0.5))
+            scores += idf * tf / (tf + norm)
+    return scores.astype(np.float32)
 
 
 def relevance(blocks: Sequence[Block], scores: np.ndarray, intent: QuestionIntent, lexical_weight: float) -> np.ndarray:

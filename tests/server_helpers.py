@@ -60,7 +60,7 @@ def wait_for_frames(server: ServerThread, count: int, stream_id: str = STREAM, t
 
 
 def ws_url(server: ServerThread, token: str | None = None) -> str:
-    url = server.url.replace("http://", "ws://") + "/ws"
+    url = server.url.replace("https://", "wss://").replace("http://", "ws://") + "/ws"
     return f"{url}?token={token}" if token else url
 
 

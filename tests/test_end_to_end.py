@@ -31,7 +31,9 @@ def test_sign_word_is_recalled_a_minute_later(embedded_adapter: EmbeddedAdapter,
     assert word.lower() in result.answer.lower(), result.answer
     assert result.correct
     assert any(t0 <= needle.end and t1 >= needle.start for t0, t1 in result.evidence), result.evidence
+    assert result.funnel == {"perceived": True, "kept": True, "chosen": True, "answered": True, "lost_at": None}
     summary = replay.summary([result])
+    assert summary.funnel == {"perceived": 1.0, "kept": 1.0, "chosen": 1.0, "answered": 1.0, "traced": 1.0}
     assert summary.frames_ingested == 90
     assert summary.resident_tokens <= summary.budget_tokens
 

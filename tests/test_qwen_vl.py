@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import torch
 from skimage import data
-from test_vlm_adapters import QUESTION, build_qwen2_5_vl, plain_forward_logits
+from test_vlm_adapters import QUESTION, plain_forward_logits
 
 from memory.kv_cache import KVSegment, StreamingCache, assemble
 from sources.frame import Frame
+from streamer.adapters.tiny import build_qwen2_5_vl
 from streamer.adapters.vlm import VisionLanguageAdapter, bgr_to_image
 from streamer.engine import Engine, EngineConfig
 from streamer.rope import mrope_positions

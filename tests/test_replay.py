@@ -12,13 +12,16 @@ from pathlib import Path
 import pytest
 
 from sources.file import FileSource
+from streamer.cli import Printer
 from streamer.errors import UserError
+from streamer.funnel import FunnelRow
 from streamer.needles import footage_dir
 from streamer.replay import (
     ReplayQuestion,
     ReplayResult,
     ReplaySummary,
     check_question_times,
+    funnel_shares,
     load_questions,
     score,
     write_results,
@@ -254,9 +257,44 @@ def test_write_results_writes_one_line_per_result_then_the_summary(tmp_path: Pat
             "resident_tokens": 900,
             "budget_tokens": 4096,
             "ingest_ms_per_frame": {"vision": 12.0},
+            "funnel": {},
         }
     }
     assert sorted(p.name for p in out.parent.iterdir()) == ["results.jsonl"]
+
+
+def _traced(qid: str, perceived: bool, kept: bool, chosen: bool, answered: bool) -> ReplayResult:
+    result = _result(qid, answered)
+    result.funnel = FunnelRow(perceived, kept, chosen, answered).as_dict()
+    return result
+
+
+def test_funnel_shares_count_only_traced_answers() -> None:
+    results = [
+        _traced("q1", True, True, True, True),
+        _traced("q2", True, True, False, False),
+        _traced("q3", True, False, False, False),
+        _traced("q4", False, False, False, False),
+        _result("q5", None),
+    ]
+
+    assert funnel_shares(results) == {"perceived": 0.75, "kept": 0.5, "chosen": 0.25, "answered": 0.25, "traced": 4.0}
+    assert funnel_shares([_result("q5", None)]) == {}
+
+
+def test_printer_says_where_a_wrong_answer_was_lost_and_the_funnel(capsys: pytest.CaptureFixture[str]) -> None:
+    printer = Printer(quiet=True)
+    printer.result(_traced("q1", True, True, False, False))
+    printer.result(_traced("q2", True, True, True, True))
+    summary = ReplaySummary(2, 2, 1, 0.5, 120.5, 120.5, 10, 900, 4096, {"vision": 12.0})
+    summary.funnel = funnel_shares([_traced("q1", True, True, False, False), _traced("q2", True, True, True, True)])
+    printer.summary(summary)
+
+    out = capsys.readouterr().out
+    first, second = out.split("[00:03] Q:")[1:3]
+    assert "[wrong: ZEPHYR] lost at: chosen" in first
+    assert "[correct: ZEPHYR]" in second and "lost at" not in second
+    assert "Funnel (2 questions with a key): perceived 100%, kept 100%, chosen 50%, answered 50%" in out
 
 
 def _at(qid: str, t: float) -> ReplayQuestion:

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import random
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
 from memory.events import Showing, TimelineItem
-from streamer.retrieval import adaptive_keyframes, began_near, named_by, timeline_line
+from memory.records import FrameRecord
+from streamer.funnel import normal_words
+from streamer.retrieval import adaptive_keyframes, began_near, lexical_scores, named_by, timeline_line
 
 
 def test_frames_that_stand_out_are_read_together() -> None:
@@ -43,3 +52,26 @@ def test_items_an_option_names_and_items_that_began_at_a_time() -> None:
     ]
     assert [item.name for item in named_by(timeline, "the sign saying BUS 69", 2)] == ["Bus 69"]
     assert [item.name for item in began_near(timeline, [196.0], 3.0)] == ["purple"]
+
+
+def test_bm25_scores_equal_the_bm25s_librarys() -> None:
+    import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    rng = random.Random(3)
+    vocabulary = "street sign person car bicycle tree grey green white KESTREL Gate42 gate 42 exit cl0sed".split()
+    for _ in range(30):
+        texts = [" ".join(rng.choices(vocabulary, k=rng.randint(0, 9))) for _ in range(rng.randint(1, 40))]
+        blocks = [_block(text) for text in texts]
+        query = normal_words(" ".join(rng.sample(vocabulary, 3)))
+        retriever = bm25s.BM25()
+        retriever.index([normal_words(text) or ["\x00"] for text in texts], show_progress=False)
+        expected = retriever.get_scores(list(dict.fromkeys(query)))
+        np.testing.assert_allclose(lexical_scores(blocks, query), expected, rtol=1e-5, atol=1e-6)
+
+
+def _block(text: str) -> Any:
+    record = FrameRecord(
+        sequence=0, stream_time=0.0, text=text, tokens=1, detail="full", tier="clear", score=0, threshold=0
+    )
+    return SimpleNamespace(record=record)

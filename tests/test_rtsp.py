@@ -202,6 +202,29 @@ def test_killed_server_restarted_on_the_same_port_is_read_again(own_server: Rtsp
     asyncio.run(scenario())
 
 
+def test_a_camera_back_after_a_long_outage_is_read_within_seconds(own_server: RtspServer) -> None:
+    # The backoff as deployed (1 s doubling to 30 s): after 8 s down the next full retry would be about
+    # 7 s after the camera's return; the port probe reconnects as soon as the port accepts.
+    options = RtspOptions(open_timeout_s=2.0, watchdog_s=1.5, healthy_after_s=0.5, backoff_jitter=0.0)
+
+    async def scenario() -> None:
+        source = RtspSource(own_server.url("live"), options)
+        try:
+            await asyncio.wait_for(source.recv(), 10)
+            await asyncio.sleep(options.healthy_after_s + 0.3)
+            own_server.kill()
+            await asyncio.sleep(8.0)
+            assert source.backoff.failures >= 3, "the backoff had grown past the outage's first seconds"
+            own_server.start()
+            back_at = time.time()
+            frame = await _first_frame_after(source, back_at, timeout=15)
+            assert frame.capture_time - back_at < 5.0, "live again within 5 s of the camera's return"
+        finally:
+            source.close()
+
+    asyncio.run(scenario())
+
+
 def test_unreachable_camera_fails_after_max_attempts_and_the_engine_goes_on(
     embedded_adapter: EmbeddedAdapter,
 ) -> None:

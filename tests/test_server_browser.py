@@ -118,3 +118,28 @@ def test_use_my_webcam_creates_a_stream_the_engine_ingests(server: ServerThread,
         time.sleep(0.2)
     screenshot(page, "server_webcam.png")
     assert frames_ingested(server, STREAM) > 0, "the file stream keeps going alongside"
+
+
+def test_a_token_in_the_page_url_becomes_a_cookie_and_leaves_every_url(
+    embedded_adapter: EmbeddedAdapter, bikes_clip: Path, page: Page
+) -> None:
+    token = "browser-test-token-0123"
+    server = start_server(embedded_adapter, bikes_clip, max_new_tokens=4, token=token)
+    try:
+        wait_for_frames(server, 2)
+        requested: list[str] = []
+        page.on("request", lambda request: requested.append(request.url))
+        sockets: list[str] = []
+        page.on("websocket", lambda socket: sockets.append(socket.url))
+        page.goto(f"{server.url}/?token={token}")
+        page.locator(f"#stream-list li[data-stream-id='{STREAM}']").wait_for()
+        page.wait_for_function("document.getElementById('preview').naturalWidth > 0")
+        page.wait_for_function("document.getElementById('health').textContent.length > 0")
+        assert token not in page.url, "the address bar no longer shows the token"
+        assert sockets and all(token not in url for url in [*requested[1:], *sockets]), requested
+        cookies = page.context.cookies()
+        assert [(c["name"], c["httpOnly"], c["sameSite"]) for c in cookies] == [("streamer_token", True, "Strict")]
+        page.goto(server.url + "/")  # a later visit needs no token in the URL: the cookie carries it
+        page.locator(f"#stream-list li[data-stream-id='{STREAM}']").wait_for()
+    finally:
+        server.stop()

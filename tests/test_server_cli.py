@@ -26,7 +26,7 @@ from streamer.errors import UserError
 from streamer.server.app import ServerThread
 from streamer.server.config import TOKEN_ENV, build_config, read_config_file
 
-TOKEN = "cli-test-token"
+TOKEN = "cli-test-token-0123"
 ERROR = "streamer: error:"
 # Loading the models would take far longer.
 FAIL_FAST_SECONDS = 5.0
@@ -178,21 +178,24 @@ def test_config_file_with_environment_references(tmp_path: Path) -> None:
         "sources:\n"
         "  - {id: door, url: 'rtsp://${CAMERA_HOST}/stream1', fps: 2}\n"
         "memory: {budget_tokens: 2048, retrieval_top_k: 2}\n"
-        "server: {host: 0.0.0.0, token: '${SECRET}'}\n"
+        "server: {host: 0.0.0.0, token: '${SECRET}', behind_tls_proxy: true}\n"
     )
-    config = build_config(read_config_file(path, {"CAMERA_HOST": "10.0.0.5", "SECRET": "s3"}), str(path), {})
+    config = build_config(
+        read_config_file(path, {"CAMERA_HOST": "10.0.0.5", "SECRET": "s3-long-enough-secret"}), str(path), {}
+    )
     assert config.sources[0].url == "rtsp://10.0.0.5/stream1" and config.sources[0].fps == 2
     assert config.engine_config().budget_tokens == 2048 and config.engine_config().retrieval_top_k == 2
-    assert config.server.token is not None and config.server.token.get_secret_value() == "s3"
-    assert "s3" not in repr(config), "the token must not show up in logs"
+    assert config.server.token is not None and config.server.token.get_secret_value() == "s3-long-enough-secret"
+    assert "s3-long" not in repr(config), "the token must not show up in logs"
     config.check_exposure()
 
 
 def test_the_token_comes_from_the_environment_when_the_file_has_none() -> None:
-    config = build_config({"server": {"host": "0.0.0.0"}}, "test", {TOKEN_ENV: "from-env"})
-    assert config.server.token is not None and config.server.token.get_secret_value() == "from-env"
+    proxied = {"server": {"host": "0.0.0.0", "behind_tls_proxy": True}}
+    config = build_config(proxied, "test", {TOKEN_ENV: "from-env-0123456789"})
+    assert config.server.token is not None and config.server.token.get_secret_value() == "from-env-0123456789"
     config.check_exposure()
-    exposed = build_config({"server": {"host": "0.0.0.0"}}, "test", {})
+    exposed = build_config(proxied, "test", {})
     with pytest.raises(UserError, match="token is required"):
         exposed.check_exposure()
 

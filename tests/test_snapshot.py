@@ -12,12 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from server_helpers import wait_for_frames
 
 from sources.file import FileSource
 from sources.frame import Frame
 from streamer.adapters.embedded import EmbeddedAdapter
 from streamer.engine import Engine, EngineConfig
 from streamer.needles import Needle, build_stream
+from streamer.server.app import InitialStream, ServerThread, create_app
+from streamer.server.config import StreamerConfig
+from streamer.server.streams import open_source
 
 QUESTION = "What is on screen?"
 
@@ -61,11 +65,97 @@ def test_restored_memory_answers_exactly_as_before(
     )
 
 
-def test_a_damaged_snapshot_is_named_with_the_fix(embedded_adapter: EmbeddedAdapter, tmp_path: Path) -> None:
+def test_after_a_restore_the_clock_goes_on_and_snapshots_stay_due(
+    embedded_adapter: EmbeddedAdapter, bikes_clip: Path, tmp_path: Path
+) -> None:
+    frames = read_frames(bikes_clip, 8)  # 0 to 3.5 s at 2 fps
+    config = EngineConfig(snapshot_dir=tmp_path, snapshot_every_s=3.0)
+    engine = Engine(embedded_adapter, config)
+    engine.add_stream("cam")
+    for frame in frames[:8]:
+        engine.push_frame("cam", frame)
+    engine.close()
+    last = engine.stream("cam").memory.records[-1].stream_time
+    assert last == frames[7].stream_time
+
+    restarted = Engine(embedded_adapter, config)
+    restarted.add_stream("cam")
+    path = restarted.snapshot_path("cam")
+    assert path is not None
+    written = path.stat().st_mtime_ns
+    # The source starts again at 0 s; its frames continue the memory's clock.
+    records = [restarted.push_frame("cam", frame) for frame in frames[:8]]
+    assert [r.stream_time for r in records] == pytest.approx([last + 1.0 + f.stream_time for f in frames[:8]])
+    times = [r.stream_time for r in restarted.stream("cam").memory.records]
+    assert times == sorted(times) and len(times) == 16
+    assert path.stat().st_mtime_ns > written, (
+        "a snapshot was due 3 s after the last one, not 3 s after 3.5 s of new stream"
+    )
+
+
+def test_a_snapshot_that_cannot_be_written_leaves_ingest_going_and_is_retried(
+    embedded_adapter: EmbeddedAdapter, bikes_clip: Path, tmp_path: Path
+) -> None:
+    frames = read_frames(bikes_clip, 8)  # 0 to 3.5 s at 2 fps
+    blocked = tmp_path / "snapshots"
+    blocked.write_text("a file where the snapshot folder should be")  # as a full disk would, makes writing fail
+    engine = Engine(embedded_adapter, EngineConfig(snapshot_dir=blocked, snapshot_every_s=2.0))
+    engine.add_stream("cam")
+    for frame in frames[:2]:
+        engine.push_frame("cam", frame)
+    assert engine.stream("cam").snapshot_failures == 1
+    blocked.unlink()  # the disk has room again
+    for frame in frames[2:]:
+        engine.push_frame("cam", frame)
+    stream = engine.stream("cam")
+    assert len(stream.memory.records) == 8 and stream.snapshot_failures == 1
+    assert (blocked / "cam.memory.pt").is_file(), "retried 2 s of stream later, and written"
+
+
+def test_a_damaged_snapshot_is_set_aside_and_the_stream_starts_empty(
+    embedded_adapter: EmbeddedAdapter, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     (tmp_path / "cam.memory.pt").write_bytes(b"not a snapshot")
+    (tmp_path / "cam.memory.pt.k2j4.partial").write_bytes(b"half written")
     engine = Engine(embedded_adapter, EngineConfig(snapshot_dir=tmp_path))
-    with pytest.raises(ValueError, match=r"cam\.memory\.pt' cannot be read .*delete it"):
-        engine.add_stream("cam")
+    with caplog.at_level("WARNING", logger="streamer.engine"):
+        stream = engine.add_stream("cam")
+    assert stream.memory.records == []
+    [aside] = [path.name for path in tmp_path.iterdir()]
+    assert aside.startswith("cam.memory.pt.unreadable-"), "kept for inspection, the partial file removed"
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning == (
+        f"cam: Snapshot '{tmp_path / 'cam.memory.pt'}' cannot be read (UnpicklingError); moved it to {aside} "
+        "and started the stream empty."
+    )
+
+
+def test_a_server_saves_every_stream_on_shutdown_and_forgets_a_deleted_one(
+    embedded_adapter: EmbeddedAdapter, bikes_clip: Path, tmp_path: Path
+) -> None:
+    config = StreamerConfig.model_validate({"server": {"port": 0}, "memory": {"snapshot_dir": str(tmp_path)}})
+    initial = [InitialStream(name, open_source(str(bikes_clip), 2.0, loop=True), 2.0) for name in ("kept", "gone")]
+    server = ServerThread(create_app(config, lambda: Engine(embedded_adapter, config.engine_config()), initial))
+    server.start()
+    try:
+        wait_for_frames(server, 4, "kept")
+        assert server.call(_remove(server, "gone"))
+        assert not (tmp_path / "gone.memory.pt").exists(), "a deleted stream's memory is not restored later"
+    finally:
+        hub = server.state.hub
+        assert hub is not None
+        ingested = hub.streams["kept"].memory.records[-1].frame_id + 1 if "kept" in hub.streams else 0
+        server.stop()
+    restored = Engine(embedded_adapter, config.engine_config())
+    restored.add_stream("kept")
+    # The periodic snapshot came after the first frame only (every 60 s of stream); shutdown wrote the rest.
+    assert len(restored.stream("kept").memory.records) >= ingested >= 4
+
+
+async def _remove(server: ServerThread, stream_id: str) -> bool:
+    hub = server.state.hub
+    assert hub is not None
+    return await hub.remove(stream_id)
 
 
 @pytest.mark.slow

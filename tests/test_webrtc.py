@@ -14,6 +14,7 @@ from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
+import sources.webrtc
 from sources.base import SourceState
 from sources.frame import SourceEnded
 from sources.synthetic import SyntheticSource, SyntheticTrack, read_frame_number
@@ -153,6 +154,8 @@ def test_bad_offers_are_refused_in_one_sentence() -> None:
                 ({"sdp": "hello", "type": "offer"}, "not SDP"),
                 (data_only, "no video track"),
                 ({**data_only, "stream_id": 7}, "'stream_id' must be a string"),
+                ({**data_only, "stream_id": "cam\nERROR forged line"}, "A stream_id is 1-64 letters"),
+                ({"sdp": "v=0\r\nm=video x\r\n", "type": "offer"}, "The SDP offer is malformed (AssertionError)"),
             ]
             for body, fragment in cases:
                 status, reply = await server.post(body)
@@ -183,3 +186,34 @@ def test_refusal_by_the_server_closes_the_peer() -> None:
         assert refused[0].state == SourceState.ENDED
 
     asyncio.run(scenario())
+
+
+def test_peers_contact_no_stun_server_unless_configured_and_ended_peers_are_forgotten(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    configurations: list[Any] = []
+
+    class Recording(RTCPeerConnection):
+        def __init__(self, configuration: Any = None) -> None:
+            configurations.append(configuration)
+            super().__init__(configuration)
+
+    monkeypatch.setattr(sources.webrtc, "RTCPeerConnection", Recording)
+
+    async def scenario() -> None:
+        async with endpoint() as server:
+            for stream_id in ("first", "second"):
+                async with camera_peer(server, stream_id, SyntheticSource(fps=FPS)):
+                    source = server.sources[stream_id]
+                    await asyncio.wait_for(source.recv(), 10)
+                with pytest.raises(SourceEnded):
+                    for _ in range(100):
+                        await asyncio.wait_for(source.recv(), 10)
+            assert list(server.handler.sources) == ["second"], "the ended first peer was dropped at the next offer"
+            server.handler.ice_servers = ["stun:stun.example.org:3478"]
+            async with camera_peer(server, "third", SyntheticSource(fps=FPS)):
+                pass
+
+    asyncio.run(scenario())
+    assert [c.iceServers for c in configurations[:2]] == [[], []], "no STUN server by default"
+    assert [server.urls for server in configurations[2].iceServers] == [["stun:stun.example.org:3478"]]

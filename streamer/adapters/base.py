@@ -88,6 +88,9 @@ class ModelAdapter(ABC):
     stop_ids: set[int]
     # Tokens of a typical full-detail frame, for checking a budget before frames arrive (0: unknown).
     typical_frame_tokens: int = 0
+    # Whether a frame's record text describes what it shows (the embedded describer), so an answer's
+    # words can point at the frames that support it; image tokens have no such text.
+    describes_frames: bool = False
 
     def __init__(self, model: Any, tokenizer: Any, name: str) -> None:
         self.model = model

@@ -45,6 +45,7 @@ class EmbeddedAdapter(ModelAdapter):
 
     # A full description line with time, labels, objects, text and colours.
     typical_frame_tokens = 40
+    describes_frames = True
     # The stages `frame_tokens_batch` runs as one call for several frames (of several streams),
     # a subset of BATCHABLE_STAGES.
     batched_stages: frozenset[str] = BATCHED_STAGES
@@ -65,12 +66,15 @@ class EmbeddedAdapter(ModelAdapter):
         }
 
     @classmethod
-    def load(cls, llm: str | None = None) -> EmbeddedAdapter:
-        """The default stack; `llm` is a local HF folder or .gguf file replacing SmolLM2."""
+    def load(cls, llm: str | None = None, device: str = "cpu", dtype: Any = None) -> EmbeddedAdapter:
+        """The default stack; `llm` is a local HF folder or .gguf file replacing SmolLM2.
+
+        The describer and MiniLM run on the CPU; `device` and `dtype` place the language model.
+        """
         from streamer.vision import FrameDescriber
 
         folder = resolve_llm(llm)
-        tokenizer, model = load_llm(folder)
+        tokenizer, model = load_llm(folder, dtype=dtype, device=device)
         name = Path(llm).name if llm else "SmolLM2-135M-Instruct"
         return cls(FrameDescriber(), tokenizer, model, name, TextEmbedder())
 

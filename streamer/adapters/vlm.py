@@ -198,7 +198,9 @@ class VisionLanguageAdapter(ModelAdapter):
         self.stop_ids = self._stop_ids()
 
     @classmethod
-    def load(cls, model: str, device: str = "cpu", dtype: torch.dtype | None = None) -> VisionLanguageAdapter:
+    def load(
+        cls, model: str, device: str = "cpu", dtype: torch.dtype | None = None, name: str | None = None
+    ) -> VisionLanguageAdapter:
         """Load a checkpoint by local path or by a model id already in the Hugging Face cache.
 
         dtype defaults to float32 on CPU and bfloat16 elsewhere.
@@ -223,7 +225,7 @@ class VisionLanguageAdapter(ModelAdapter):
         template = processor_files.get("chat_template") or tokenizer.chat_template
         if isinstance(template, dict):
             template = template.get("default")
-        return cls(vlm.to(device).eval(), tokenizer, image_processor, template, Path(model).name)
+        return cls(vlm.to(device).eval(), tokenizer, image_processor, template, name or Path(model).name)
 
     def _chat_frame(self, chat_template: str | None) -> tuple[str, str]:
         """The chat template's text before and after the user turn that carries the frames."""

@@ -17,7 +17,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from streamer.errors import UserError
 from streamer.evaluation.progress import Progress
 from streamer.evaluation.replaying import Probe, ProbeAnswer, replay_probes
 from streamer.judge import Judge, Verdict
+from streamer.models import ModelChoice
 from streamer.replay import ReplayQuestion, check_question_times
 
 BENCHMARKS = ("streamingbench", "ovobench", "rvs")
@@ -49,7 +50,7 @@ class BenchOptions:
     policy: str = "curvature"
     top_k: int = 4
     max_new_tokens: int = 48
-    llm: str | None = None
+    model: ModelChoice = field(default_factory=ModelChoice)
     judge: str = "local"
     judge_llm: str | None = None
     max_videos: int | None = None
@@ -124,8 +125,8 @@ def run_sessions(
     sessions: Sequence[BenchmarkSession], options: BenchOptions, progress: Progress, log: Callable[[str], None]
 ) -> dict[str, ProbeAnswer]:
     """Replay every session on one engine; event id -> answer."""
-    from streamer.adapters.embedded import EmbeddedAdapter
     from streamer.engine import Engine, EngineConfig
+    from streamer.models import load_adapter
 
     config = EngineConfig(
         policy=options.policy,  # type: ignore[arg-type]
@@ -134,7 +135,7 @@ def run_sessions(
         max_new_tokens=max(1, options.max_new_tokens),
     )
     log("Loading models...")
-    engine = Engine(EmbeddedAdapter.load(options.llm), config)
+    engine = Engine(load_adapter(options.model), config)
     engine.check_budget(options.fps)
     for session in sessions:
         duration = max(event.t_query for event in session.events)
@@ -242,7 +243,7 @@ def write_bench_report(
         f"Context: {context}.",
         "",
         f"Engine: policy {options.policy}, budget {options.budget_tokens} tokens, {options.fps:g} fps, top-k "
-        f"{options.top_k}, language model {Path(options.llm).name if options.llm else 'SmolLM2-135M-Instruct'}.",
+        f"{options.top_k}, model {options.model.name}.",
         "",
     ]
     if "judge" in report.notes:

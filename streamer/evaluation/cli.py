@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from streamer.errors import UserError
+from streamer.models import EMBEDDED, ModelChoice, add_model_options, add_placement_options, choice_from_args
 
 if TYPE_CHECKING:
     from streamer.evaluation.options import Variant
@@ -55,10 +56,18 @@ def add_evaluation_commands(commands: argparse._SubParsersAction[argparse.Argume
         "--fps", nargs="+", type=float, default=[1.0], help="frames sampled per second of video (default 1)"
     )
     evaluate.add_argument(
+        "--model",
+        nargs="+",
+        help="models to compare: embedded (the default: the CPU describer with each --llm), vision-language "
+        "checkpoint folders or Hugging Face model ids from the local cache",
+    )
+    evaluate.add_argument(
         "--llm",
         nargs="+",
-        help="language models: 'default' (SmolLM2-135M, the default) or local Hugging Face folders / .gguf files",
+        help="the embedded stack's language models: 'default' (SmolLM2-135M, the default) or local Hugging Face "
+        "folders / .gguf files",
     )
+    add_placement_options(evaluate)
     evaluate.add_argument(
         "--minutes", nargs="+", type=float, default=[], help="length of the suite's generated streams (one per value)"
     )
@@ -105,7 +114,7 @@ def add_evaluation_commands(commands: argparse._SubParsersAction[argparse.Argume
     bench.add_argument("--policy", default="curvature", help=f"memory policy: {', '.join(POLICIES)}")
     bench.add_argument("--top-k", type=int, default=4, help="frames a question reads by similarity (default 4)")
     bench.add_argument("--max-new-tokens", type=int, default=48, help="longest answer in tokens (default 48)")
-    bench.add_argument("--llm", help="local Hugging Face causal-LM folder or .gguf file (default: SmolLM2-135M)")
+    add_model_options(bench)
     bench.add_argument("--judge", default="local", help="RVS judge: local (a local LM, default) or overlap")
     bench.add_argument("--judge-llm", help="the local judge's model folder or .gguf (default: SmolLM2-135M)")
     bench.add_argument("--max-videos", type=int, help="replay only the first N videos of the file")
@@ -169,17 +178,16 @@ def run_eval(args: argparse.Namespace, command: str) -> int:
     from streamer.evaluation.suite import named_spec, prepare_suite, read_suite_file, with_minutes
     from streamer.llm import cache_dir
 
-    if args.url is not None and (args.policies or args.budgets or args.llm):
+    if args.url is not None and (args.policies or args.budgets or args.llm or args.model):
         raise UserError(
-            "A running server keeps its own memory policy, budget and model; leave out --policies, --budgets "
-            "and --llm with --url."
+            "A running server keeps its own memory policy, budget and model; leave out --policies, --budgets, "
+            "--model and --llm with --url."
         )
-    llms = [None if llm == "default" else llm for llm in args.llm or ["default"]]
     options = EvalOptions(
         policies=list(dict.fromkeys(args.policies or DEFAULT_POLICIES)),
         budgets=sorted(set(args.budgets or DEFAULT_BUDGETS)),
         fps=sorted(set(args.fps)),
-        llms=list(dict.fromkeys(llms)),
+        models=eval_models(args),
         top_k=args.top_k,
         max_new_tokens=args.max_new_tokens,
         host_budget_tokens=args.host_budget,
@@ -205,6 +213,22 @@ def run_eval(args: argparse.Namespace, command: str) -> int:
     if not args.quiet:
         print(report.read_text(encoding="utf-8").split("## Time to first token")[0].rstrip())
     return 0
+
+
+def eval_models(args: argparse.Namespace) -> list[ModelChoice]:
+    """The models `streamer eval` compares: each --model, the embedded one once per --llm."""
+    llms = [None if llm == "default" else llm for llm in args.llm or ["default"]]
+    if args.llm and args.model and EMBEDDED not in args.model:
+        raise UserError(
+            "--llm names the embedded stack's language models; add embedded to --model, or leave --llm out."
+        )
+    models: list[ModelChoice] = []
+    for model in args.model or [EMBEDDED]:
+        if model == EMBEDDED:
+            models += [ModelChoice(EMBEDDED, llm, args.device, args.dtype) for llm in llms]
+        else:
+            models.append(ModelChoice(model, None, args.device, args.dtype, args.download))
+    return list(dict.fromkeys(models))
 
 
 def run_bench(args: argparse.Namespace, command: str) -> int:
@@ -234,7 +258,7 @@ def run_bench(args: argparse.Namespace, command: str) -> int:
         policy=args.policy,
         top_k=args.top_k,
         max_new_tokens=args.max_new_tokens,
-        llm=args.llm,
+        model=choice_from_args(args),
         judge=args.judge,
         judge_llm=args.judge_llm,
         max_videos=args.max_videos,

@@ -26,11 +26,12 @@ from sources.frame import SourceEnded
 from streamer.engine import EngineConfig
 from streamer.errors import UserError
 from streamer.evaluation.descriptions import CachedDescriber, CachedTextEmbedder
-from streamer.evaluation.options import POLICIES, EvalOptions, RunConfig, llm_name
+from streamer.evaluation.options import POLICIES, EvalOptions, RunConfig
 from streamer.evaluation.progress import Progress
 from streamer.evaluation.replaying import Probe, ProbeAnswer, StreamRun, replay_probes
 from streamer.evaluation.suite import Suite, SuiteStream
 from streamer.funnel import FunnelRow, seen_phrases
+from streamer.models import ModelChoice, check_choice
 from streamer.replay import ReplayQuestion, score
 
 
@@ -78,39 +79,42 @@ def check_options(options: EvalOptions) -> None:
                 f"--variant {variant.name}: {field}: {str(first['msg']).rstrip('.')}; give EngineConfig fields as "
                 "KEY=VALUE."
             ) from None
-    if options.llms:
-        from streamer.llm import check_llm_path
-
-        for llm in options.llms:
-            if llm is not None:
-                check_llm_path(llm)
+    for model in options.models:
+        check_choice(model)
 
 
 def configs(options: EvalOptions) -> list[RunConfig]:
     return [
-        RunConfig(policy, percent, fps, llm, llm_name(llm), variant)
+        RunConfig(policy, percent, fps, model, variant)
         for fps in options.fps
-        for llm in options.llms
+        for model in options.models
         for variant in options.variants
         for policy in options.policies
         for percent in options.budgets
     ]
 
 
-def load_adapters(llms: Sequence[str | None]) -> tuple[dict[str | None, Any], CachedDescriber, CachedTextEmbedder]:
-    """One embedded adapter per language model, all sharing one describer that caches by pixels and one
+def load_adapters(
+    models: Sequence[ModelChoice],
+) -> tuple[dict[ModelChoice, Any], CachedDescriber, CachedTextEmbedder]:
+    """One adapter per model; the embedded ones share one describer that caches by pixels and one
     MiniLM embedder that caches by text."""
     from streamer.adapters.embedded import EmbeddedAdapter
     from streamer.llm import load_llm, resolve_llm
+    from streamer.models import load_adapter, resolve_device, resolve_dtype
     from streamer.retrieval import TextEmbedder
     from streamer.vision import FrameDescriber
 
     describer = CachedDescriber(FrameDescriber())
     embedder = CachedTextEmbedder(TextEmbedder())
-    adapters: dict[str | None, Any] = {}
-    for llm in llms:
-        tokenizer, model = load_llm(resolve_llm(llm))
-        adapters[llm] = EmbeddedAdapter(describer, tokenizer, model, llm_name(llm), embedder)
+    adapters: dict[ModelChoice, Any] = {}
+    for choice in models:
+        if not choice.embedded:
+            adapters[choice] = load_adapter(choice)
+            continue
+        device = "cpu" if choice.device == "auto" else resolve_device(choice.device)
+        tokenizer, model = load_llm(resolve_llm(choice.llm), resolve_dtype(choice.dtype, device), device)
+        adapters[choice] = EmbeddedAdapter(describer, tokenizer, model, choice.name, embedder)
     return adapters, describer, embedder
 
 
@@ -256,32 +260,30 @@ def run_suite(suite: Suite, options: EvalOptions, progress: Progress, log: Calla
         result.seconds["total"] = round(time.perf_counter() - started, 1)
         return result
     log("Loading models...")
-    adapters, describer, embedder = load_adapters(options.llms)
+    adapters, describer, embedder = load_adapters(options.models)
     result.seconds["load_models"] = round(time.perf_counter() - started, 1)
     grid = configs(options)
     for stream in suite.streams:
         frames = int(stream.duration * max(options.fps)) + 1
         progress.add("describe", sum(int(stream.duration * fps) + 1 for fps in options.fps))
-        progress.add("count", frames * (len(options.llms) - 1) * len(options.fps))
+        progress.add("count", frames * (len(options.models) - 1) * len(options.fps))
         progress.add("ingest", sum(int(stream.duration * c.fps) + 1 for c in grid))
         progress.add("answer", len(stream.questions) * len(grid))
     for stream in suite.streams:
         describer.clear()
         embedder.clear()
         for fps in options.fps:
-            totals: dict[str | None, tuple[int, int]] = {}
-            for number, llm in enumerate(options.llms):
+            totals: dict[ModelChoice, tuple[int, int]] = {}
+            for number, model in enumerate(options.models):
                 kind = "describe" if number == 0 else "count"
                 progress.start(f"{stream.name} at {fps:g} fps: describing frames")
                 begun = time.perf_counter()
-                totals[llm] = full_tokens(adapters[llm], stream.video, fps, progress, kind)
-                result.seconds[f"{kind} {stream.name} {fps:g} fps {llm_name(llm)}"] = round(
-                    time.perf_counter() - begun, 1
-                )
+                totals[model] = full_tokens(adapters[model], stream.video, fps, progress, kind)
+                result.seconds[f"{kind} {stream.name} {fps:g} fps {model.name}"] = round(time.perf_counter() - begun, 1)
             runs = [c for c in grid if c.fps == fps]
-            budgets = {c: frame_budget_for(adapters[c.llm], stream, c, *totals[c.llm], options) for c in runs}
+            budgets = {c: frame_budget_for(adapters[c.model], stream, c, *totals[c.model], options) for c in runs}
             for config in runs:
-                adapter = adapters[config.llm]
+                adapter = adapters[config.model]
                 begun = time.perf_counter()
                 run = _run_config(adapter, stream, config, budgets[config], options, progress)
                 seconds = round(time.perf_counter() - begun, 1)
@@ -295,7 +297,7 @@ def run_suite(suite: Suite, options: EvalOptions, progress: Progress, log: Calla
                         "stream": stream.name,
                         "duration_s": round(stream.duration, 1),
                         "config": config_record(config, budget_tokens),
-                        "full_tokens": totals[config.llm][0],
+                        "full_tokens": totals[config.model][0],
                         "frame_budget_tokens": budgets[config],
                         "frames": run.frames,
                         "seconds": seconds,
@@ -334,7 +336,7 @@ def _run_config(
     # The server describes every frame itself, as it would live: no cached descriptions.
     live_adapter = _uncached(adapter)
     engine = Engine(live_adapter, engine_config(adapter, options, config, frame_budget))
-    with ServerForConfig(engine) as base_url:
+    with ServerForConfig(engine, stream.video.parent) as base_url:
         return asyncio.run(
             replay_over_websocket(
                 base_url,
@@ -369,7 +371,7 @@ def _run_against_server(suite: Suite, options: EvalOptions, progress: Progress, 
         progress.add("ingest", int(stream.duration * options.fps[0]) + 1)
         progress.add("answer", len(stream.questions))
     for stream in suite.streams:
-        config = RunConfig("as served", 0.0, options.fps[0], None, f"as served by {base_url}")
+        config = RunConfig("as served", 0.0, options.fps[0], served_by=base_url)
         progress.start(f"{stream.name} via {base_url}")
         begun = time.perf_counter()
         run = asyncio.run(

@@ -37,13 +37,15 @@ def http_base(url: str) -> str:
 
 
 class ServerForConfig:
-    """A server in this process whose engine is `engine`, listening on a free loopback port."""
+    """A server in this process whose engine is `engine`, listening on a free loopback port; its clients
+    may open the video files in `videos` (the folder of the suite's stream)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, videos: Path) -> None:
         from streamer.server.app import ServerThread, create_app
         from streamer.server.config import StreamerConfig
 
-        config = StreamerConfig.model_validate({"server": {"host": "127.0.0.1", "port": 0}})
+        server = {"host": "127.0.0.1", "port": 0, "api_file_folders": [str(videos)]}
+        config = StreamerConfig.model_validate({"server": server})
         self.thread = ServerThread(create_app(config, lambda: engine), "127.0.0.1")
 
     def __enter__(self) -> str:

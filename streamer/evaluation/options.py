@@ -6,15 +6,15 @@ Kept free of heavy imports, so the command line can offer the defaults without l
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
+
+from streamer.models import ModelChoice
 
 # The names of streamer.engine.MemoryPolicyName (kept here so the command line loads without torch).
 POLICIES: tuple[str, ...] = ("curvature", "uniform", "fifo", "equal")
 DEFAULT_POLICIES = ("curvature", "uniform", "fifo", "equal")
 DEFAULT_BUDGETS = (5.0, 10.0, 25.0)
-DEFAULT_LLM_NAME = "SmolLM2-135M-Instruct"
 
 
 @dataclass(frozen=True)
@@ -27,14 +27,19 @@ class Variant:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """One configuration of the grid; `llm` None is the packaged default."""
+    """One configuration of the grid."""
 
     policy: str
     budget_percent: float
     fps: float
-    llm: str | None = None
-    llm_name: str = DEFAULT_LLM_NAME
+    model: ModelChoice = field(default_factory=ModelChoice)
     variant: Variant = Variant()
+    served_by: str | None = None  # the server's address, when a running server answers as it is configured
+
+    @property
+    def llm_name(self) -> str:
+        """The name of the model that answers (the report's `llm` column)."""
+        return f"as served by {self.served_by}" if self.served_by else self.model.name
 
 
 @dataclass
@@ -42,7 +47,7 @@ class EvalOptions:
     policies: Sequence[str] = DEFAULT_POLICIES
     budgets: Sequence[float] = DEFAULT_BUDGETS
     fps: Sequence[float] = (1.0,)
-    llms: Sequence[str | None] = (None,)
+    models: Sequence[ModelChoice] = (ModelChoice(),)
     top_k: int = 4
     max_new_tokens: int = 48
     host_budget_tokens: int = 0
@@ -50,7 +55,3 @@ class EvalOptions:
     url: str | None = None
     token: str | None = None
     variants: Sequence[Variant] = (Variant(),)
-
-
-def llm_name(llm: str | None) -> str:
-    return Path(llm).name if llm else DEFAULT_LLM_NAME

@@ -96,7 +96,8 @@ async def replay_probes(
             round(result.latency_ms, 1),
             result.evidence,
             result.as_of,
-            funnel=trace(memory, result, probe.seen) if probe.seen else None,
+            # Image frames carry no description to find the answer in: no funnel for them.
+            funnel=trace(memory, result, probe.seen) if probe.seen and engine.adapter.describes_frames else None,
         )
         run.answers.append(given)
         if on_answer is not None:

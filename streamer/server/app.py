@@ -15,6 +15,7 @@ import hmac
 import json
 import logging
 import re
+import stat
 import threading
 import time
 import uuid
@@ -31,21 +32,29 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sources.base import Source
 from sources.frame import Frame, SourceError
+from sources.open import file_path, source_kind
 from sources.webrtc import OfferHandler
 from streamer.engine import Engine
 from streamer.errors import UserError
 from streamer.query import drain
-from streamer.server.config import DEFAULT_FPS, STREAM_ID_PATTERN, StreamerConfig, validation_sentence
+from streamer.server.config import (
+    DEFAULT_FPS,
+    STREAM_ID_PATTERN,
+    ServerConfig,
+    StreamerConfig,
+    validation_sentence,
+)
 from streamer.server.metrics import CONTENT_TYPE, ServerMetrics
+from streamer.server.protocol import http_error
 from streamer.server.streams import StreamExists, StreamHub, open_source
-from streamer.server.websocket import QuestionDesk, WebsocketEndpoint
+from streamer.server.websocket import CLOSE_GOING_AWAY, QuestionDesk, WebsocketEndpoint
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 # Close code 1001 "going away": the server is shutting down.
-CLOSE_GOING_AWAY = 1001
 _PUBLIC_PREFIXES = ("/health/", "/static/")
+SESSION_COOKIE = "streamer_token"
 _PUBLIC_PATHS = frozenset({"/", "/favicon.ico"})
 _TIMELINE_LIMIT = 2000
 
@@ -82,6 +91,7 @@ class ServerState:
         self.config = config
         self.load_engine = load_engine
         self.initial = list(initial)
+        self.allowed_hosts = config.server.allowed_host_names()
         self.engine: Engine | None = None
         self.hub: StreamHub | None = None
         self.desk: QuestionDesk | None = None
@@ -90,16 +100,9 @@ class ServerState:
         self.metrics = ServerMetrics(lambda: self.hub)
         server = config.server
         self.answer_executor = ThreadPoolExecutor(server.answer_workers, thread_name_prefix="answer")
-        self.websocket = WebsocketEndpoint(
-            lambda: self.hub,
-            lambda: self.desk,
-            self.metrics,
-            server.max_message_bytes,
-            server.queue_messages,
-            server.max_questions_per_connection,
-            server.max_messages_per_s,
-            server.message_burst,
-        )
+        # Opening a client's source may hang (a camera that never answers): never on the ingest threads.
+        self.open_executor = ThreadPoolExecutor(2, thread_name_prefix="open")
+        self.websocket = WebsocketEndpoint(lambda: self.hub, lambda: self.desk, self.metrics, server)
         self.tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -134,6 +137,8 @@ class ServerState:
             raise ValueError("The model is still loading; try again when /health/ready is 200.")
         if not re.fullmatch(STREAM_ID_PATTERN, stream_id):
             raise ValueError("A stream_id is 1-64 letters, digits, '_', '.' or '-'; pick another.")
+        if len(self.hub.streams) >= self.config.server.max_streams:
+            raise ValueError(f"This server ingests at most {self.config.server.max_streams} streams; remove one first.")
         await self.hub.add(stream_id, source, DEFAULT_FPS)
 
     async def tick_status(self) -> None:
@@ -157,6 +162,7 @@ class ServerState:
         for stream in self.initial:
             stream.source.close()
         self.answer_executor.shutdown(wait=False, cancel_futures=True)
+        self.open_executor.shutdown(wait=False, cancel_futures=True)
 
 
 STATE = web.AppKey("state", ServerState)
@@ -167,12 +173,15 @@ def create_app(
 ) -> web.Application:
     """The application; `load_engine` runs on a worker thread once the server is listening."""
     config.check_exposure()
-    app = web.Application(middlewares=[_errors_as_json, _same_origin, _token_check], client_max_size=64 * 1024)
+    app = web.Application(
+        middlewares=[_errors_as_json, _known_host, _same_origin, _token_check], client_max_size=64 * 1024
+    )
     state = ServerState(config, load_engine, initial)
     app[STATE] = state
     app.on_startup.append(_on_startup)
     app.on_shutdown.append(_on_shutdown)
     app.router.add_get("/", _index)
+    app.router.add_post("/session", _session)
     app.router.add_static("/static/", STATIC_DIR)
     app.router.add_get("/health/live", _live)
     app.router.add_get("/health/ready", _ready)
@@ -184,7 +193,7 @@ def create_app(
     app.router.add_get("/streams/{stream_id}/preview.jpg", _preview)
     app.router.add_get("/streams/{stream_id}/timeline", _timeline)
     app.router.add_get("/ws", state.websocket.handle)
-    offers = OfferHandler(state.add_browser_stream)
+    offers = OfferHandler(state.add_browser_stream, ice_servers=config.server.stun_servers)
     app.router.add_post("/webrtc/offer", offers.handle_offer)
     app.on_shutdown.append(offers.close)
     return app
@@ -217,10 +226,6 @@ def warm_up(engine: Engine) -> None:
 # Middlewares
 
 
-def http_error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
-
-
 @web.middleware
 async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure is a JSON error in one sentence; tracebacks stay in the server log."""
@@ -238,6 +243,30 @@ async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamR
 
 
 @web.middleware
+async def _known_host(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse a request addressed to a name the server does not answer to (see allowed_host_names)."""
+    allowed = request.app[STATE].allowed_hosts
+    if allowed is not None and not request.path.startswith("/health/"):
+        name = request_host_name(request.host)
+        if name not in allowed:
+            shown = name if re.fullmatch(r"[\w.:-]{1,253}", name) else "that name"
+            return http_error(
+                403,
+                "forbidden_host",
+                f"This server does not answer to {shown}; add it to server.allowed_hosts to reach it by that name.",
+            )
+    return await handler(request)
+
+
+def request_host_name(host: str) -> str:
+    """The name in a Host header, lower case, without its port: "Evil.example:80" -> "evil.example"."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+@web.middleware
 async def _same_origin(request: web.Request, handler: Handler) -> web.StreamResponse:
     origin = request.headers.get("Origin")
     if origin is not None and request.path not in _PUBLIC_PATHS and urlsplit(origin).netloc != request.host:
@@ -252,7 +281,10 @@ async def _token_check(request: web.Request, handler: Handler) -> web.StreamResp
     if token is None or public:
         return await handler(request)
     header = request.headers.get("Authorization", "")
-    given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else request.query.get("token", "")
+    if header.startswith("Bearer "):
+        given = header.removeprefix("Bearer ").strip()
+    else:
+        given = request.query.get("token") or request.cookies.get(SESSION_COOKIE, "")
     if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
         return http_error(
             401,
@@ -263,6 +295,23 @@ async def _token_check(request: web.Request, handler: Handler) -> web.StreamResp
 
 
 # Handlers
+
+
+async def _session(request: web.Request) -> web.Response:
+    """`POST /session` (with the token): the token as an HttpOnly, same-site cookie, so the page can
+    drop it from its URL and every later request, image and websocket carries it without showing it."""
+    reply = web.Response(status=204)
+    token = request.app[STATE].config.server.token
+    if token is not None:
+        reply.set_cookie(
+            SESSION_COOKIE,
+            token.get_secret_value(),
+            httponly=True,
+            samesite="Strict",
+            secure=request.secure,
+            path="/",
+        )
+    return reply
 
 
 async def _index(request: web.Request) -> web.FileResponse:
@@ -333,16 +382,68 @@ async def _add_stream(request: web.Request) -> web.Response:
             "invalid_request",
             'POST /streams takes a JSON object like {"source": "rtsp://...", "stream_id": "door"}.',
         ) from None
+    state = request.app[STATE]
+    server = state.config.server
+    if len(hub.streams) >= server.max_streams:
+        raise ApiError(
+            429, "too_many_streams", f"This server ingests at most {server.max_streams} streams; remove one first."
+        )
     stream_id = body.stream_id or _free_stream_id(hub)
+    check_api_source(body.source, server)
+    opening = asyncio.get_running_loop().run_in_executor(
+        state.open_executor, open_source, body.source, body.fps, body.loop
+    )
     try:
-        source = await asyncio.to_thread(open_source, body.source, body.fps, body.loop)
+        source = await asyncio.wait_for(opening, server.source_open_timeout_s)
     except SourceError as error:
+        if source_kind(body.source) == "file":  # one answer for every file: nothing about the disk leaks out
+            raise ApiError(422, "source_error", _unopenable_file(body.source, server)) from None
         raise ApiError(422, "source_error", str(error)) from None
+    except TimeoutError:
+        raise ApiError(
+            504, "source_timeout", f"The source did not open within {server.source_open_timeout_s:g} s; check it."
+        ) from None
     try:
         await hub.add(stream_id, source, body.fps)
     except StreamExists as error:
         raise ApiError(409, "stream_exists", str(error)) from None
     return web.json_response(hub.describe(stream_id), status=201)
+
+
+def check_api_source(source: str, server: ServerConfig) -> None:
+    """Refuse a source a client may not open (see ServerConfig.api_sources and api_file_folders)."""
+    try:
+        kind = source_kind(source)
+    except SourceError as error:
+        raise ApiError(422, "source_error", str(error)) from None
+    if kind == "file":
+        if not _allowed_file(source, server.api_file_folders):
+            raise ApiError(422, "source_error", _unopenable_file(source, server))
+    elif kind not in server.api_sources:
+        allowed = ", ".join(server.api_sources) or "none"
+        raise ApiError(
+            403,
+            "source_not_allowed",
+            f"Clients may open only these kinds of source here: {allowed}; the operator can allow {kind} in "
+            "server.api_sources.",
+        )
+
+
+def _allowed_file(source: str, folders: Sequence[Path]) -> bool:
+    """Whether `source` is a regular file inside one of `folders` (links resolved: no way out by ..)."""
+    try:
+        path = file_path(source).resolve(strict=True)
+        regular = stat.S_ISREG(path.stat().st_mode)  # a FIFO or a device would block the reader forever
+    except (OSError, RuntimeError, SourceError):
+        return False
+    return regular and any(path.is_relative_to(folder.resolve()) for folder in folders)
+
+
+def _unopenable_file(source: str, server: ServerConfig) -> str:
+    where = (
+        "the folders in server.api_file_folders" if server.api_file_folders else "no folder (server.api_file_folders)"
+    )
+    return f"Cannot open '{source}' as a video: clients may open video files only from {where}."
 
 
 async def _remove_stream(request: web.Request) -> web.Response:
@@ -387,6 +488,8 @@ class ServerThread:
     """Runs an application on its own event loop in a background thread (tests, benchmarks, notebooks)."""
 
     def __init__(self, app: web.Application, host: str = "127.0.0.1", port: int = 0) -> None:
+        app[STATE].config.check_exposure(host)  # the address listened on decides, not the configured one
+        self.ssl_context = app[STATE].config.server.ssl_context()
         self.app = app
         self.host = host
         self.port = port
@@ -405,7 +508,7 @@ class ServerThread:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ssl_context else 'http'}://127.0.0.1:{self.port}"
 
     def start(self, wait_ready: bool = True, ready_timeout: float = 120.0) -> ServerThread:
         """Listen, then (unless told not to) wait until the model is ready.
@@ -441,7 +544,7 @@ class ServerThread:
 
     async def _listen(self) -> None:
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
         await site.start()
         sockets = self._runner.addresses
         self.port = int(sockets[0][1])

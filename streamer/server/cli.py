@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from streamer.clock import clock
 from streamer.errors import UserError
+from streamer.models import add_model_options
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -49,7 +50,9 @@ def add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
     serve.add_argument("--fps", type=float, help="frames ingested per second for --source streams (default 1)")
     serve.add_argument("--loop", action="store_true", help="play --source video files again when they end")
-    serve.add_argument("--llm", help="local Hugging Face causal-LM folder or .gguf file (default: SmolLM2-135M)")
+    serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve HTTPS and WSS (with --tls-key)")
+    serve.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    add_model_options(serve, defaults=False)
 
     ask = commands.add_parser("ask", help="ask a running server a question and print the streamed answer")
     ask.add_argument("question")
@@ -101,13 +104,20 @@ def serve_config(args: argparse.Namespace) -> StreamerConfig:
         tree["server"]["host"] = args.host
     if args.port is not None:
         tree["server"]["port"] = args.port
-    if args.llm is not None:
-        from streamer.llm import check_llm_path
-
-        check_llm_path(args.llm)
-        tree["model"]["llm"] = args.llm
+    for option in ("tls_cert", "tls_key"):
+        if getattr(args, option) is not None:
+            tree["server"][option] = getattr(args, option)
+    for option, field in (("model", "name"), ("llm", "llm"), ("device", "device"), ("dtype", "dtype")):
+        if getattr(args, option) is not None:
+            tree["model"][field] = getattr(args, option)
+    if args.download:
+        tree["model"]["download"] = True
     config = build_config(tree, "streamer serve")
     config.check_exposure()
+    config.server.ssl_context()  # a bad certificate or key is named before anything loads
+    from streamer.models import check_choice
+
+    check_choice(config.model.choice())
     if not config.sources:
         config.sources.append(SourceConfig(id="demo", url=str(_demo_video()), loop=True))
     return config
@@ -145,10 +155,10 @@ def open_initial_streams(config: StreamerConfig) -> list[InitialStream]:
 
 
 def load_engine(config: StreamerConfig) -> Engine:
-    from streamer.adapters.embedded import EmbeddedAdapter
     from streamer.engine import Engine
+    from streamer.models import load_adapter
 
-    return Engine(EmbeddedAdapter.load(config.model.llm), config.engine_config())
+    return Engine(load_adapter(config.model.choice()), config.engine_config())
 
 
 async def _run(app: web.Application, config: StreamerConfig) -> int:
@@ -159,15 +169,16 @@ async def _run(app: web.Application, config: StreamerConfig) -> int:
     host, port = config.server.host, config.server.port
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
+    secure = config.server.ssl_context()
     try:
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, ssl_context=secure).start()
     except OSError as error:
         await runner.cleanup()
         raise UserError(
             f"Cannot listen on {host}:{port} ({error.strerror or error}); pick another --port or stop what uses it."
         ) from None
     port = int(runner.addresses[0][1])
-    page = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
+    page = f"{'https' if secure else 'http'}://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
     hint = " (add ?token=<your token>)" if config.server.token is not None else ""
     print(f"Listening on {host}:{port}; loading the model...", file=sys.stderr, flush=True)
 

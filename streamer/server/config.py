@@ -5,7 +5,7 @@ sources:
   - {id: door, url: rtsp://192.168.1.20/stream1, fps: 1}
   - {id: lobby, url: /videos/lobby.mp4, loop: true}
 memory: {budget_tokens: 4096, retrieval_top_k: 4}     # any streamer.engine.EngineConfig field
-model: {llm: /models/qwen2.5-0.5b-instruct}
+model: {name: embedded, llm: /models/qwen2.5-0.5b-instruct}   # or model: /models/Qwen2.5-VL-7B-Instruct
 server: {host: 0.0.0.0, port: 8080, token: "${STREAMER_TOKEN}"}
 ```
 
@@ -19,16 +19,23 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from streamer.engine import EngineConfig
 from streamer.errors import UserError, read_yaml_file
+from streamer.models import DEVICE_PATTERN, EMBEDDED, ModelChoice
 
 TOKEN_ENV = "STREAMER_TOKEN"
+MIN_TOKEN_CHARS = 16
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+ApiSourceKind = Literal["rtsp", "synthetic", "webcam"]
+DEFAULT_API_SOURCES: tuple[ApiSourceKind, ...] = ("rtsp", "synthetic")
 STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 DEFAULT_FPS = 1.0
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -52,9 +59,23 @@ class MemoryConfig(EngineConfig):
 
 
 class ModelConfig(BaseModel):
+    """Which model answers (see `streamer.models`); `model: FOLDER_OR_ID` alone is short for `{name: ...}`."""
+
     model_config = ConfigDict(extra="forbid")
 
-    llm: str | None = Field(None, description="local Hugging Face causal-LM folder or .gguf file (default SmolLM2)")
+    name: str = Field(EMBEDDED, min_length=1, description="embedded, a checkpoint folder or a Hugging Face model id")
+    llm: str | None = Field(None, description="the embedded stack's LM: a causal-LM folder or .gguf (default SmolLM2)")
+    device: str = Field("auto", pattern=DEVICE_PATTERN.pattern, description="cpu, cuda, cuda:N or auto")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    download: bool = Field(False, description="download a hub id missing from the local cache")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_alone(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    def choice(self) -> ModelChoice:
+        return ModelChoice(self.name, self.llm, self.device, self.dtype, self.download)
 
 
 class ServerConfig(BaseModel):
@@ -65,6 +86,28 @@ class ServerConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535, description="0 picks a free port")
     token: SecretStr | None = Field(None, description="required from clients; mandatory off loopback")
+    tls_cert: Path | None = Field(None, description="PEM certificate chain: serve HTTPS and WSS (with tls_key)")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    behind_tls_proxy: bool = Field(
+        False, description="a TLS proxy in front terminates HTTPS, so plain HTTP off loopback is acceptable"
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="host names clients may reach the server by, besides loopback and `host` (see allowed_host_names)",
+    )
+    api_sources: list[ApiSourceKind] = Field(
+        default_factory=lambda: list(DEFAULT_API_SOURCES),
+        description="kinds of source a client may open with POST /streams (files: see api_file_folders)",
+    )
+    api_file_folders: list[Path] = Field(
+        default_factory=list, description="folders whose video files a client may open with POST /streams"
+    )
+    max_streams: int = Field(16, ge=1, description="streams one server ingests at once, however they were added")
+    source_open_timeout_s: float = Field(20.0, gt=0, description="longest wait for a source a client adds to open")
+    stun_servers: list[str] = Field(
+        default_factory=list,
+        description="STUN servers for WebRTC peers, e.g. stun:stun.l.google.com:19302 (none: LAN only)",
+    )
     max_message_bytes: int = Field(16384, ge=1024, le=1 << 20, description="largest websocket message accepted")
     queue_messages: int = Field(256, ge=8, description="messages waiting for one slow client before it is dropped")
     max_messages_per_s: float = Field(
@@ -75,19 +118,76 @@ class ServerConfig(BaseModel):
     )
     message_burst: int = Field(100, ge=1, description="messages a connection may send at once before the rate applies")
     max_questions_per_connection: int = Field(8, ge=1)
+    max_connections: int = Field(64, ge=1, description="websocket connections open at once, server-wide")
+    max_connections_per_address: int = Field(8, ge=1, description="websocket connections from one address")
+    idle_timeout_s: float = Field(
+        600.0, gt=0, description="a connection that sends nothing and waits for no answer this long is closed"
+    )
     max_pending_questions: int = Field(32, ge=1, description="questions queued or answering, server-wide")
     answer_workers: int = Field(2, ge=1, description="threads generating answers")
     status_interval_s: float = Field(1.0, gt=0, description="seconds between stream.status messages")
 
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and len(token.get_secret_value().strip()) < MIN_TOKEN_CHARS:
+            raise ValueError(
+                f"a token needs at least {MIN_TOKEN_CHARS} characters (an empty one would let anyone in); make one "
+                "with `python -c 'import secrets; print(secrets.token_urlsafe(24))'`"
+            )
+        return token
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> ServerConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together; give both files or neither")
+        return self
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server's TLS context from tls_cert and tls_key; None without them."""
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.tls_cert, self.tls_key)
+        except (OSError, ssl.SSLError) as error:
+            reason = getattr(error, "strerror", None) or getattr(error, "reason", None) or error
+            raise UserError(
+                f"Cannot use server.tls_cert '{self.tls_cert}' with server.tls_key '{self.tls_key}' ({reason}); "
+                "give a PEM certificate chain and its private key."
+            ) from None
+        return context
+
     @property
     def loopback(self) -> bool:
         """Whether the bind address is reachable only from this machine."""
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False  # a host name other than localhost may resolve to anything
+        return is_loopback(self.host)
+
+    def allowed_host_names(self) -> frozenset[str] | None:
+        """The names a request's Host header may carry; None when any name is allowed.
+
+        A request whose Host is not the server's own name is how a web page whose name was made to
+        resolve to this machine (DNS rebinding) reaches a server on loopback without a token: so
+        loopback names always, the configured host when it is a name or address, and what the
+        operator adds. A server on a wildcard address with no names added answers to any name: it
+        requires a token there, which a foreign page does not have.
+        """
+        if self.host in WILDCARD_HOSTS and not self.allowed_hosts:
+            return None
+        names = set(LOOPBACK_NAMES) | {name.lower().strip("[]") for name in self.allowed_hosts}
+        if self.host not in WILDCARD_HOSTS:
+            names.add(self.host.lower().strip("[]"))
+        return frozenset(names)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether an address (or `localhost`) is reachable only from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve to anything
 
 
 class StreamerConfig(BaseModel):
@@ -110,12 +210,24 @@ class StreamerConfig(BaseModel):
     def engine_config(self) -> EngineConfig:
         return EngineConfig(**self.memory.model_dump())
 
-    def check_exposure(self) -> None:
-        """Refuse a bind address other machines can reach unless clients must present a token."""
-        if not self.server.loopback and self.server.token is None:
+    def check_exposure(self, bound_host: str | None = None) -> None:
+        """Refuse an address other machines can reach unless clients must present a token.
+
+        `bound_host` is the address actually listened on, when it differs from the configured one.
+        """
+        host = self.server.host if bound_host is None else bound_host
+        if is_loopback(host):
+            return
+        if self.server.token is None:
             raise UserError(
-                f"Listening on {self.server.host} lets other machines in, so a token is required: "
+                f"Listening on {host} lets other machines in, so a token is required: "
                 f"set {TOKEN_ENV} (or server.token in the config), or listen on 127.0.0.1."
+            )
+        if self.server.tls_cert is None and not self.server.behind_tls_proxy:
+            raise UserError(
+                f"Listening on {host} without TLS would send the token in clear text: give server.tls_cert and "
+                "server.tls_key (--tls-cert, --tls-key), or set server.behind_tls_proxy when a proxy in front "
+                "terminates TLS."
             )
 
 
@@ -137,6 +249,11 @@ def build_config(raw: Mapping[str, Any], where: str, environ: Mapping[str, str] 
     except ValidationError as error:
         raise UserError(validation_sentence(error, where)) from None
     if config.server.token is None and environ.get(TOKEN_ENV):
+        if len(environ[TOKEN_ENV].strip()) < MIN_TOKEN_CHARS:
+            raise UserError(
+                f"{TOKEN_ENV} needs at least {MIN_TOKEN_CHARS} characters; make a token with "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(24))'`."
+            )
         config.server.token = SecretStr(environ[TOKEN_ENV])
     return config
 

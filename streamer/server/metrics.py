@@ -103,8 +103,13 @@ class StreamCollector(Collector):
             "Frames remembered, by tier (clear, fuzzy) and where their KV block is (device, host, gone).",
             labels=["stream", "tier", "location"],
         )
+        snapshot_failures = CounterMetricFamily(
+            "streamer_snapshot_failures", "Snapshots that could not be written (ingest went on).", labels=labels
+        )
         hub = self.hub()
         for stream_id, hosted in (hub.streams if hub else {}).items():
+            engine_stream = hub.engine.streams.get(stream_id) if hub else None
+            snapshot_failures.add_metric([stream_id], engine_stream.snapshot_failures if engine_stream else 0)
             status = hosted.status()
             source = status.source
             decoded.add_metric([stream_id], source.frames_decoded)
@@ -121,4 +126,4 @@ class StreamCollector(Collector):
             tally = Tally((record.tier, record.location) for record in list(memory.records))
             for (tier, location), count in sorted(tally.items()):
                 frames.add_metric([stream_id, tier, location], count)
-        yield from (decoded, dropped, ingested, reconnects, up, lag, fps, resident, budget, frames)
+        yield from (decoded, dropped, ingested, reconnects, up, lag, fps, resident, budget, frames, snapshot_failures)

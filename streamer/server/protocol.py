@@ -23,6 +23,7 @@ import time
 from enum import StrEnum
 from typing import Any, Literal
 
+from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from streamer.server.config import STREAM_ID_PATTERN
@@ -274,3 +275,8 @@ class ErrorMessage(ServerMessage):
 class Pong(ServerMessage):
     type: Literal["pong"] = "pong"
     reply_to: str | None = None
+
+
+def http_error(status: int, code: str, message: str) -> web.Response:
+    """An HTTP error as the API sends every one: `{"error": {"code", "message"}}`."""
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)

@@ -166,19 +166,35 @@ class StreamHub:
         log.info("%s: ingesting %s", stream_id, source.name)
         return hosted
 
-    async def remove(self, stream_id: str) -> bool:
-        """Stop the stream and forget its memory; False when there is no such stream."""
+    async def remove(self, stream_id: str, keep_snapshot: bool = False) -> bool:
+        """Stop the stream; False when there is no such stream.
+
+        With snapshots on, `keep_snapshot` writes the memory to its snapshot first (a shutdown: the
+        next start restores it); otherwise the snapshot is deleted with the stream (a client removed
+        it: a new stream of the same name starts empty).
+        """
         hosted = self.streams.pop(stream_id, None)
         if hosted is None:
             return False
         await hosted.runner.stop()
+        path = self.engine.snapshot_path(stream_id)
+        if path is not None:
+            loop = asyncio.get_running_loop()
+            try:
+                if keep_snapshot:
+                    await loop.run_in_executor(self.executor, self.engine.save_snapshot, stream_id)
+                else:
+                    path.unlink(missing_ok=True)
+            except OSError as error:  # a full disk must not keep the server from stopping
+                log.error("%s: snapshot %s failed: %s", stream_id, path, error)
         self.engine.remove_stream(stream_id)
         log.info("%s: removed", stream_id)
         return True
 
     async def close(self) -> None:
+        """Stop every stream, saving each one's memory when snapshots are on."""
         for stream_id in list(self.streams):
-            await self.remove(stream_id)
+            await self.remove(stream_id, keep_snapshot=True)
 
     def describe(self, stream_id: str) -> dict[str, Any]:
         """Status, counters and memory use of one hosted stream, as JSON."""

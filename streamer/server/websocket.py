@@ -17,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter as Tally
 from collections.abc import Callable
 from concurrent.futures import Executor
+from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
 
@@ -42,10 +44,14 @@ from streamer.server.protocol import (
     StreamAttach,
     StreamDetach,
     StreamStatusMessage,
+    http_error,
     parse_client_message,
 )
 from streamer.server.session import QuestionInFlight, Session
 from streamer.server.streams import StreamHub
+
+if TYPE_CHECKING:
+    from streamer.server.config import ServerConfig
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +60,7 @@ log = logging.getLogger(__name__)
 HARD_MESSAGE_LIMIT = 1 << 20
 # How long closing a connection may take before the socket is cut.
 CLOSE_TIMEOUT_S = 2.0
+CLOSE_GOING_AWAY = 1001
 
 
 class MessageBudget:
@@ -195,23 +202,52 @@ class WebsocketEndpoint:
         hub: Callable[[], StreamHub | None],
         desk: Callable[[], QuestionDesk | None],
         metrics: ServerMetrics,
-        max_message_bytes: int,
-        queue_messages: int,
-        max_questions: int,
-        max_messages_per_s: float,
-        message_burst: int,
+        settings: ServerConfig,
     ) -> None:
         self.hub = hub
         self.desk = desk
         self.metrics = metrics
-        self.max_message_bytes = max_message_bytes
-        self.queue_messages = queue_messages
-        self.max_questions = max_questions
-        self.max_messages_per_s = max_messages_per_s
-        self.message_burst = message_burst
+        self.max_message_bytes = settings.max_message_bytes
+        self.queue_messages = settings.queue_messages
+        self.max_questions = settings.max_questions_per_connection
+        self.max_messages_per_s = settings.max_messages_per_s
+        self.message_burst = settings.message_burst
+        self.max_connections = settings.max_connections
+        self.max_connections_per_address = settings.max_connections_per_address
+        self.idle_timeout_s = settings.idle_timeout_s
         self.sessions: set[Session] = set()
+        self.per_address: Tally[str] = Tally()
 
-    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+    def refusal(self, address: str) -> web.Response | None:
+        """The answer to a connection the limits do not allow, before the upgrade; None to accept it."""
+        if self.per_address.total() >= self.max_connections:
+            return http_error(
+                503,
+                "too_many_connections",
+                f"This server holds at most {self.max_connections} connections; retry later.",
+            )
+        if self.per_address[address] >= self.max_connections_per_address:
+            return http_error(
+                429,
+                "too_many_connections",
+                f"At most {self.max_connections_per_address} connections per address; close one first.",
+            )
+        return None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        address = request.remote or "unknown"
+        refused = self.refusal(address)
+        if refused is not None:
+            return refused
+        self.per_address[address] += 1  # counted from here, so upgrades at the same moment cannot overrun
+        try:
+            return await self._serve(request)
+        finally:
+            self.per_address[address] -= 1
+            if self.per_address[address] <= 0:
+                del self.per_address[address]
+
+    async def _serve(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=HARD_MESSAGE_LIMIT, heartbeat=30.0)
         await ws.prepare(request)
 
@@ -231,7 +267,16 @@ class WebsocketEndpoint:
         session.send(SessionCreated(session_id=session.session_id, streams=sorted(hub.streams) if hub else []))
         budget = MessageBudget(self.max_messages_per_s, self.message_burst)
         try:
-            async for frame in ws:
+            while True:
+                try:
+                    frame = await ws.receive(timeout=self.idle_timeout_s)
+                except TimeoutError:
+                    if session.questions:  # waiting for an answer is not idling
+                        continue
+                    await session.close(CLOSE_GOING_AWAY, f"idle for {self.idle_timeout_s:g} s")
+                    break
+                if frame.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                    break
                 if not session.open:
                     break
                 if frame.type == WSMsgType.TEXT:

@@ -2,6 +2,8 @@
 // the websocket with streamed answers, and a browser webcam sent over WebRTC as a new stream.
 "use strict";
 
+// A token given in the page's URL is traded once for a same-site HttpOnly cookie (POST /session) and
+// taken out of the address bar, so it never appears in a request URL, the history or a proxy log.
 const token = new URLSearchParams(location.search).get("token") || "";
 const $ = (id) => document.getElementById(id);
 
@@ -14,14 +16,14 @@ const state = {
   nextQuestion: 1,
 };
 
-function withToken(path) {
-  if (!token) return path;
-  return path + (path.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token);
+async function startSession() {
+  if (!token) return;
+  const reply = await fetch("/session", { method: "POST", headers: { Authorization: "Bearer " + token } });
+  if (reply.ok) history.replaceState(null, "", location.pathname + location.hash);
 }
 
 async function api(path, options = {}) {
   const headers = { "Content-Type": "application/json", ...(options.headers || {}) };
-  if (token) headers.Authorization = "Bearer " + token;
   return fetch(path, { ...options, headers });
 }
 
@@ -107,7 +109,7 @@ function refreshPreview() {
   if (!state.selected) return;
   const image = new Image();
   image.onload = () => { $("preview").src = image.src; };
-  image.src = withToken(`/streams/${encodeURIComponent(state.selected)}/preview.jpg?at=${Date.now()}`);
+  image.src = `/streams/${encodeURIComponent(state.selected)}/preview.jpg?at=${Date.now()}`;
 }
 
 async function refreshTimeline() {
@@ -207,7 +209,7 @@ function showEvidence(span) {
 
 function connect() {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const socket = new WebSocket(withToken(`${scheme}//${location.host}/ws`));
+  const socket = new WebSocket(`${scheme}//${location.host}/ws`);
   state.socket = socket;
   socket.onopen = () => {
     if (state.selected) send({ type: "stream.attach", stream_id: state.selected });
@@ -331,7 +333,8 @@ function iceGathered(peer) {
 
 // Start
 
-function start() {
+async function start() {
+  await startSession().catch(() => {});  // without a session the page shows the server's 401s
   $("ask-form").addEventListener("submit", ask);
   $("webcam").addEventListener("click", useWebcam);
   $("timeline").addEventListener("mousemove", (event) => {

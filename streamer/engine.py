@@ -352,6 +352,7 @@ class Engine:
         minute still gets its best frames from that minute; their KV was computed in the stream's full
         context, as with any streaming cache.
         """
+        started = time.perf_counter()  # TTFT counts the choice of frames too
         snapshot = self.stream(stream_id).memory.snapshot()
         try:
             if on_snapshot is not None:
@@ -384,6 +385,7 @@ class Engine:
                 controls=config.answer_controls,
                 grounded=config.grounded_answers,
                 anchor_seconds=config.anchor_seconds,
+                started=started,
             )
         )
 

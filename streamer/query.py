@@ -275,6 +275,7 @@ def generate_answer(
     controls: bool = True,
     grounded: bool = True,
     anchor_seconds: float = 3.0,
+    started: float | None = None,
 ) -> Generator[str, None, Answer]:
     """Yield text deltas of the answer; the generator's return value is the finished `Answer`.
 
@@ -287,9 +288,10 @@ def generate_answer(
     count, one of the alternatives it offers, written text) is answered from them (`grounded_open_answer`).
     Otherwise tokens are generated greedily, one line at most, with the answer's own repeated tokens
     penalised and no three-token sequence repeated (transformers' logits processors), so an answer cannot
-    loop; `controls` False generates without the penalties and the one-line stop.
+    loop; `controls` False generates without the penalties and the one-line stop. TTFT and latency count
+    from `started` (`time.perf_counter()` when the question was taken, before its frames were chosen).
     """
-    start = time.perf_counter()
+    start = time.perf_counter() if started is None else started
 
     def read() -> tuple[StreamingCache, torch.Tensor]:
         cache = answer_context(adapter, snapshot, reading, reread)

@@ -36,10 +36,6 @@ if [ -n "$gpu" ]; then
     # torch from the lock, as PyPI builds it for Linux, with the CUDA libraries it pins (several GB).
     echo "setup: installing torch $(grep '^torch==' "$lock" | cut -d= -f3) (CUDA build) and $(grep -c '==' "$lock") locked packages into $venv..."
 else
-    if [ "$build" = cuda ]; then
-        echo "setup: $venv has a CUDA build of torch (set up with --gpu); give the CPU install its own folder with STREAMER_VENV." >&2
-        exit 2
-    fi
     # The CPU build of torch first, pinned (on a machine without it on disk pip takes PyPI's build and the
     # libraries it needs). Never add torchvision or timm: they replace it with a CUDA build of several GB.
     echo "setup: installing $(cat scripts/requirements/torch.txt) into $venv..."

@@ -201,17 +201,22 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     return resolved
 
 
+def placement(choice: ModelChoice) -> tuple[str, torch.dtype]:
+    """The device and dtype `choice` runs on, `auto` decided: a checkpoint goes to CUDA when torch sees
+    one; the embedded stack's LM stays on the CPU (its describer is a CPU stack) unless a GPU is named."""
+    device = "cpu" if choice.embedded and choice.device == "auto" else resolve_device(choice.device)
+    return device, resolve_dtype(choice.dtype, device)
+
+
 def load_adapter(choice: ModelChoice) -> ModelAdapter:
     """The adapter `choice` names, loaded on its device (checks first, so a bad option fails fast)."""
     folder = check_choice(choice)
     if folder is None:
         from streamer.adapters.embedded import EmbeddedAdapter
 
-        # The describer is a CPU stack; its LM goes to a GPU only when asked for by name.
-        device = "cpu" if choice.device == "auto" else resolve_device(choice.device)
-        return EmbeddedAdapter.load(choice.llm, device=device, dtype=resolve_dtype(choice.dtype, device))
-    device = resolve_device(choice.device)
-    dtype = resolve_dtype(choice.dtype, device)
+        device, dtype = placement(choice)
+        return EmbeddedAdapter.load(choice.llm, device=device, dtype=dtype)
+    device, dtype = placement(choice)
     from streamer.adapters.vlm import VisionLanguageAdapter
 
     return VisionLanguageAdapter.load(str(folder), device=device, dtype=dtype, name=choice.name)

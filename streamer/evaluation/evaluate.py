@@ -101,7 +101,7 @@ def load_adapters(
     MiniLM embedder that caches by text."""
     from streamer.adapters.embedded import EmbeddedAdapter
     from streamer.llm import load_llm, resolve_llm
-    from streamer.models import load_adapter, resolve_device, resolve_dtype
+    from streamer.models import load_adapter, placement
     from streamer.retrieval import TextEmbedder
     from streamer.vision import FrameDescriber
 
@@ -112,8 +112,8 @@ def load_adapters(
         if not choice.embedded:
             adapters[choice] = load_adapter(choice)
             continue
-        device = "cpu" if choice.device == "auto" else resolve_device(choice.device)
-        tokenizer, model = load_llm(resolve_llm(choice.llm), resolve_dtype(choice.dtype, device), device)
+        device, dtype = placement(choice)
+        tokenizer, model = load_llm(resolve_llm(choice.llm), dtype, device)
         adapters[choice] = EmbeddedAdapter(describer, tokenizer, model, choice.name, embedder)
     return adapters, describer, embedder
 

@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal, get_args
 
 import torch
 
 from memory.kv_cache import KeyRotation, KVSegment
-
-CompressionMethod = Literal["pool", "value_norm"]
-COMPRESSION_METHODS: tuple[str, ...] = get_args(CompressionMethod)
+from memory.settings import COMPRESSION_METHODS
 
 
 def compress(segment: KVSegment, method: str, ratio: float, rotate: KeyRotation) -> KVSegment:

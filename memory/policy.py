@@ -27,8 +27,7 @@ import numpy as np
 
 from memory.compression import compressed_length
 from memory.records import FrameRecord, ResidentBlock
-
-POLICIES: tuple[str, ...] = ("curvature", "uniform", "fifo", "equal")
+from memory.settings import POLICIES
 
 _WORD = re.compile(r"[a-z0-9]+")
 _TIME = re.compile(r"\[[0-9:.]+\]")

@@ -22,16 +22,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from memory.errors import SnapshotError
 from memory.events import EventTimeline
 from memory.kv_cache import KVStore, StreamingCache
 from memory.records import FrameRecord, OffloadedBlock, ResidentBlock
 from memory.stream_memory import StreamMemory
 
 FORMAT_VERSION = 2  # 1: key summaries inside the records (still read)
-
-
-class SnapshotError(ValueError):
-    """A snapshot file cannot be used; the message names the file and what to do."""
+# What every version holds besides its number (version 2 adds "key_summaries").
+_FIELDS = ("sink_tokens", "keys", "values", "blocks", "offloaded", "records", "counters", "policy")
 
 
 def save_snapshot(memory: StreamMemory, path: Path) -> int:
@@ -104,7 +103,11 @@ def load_snapshot(memory: StreamMemory, path: Path) -> None:
         raise SnapshotError(
             f"Snapshot '{path}' cannot be read ({type(error).__name__}); delete it to start the stream empty."
         ) from None
-    if not isinstance(state, dict) or state.get("version") not in (1, FORMAT_VERSION):
+    if (
+        not isinstance(state, dict)
+        or state.get("version") not in (1, FORMAT_VERSION)
+        or any(name not in state for name in _FIELDS)
+    ):
         raise SnapshotError(f"Snapshot '{path}' has an unknown format; delete it to start the stream empty.")
     keys: list[torch.Tensor] = state["keys"]
     if len(keys) != memory.cache.num_layers or int(state["sink_tokens"]) != memory.sink_tokens:

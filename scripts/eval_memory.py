@@ -39,7 +39,8 @@ from sources.frame import Frame, SourceEnded
 from streamer.adapters.base import Detail, FrameTokens, resolve_detail
 from streamer.adapters.embedded import EmbeddedAdapter
 from streamer.clock import clock
-from streamer.engine import AnswerSource, Engine, EngineConfig
+from streamer.engine import Engine, EngineConfig
+from streamer.engine_config import AnswerSource
 from streamer.llm import cache_dir
 from streamer.needles import SIGN_WORDS, Needle, build_stream
 from streamer.query import Answer, drain

@@ -11,15 +11,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
-
-from memory.curvature import ENGINE_DEFAULT_K
-from memory.errors import BudgetError
-from sources.frame import SourceError
 from streamer.clock import clock
-from streamer.errors import UserError
+from streamer.errors import USER_ERRORS
 from streamer.evaluation.cli import EVALUATION_COMMANDS, add_evaluation_commands, run_evaluation_command
-from streamer.models import add_model_options, check_choice, choice_from_args
+from streamer.models import add_model_options, choice_from_args
+from streamer.options import add_engine_options, check_options, engine_config
 from streamer.replay import ReplayQuestion, ReplayResult, ReplaySummary
 from streamer.server.cli import SERVER_COMMANDS, add_server_commands, run_server_command
 
@@ -30,41 +26,10 @@ if TYPE_CHECKING:
 EXIT_USAGE = 2
 
 
-def _add_engine_options(parser: argparse.ArgumentParser) -> None:
+def _add_replay_options(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
-    parser.add_argument("--fps", type=float, default=1.0, help="frames sampled per second of video (default 1)")
-    parser.add_argument("--budget", type=int, default=4096, help="KV tokens resident per stream (default 4096)")
-    parser.add_argument(
-        "--top-k",
-        type=int,
-        default=4,
-        help="frames a question reads by similarity, besides the last 8 s (default 4; 0 reads every resident frame)",
-    )
-    parser.add_argument("--max-new-tokens", type=int, default=48, help="longest answer in tokens (default 48)")
+    add_engine_options(parser)
     parser.add_argument("--realtime", action="store_true", help="pace the video by its timestamps")
-    parser.add_argument(
-        "--policy",
-        default="curvature",
-        help="memory policy: curvature (default), equal (tiers without curvature), uniform or fifo",
-    )
-    parser.add_argument(
-        "--k",
-        type=float,
-        default=ENGINE_DEFAULT_K,
-        help=f"curvature threshold in standard deviations (default {ENGINE_DEFAULT_K:g})",
-    )
-    parser.add_argument(
-        "--curvature-window", type=int, default=32, help="frames the curvature threshold is computed over (default 32)"
-    )
-    parser.add_argument(
-        "--compression", default="value_norm", help="KV compression of demoted frames: value_norm (default) or pool"
-    )
-    parser.add_argument(
-        "--answer-from",
-        default="cache",
-        help="what a question reads for its chosen frames: cache (their KV from ingest; default) or text "
-        "(their description lines again: better for questions about a named time after a long stream)",
-    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
 
@@ -78,13 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=0, help="which needles and footage order (default 0)")
     demo.add_argument("--out", type=Path, help="write the answers as JSONL here")
-    _add_engine_options(demo)
+    _add_replay_options(demo)
 
     replay = commands.add_parser("replay", help="replay a video file as live and answer timestamped questions")
     replay.add_argument("video", type=Path)
     replay.add_argument("--questions", type=Path, required=True, help="JSONL: {id, t, question, options?, answer?}")
     replay.add_argument("--out", type=Path, required=True, help="JSONL results, one line per question")
-    _add_engine_options(replay)
+    _add_replay_options(replay)
     add_server_commands(commands)
     add_evaluation_commands(commands)
     return parser
@@ -177,44 +142,15 @@ def run_replay(args: argparse.Namespace, video: Path, questions_path: Path, out:
 
 
 def _engine(args: argparse.Namespace) -> Engine:
-    from memory.curvature import CurvatureConfig
-    from streamer.engine import Engine, EngineConfig
+    from streamer.engine import Engine
     from streamer.models import load_adapter
 
-    try:
-        config = EngineConfig(
-            budget_tokens=args.budget,
-            max_new_tokens=max(1, args.max_new_tokens),
-            retrieval_top_k=args.top_k,
-            policy=args.policy,
-            curvature=CurvatureConfig(window=args.curvature_window, k=args.k, warmup=3),
-            compression=args.compression,
-            answer_from=args.answer_from,
-        )
-    except ValidationError as error:
-        raise UserError(config_error(error)) from None
+    config = engine_config(args)
     if not args.quiet:
         print("Loading models...", file=sys.stderr, flush=True)
     engine = Engine(load_adapter(choice_from_args(args)), config)
     engine.check_budget(args.fps)
     return engine
-
-
-_OPTION_OF_FIELD = {
-    "k": "--k",
-    "window": "--curvature-window",
-    "compression": "--compression",
-    "policy": "--policy",
-    "answer_from": "--answer-from",
-}
-
-
-def config_error(error: ValidationError) -> str:
-    """One sentence naming the option (or field) that is wrong and what it accepts."""
-    first = error.errors()[0]
-    field = str(first["loc"][-1]) if first["loc"] else "configuration"
-    name = _OPTION_OF_FIELD.get(field, field)
-    return f"Invalid {name}: {first['msg'].rstrip('.')}; fix it and run again."
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -237,16 +173,6 @@ def run_demo(args: argparse.Namespace) -> int:
     return run_replay(args, stream.video, stream.questions_path, args.out)
 
 
-def check_options(args: argparse.Namespace) -> None:
-    if args.budget < 256:
-        raise UserError(f"--budget {args.budget} is too small; give at least 256 tokens.")
-    if args.fps <= 0:
-        raise UserError(f"--fps {args.fps:g} must be positive.")
-    if args.top_k < 0:
-        raise UserError(f"--top-k {args.top_k} must be 0 or more.")
-    check_choice(choice_from_args(args))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
@@ -263,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             return run_demo(args)
         return run_replay(args, args.video, args.questions, args.out)
-    except (UserError, SourceError, BudgetError) as exc:
+    except USER_ERRORS as exc:
         print(f"streamer: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

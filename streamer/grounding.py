@@ -10,7 +10,9 @@ what was seen, so an answer can be checked against it:
 - "which came first / last" between options is decided by the timeline: the first showing of the items
   each option names;
 - "how many times" is the count of showings of the item the question names, from its timeline line;
-- a question about written text is answered with the text the chosen frames read.
+- a question about written text is answered with the text the chosen frames read;
+- "what is on screen now" is answered with what the newest described frame shows: its objects, then its
+  scene label.
 
 The language model still decides wherever the texts do not: between options equally supported, and for
 every other open question.
@@ -173,6 +175,27 @@ def things_appeared(question: str, intent: QuestionIntent, facts: Sequence[Timel
     appeared = [fact for fact in began_at(facts, intent.times, slack) if fact.kind in ("object", "scene")]
     appeared.sort(key=lambda fact: fact.kind != "object")
     return list(dict.fromkeys(fact.name for fact in appeared))[:3]
+
+
+_PART = re.compile(r"(?:^|; |\] )(scene|objects|text|colours): ([^;]*)")
+
+
+def description_parts(text: str) -> dict[str, str]:
+    """The parts of a frame description (`FrameDescription.render`): {"scene": ..., "objects": ...}."""
+    return dict(_PART.findall(text))
+
+
+def on_screen(descriptions: Sequence[tuple[float, str]]) -> tuple[float, str] | None:
+    """For "what is on screen now": the newest of `descriptions` (stream time, description) that names
+    something, as (its time, its objects then its top scene label, e.g. "person, 2 bicycles; streetcar");
+    None when none names anything."""
+    for when, text in sorted(descriptions, reverse=True):
+        parts = description_parts(text)
+        scene = parts.get("scene", "").split(", ")[0]
+        named = [part for part in (parts.get("objects", ""), scene) if part]
+        if named:
+            return when, "; ".join(named)
+    return None
 
 
 def texts_read(lines: Sequence[str]) -> list[str]:

@@ -47,7 +47,8 @@ class QuestionIntent:
     """What the wording of a question asks for.
 
     times: stream times it names (MM:SS or H:MM:SS), in seconds.
-    recency: "latest" for the most recent / last of something, "earliest" for the first; None otherwise.
+    recency: "latest" for the most recent / last of something, and for written text when no time is named
+        ("what did the sign say?" means the last sign); "earliest" for the first; None otherwise.
     order: it asks which of several things came first (or after).
     count: it asks how many times something happened.
     now: it asks about the present moment.
@@ -82,15 +83,14 @@ def read_intent(question: str) -> QuestionIntent:
         elif any(f" {phrase} " in without_times or f" {phrase}?" in without_times for phrase in _EARLIEST):
             recency = "earliest"
     words = frozenset(word for word in normal_words(without_times) if word not in QUESTION_WORDS)
-    return QuestionIntent(
-        times=tuple(times_named(first_line)),
-        recency=recency,
-        order=order,
-        count=bool(_COUNT.search(without_times)),
-        now=bool(_NOW.search(without_times)) and recency is None,
-        text=bool(_TEXT.search(without_times)),
-        words=words,
-    )
+    times = tuple(times_named(first_line))
+    count = bool(_COUNT.search(without_times))
+    now = bool(_NOW.search(without_times)) and recency is None
+    text = bool(_TEXT.search(without_times))
+    if text and recency is None and not (times or order or count or now):
+        # "What did the sign say?" names no time: the sign meant is the last one shown.
+        recency = "latest"
+    return QuestionIntent(times=times, recency=recency, order=order, count=count, now=now, text=text, words=words)
 
 
 def options_prompt(question: str, options: Sequence[str]) -> str:

@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
-from typing import Literal
 
 import torch
 from transformers import LogitsProcessorList, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
@@ -21,10 +20,12 @@ from memory.kv_cache import StreamingCache, assemble
 from memory.stream_memory import Block, MemorySnapshot
 from streamer.adapters.base import ModelAdapter
 from streamer.clock import clock
+from streamer.engine_config import ChoiceScoring
 from streamer.grounding import (
     choices_named,
     colours_appeared,
     count_answer,
+    on_screen,
     option_choice,
     texts_read,
     things_appeared,
@@ -33,7 +34,6 @@ from streamer.grounding import (
 from streamer.intent import LETTERS, read_intent
 from streamer.retrieval import Reading
 
-ChoiceScoring = Literal["grounded", "letter", "text", "generate"]
 TIMELINE_HEADER = "Events so far:\n"
 # Generated tokens already in the answer have their logits divided by this (multiplied when negative);
 # the question's context is not penalised, so the answer may still copy what a frame read.
@@ -211,6 +211,10 @@ def grounded_open_answer(
     things = things_appeared(question, intent, facts, slack)
     if things:
         return ", ".join(things)
+    if intent.now and not (intent.text or intent.count or intent.order):
+        shown = on_screen([(b.record.stream_time, b.record.text) for b in reading.blocks])
+        if shown is not None:
+            return f"{shown[1]} (at {clock(shown[0])})"
     if intent.text:
         by_id = {b.record.frame_id: b for b in reading.blocks}
         focus = [by_id[frame_id].record.text for frame_id in reading.focus if frame_id in by_id]
@@ -221,6 +225,18 @@ def grounded_open_answer(
             when = [b.record.stream_time for b in reading.blocks if f'"{chosen}"' in b.record.text]
             return f'"{chosen}"' + (f" (at {clock(when[0])})" if when else "")
     return None
+
+
+def subject_texts(question: str, reading: Reading) -> list[str]:
+    """What an answer is checked against: for a question about a named time or the newest or first showing
+    of something, the descriptions of the frames read for it (not the recent window, whose frames show
+    something else) and the timeline lines; otherwise every description read and the lines."""
+    intent = read_intent(question)
+    blocks = reading.blocks
+    if (intent.times or intent.recency is not None) and reading.focus:
+        wanted = set(reading.focus)
+        blocks = [b for b in blocks if b.record.frame_id in wanted]
+    return [b.record.text for b in blocks] + list(reading.lines)
 
 
 class ModelContext:
@@ -306,7 +322,7 @@ def generate_answer(
     stream = TextStream(adapter)
     ttft_ms = 0.0
     cancelled = False
-    texts = [b.record.text for b in reading.blocks] + list(reading.lines)
+    texts = subject_texts(question, reading)
     try:
         fixed: str | None = None
         if options and choice_scoring != "generate":

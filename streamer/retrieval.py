@@ -129,8 +129,11 @@ def began_near(timeline: Sequence[TimelineItem], times: Sequence[float], slack: 
 
 
 def showing_frames(items: Sequence[TimelineItem], recency: str) -> list[int]:
-    """Frame ids of the newest ("latest") or oldest ("earliest") showing among `items`."""
+    """Frame ids of the newest ("latest") or oldest ("earliest") showing among `items`, of those held for
+    more than one frame when there are any (a word read in a single frame is as often a misreading of
+    passing footage as something shown)."""
     showings = [showing for item in items for showing in item.showings]
+    showings = [showing for showing in showings if len(showing.frame_ids) > 1] or showings
     if not showings:
         return []
     pick = max if recency == "latest" else min

@@ -1,4 +1,9 @@
-"""Shared fixtures: real models are loaded once per test session, because loading is the slow part."""
+"""Shared fixtures: real models are loaded once per test session, because loading is the slow part.
+
+Every test that uses a fixture holding real weights is marked `slow` here, so `pytest -m "not slow"`
+(the everyday loop) runs the rest: tiny random models, scripted describers, sources, memory, parsing.
+Other slow tests (real servers, browsers, minutes of video) carry the mark themselves.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,16 @@ import pytest
 
 if TYPE_CHECKING:
     from transformers import LlamaForCausalLM
+
+
+# Fixtures that load real weights (SmolLM2, the vision models, MiniLM, the local judge), by name.
+REAL_WEIGHTS = frozenset({"embedded_adapter", "describer", "extractor", "lm_judge"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if REAL_WEIGHTS & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def make_tiny_llama(**overrides: Any) -> LlamaForCausalLM:

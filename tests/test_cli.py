@@ -152,6 +152,7 @@ CASES: list[Case] = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.__name__)
 def test_bad_input_fails_fast_with_one_error_line(tmp_path: Path, case: Case) -> None:
     args, named = case(tmp_path)
@@ -178,6 +179,7 @@ def test_help_exits_zero(tmp_path: Path) -> None:
         assert outcome.stderr == ""
 
 
+@pytest.mark.slow
 def test_budget_smaller_than_sink_and_window_is_named(tmp_path: Path) -> None:
     outcome = _streamer(_replay(tmp_path, BIKES, _questions(tmp_path, QUESTION), "--budget", "300"), tmp_path)
     assert outcome.returncode == 2, outcome.stderr

@@ -23,7 +23,7 @@ import torch
 from streamer.cli import main
 from streamer.engine import Engine, EngineConfig, MemoryPolicyName
 from streamer.errors import UserError
-from streamer.evaluation.descriptions import CachedDescriber, CachedTextEmbedder
+from streamer.evaluation.descriptions import CachedDescriber, CachedTextEmbedder, descriptions_path
 from streamer.evaluation.evaluate import frames_at
 from streamer.evaluation.live import http_base
 from streamer.evaluation.options import POLICIES
@@ -244,7 +244,14 @@ def test_bad_benchmark_input_is_named(tmp_path: Path, capsys: pytest.CaptureFixt
 # --- with the real models ----------------------------------------------------------------------
 
 
-def test_cached_descriptions_equal_the_describers_own(embedded_adapter: Any) -> None:
+class _Refuses:
+    """A describer that must not be asked: every frame's description was saved."""
+
+    def describe_batch(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("described a frame whose description was saved")
+
+
+def test_cached_descriptions_equal_the_describers_own(embedded_adapter: Any, tmp_path: Path) -> None:
     describer = embedded_adapter.describer
     frames = [frame.pixels for frame in _frames(BIKES, 1.0)[:3]]
     cached = CachedDescriber(describer)
@@ -259,6 +266,16 @@ def test_cached_descriptions_equal_the_describers_own(embedded_adapter: Any) -> 
     for index, terse in ((0, again[0]), (1, first[1])):
         assert terse.detail == "terse" and set(terse.timings_ms) == {"features", "colours"}
         assert terse.render("terse") == describer.describe(frames[index], "terse").render("terse")
+
+    saved = descriptions_path(tmp_path / "stream.mp4", 1.0)
+    cached.save(saved)
+    reloaded = CachedDescriber(_Refuses())
+    assert reloaded.load(saved) == 3 and reloaded.load(tmp_path / "none.npz") == 0
+    for frame, full in zip(frames, reloaded.describe_batch(frames, ["full"] * 3), strict=True):
+        original = cached.describe(frame)
+        assert full.render("full") == original.render("full") and full.items() == original.items()
+        np.testing.assert_array_equal(full.features, original.features)
+    assert saved.name.startswith("stream.descriptions-1fps-") and not list(tmp_path.glob("*.partial*"))
 
     embedder = CachedTextEmbedder(embedded_adapter.embedder)
     vectors = embedder.embed(["a red circle", "a cat", "a red circle"])
@@ -323,6 +340,7 @@ def _table_cells(report: str, heading: str) -> dict[tuple[str, str], str]:
     return cells
 
 
+@pytest.mark.slow
 def test_eval_writes_a_report_whose_tables_match_its_answers(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], one_thread: None
 ) -> None:
@@ -373,6 +391,7 @@ def test_eval_writes_a_report_whose_tables_match_its_answers(
     assert funnel["fifo", "budget 40%"] == funnel_cell(mine)
 
 
+@pytest.mark.slow
 def test_eval_via_websocket_measures_client_latency_next_to_the_engines(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], one_thread: None
 ) -> None:
@@ -404,6 +423,7 @@ def test_eval_via_websocket_measures_client_latency_next_to_the_engines(
     assert "client TTFT median ms" in report
 
 
+@pytest.mark.slow
 def test_bench_scores_streamingbench_fixtures_with_last60(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], one_thread: None
 ) -> None:

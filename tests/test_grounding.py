@@ -8,7 +8,9 @@ from streamer.grounding import (
     choices_named,
     colours_appeared,
     count_answer,
+    description_parts,
     lexical_support,
+    on_screen,
     option_choice,
     option_support,
     texts_read,
@@ -88,3 +90,14 @@ def test_what_was_shown_at_a_time_is_what_began_then() -> None:
     assert things_appeared(question, read_intent(question), timeline_facts(lines), 3.0) == ["cat", "Egyptian cat"]
     other = "How many times was the photo shown at 00:25?"
     assert things_appeared(other, read_intent(other), timeline_facts(lines), 3.0) == []
+
+
+def test_what_is_on_screen_is_the_newest_frame_that_names_something() -> None:
+    frames = [
+        (41.0, "[00:41] scene: minibus; objects: person; colours: grey"),
+        (43.0, "[00:43] scene: streetcar, trolleybus; objects: person, 2 bicycles; colours: grey"),
+        (44.0, "[00:44] colours: grey, black"),  # newest, but names nothing
+    ]
+    assert on_screen(frames) == (43.0, "person, 2 bicycles; streetcar")
+    assert on_screen([(44.0, "[00:44] colours: grey")]) is None
+    assert description_parts('[00:09] text: "Dock 61"; colours: white')["text"] == '"Dock 61"'

@@ -159,6 +159,7 @@ def engine() -> Iterator[Engine]:
         torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_host_tier_is_capped_and_process_memory_stays_flat(engine: Engine) -> None:
     config = engine.config
     memory = engine.add_stream("cam").memory

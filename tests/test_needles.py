@@ -136,6 +136,7 @@ def test_demo_plan_is_deterministic_and_asks_after_each_needle() -> None:
         assert ask_now.options is not None and ask_now.answer in ask_now.options
 
 
+@pytest.mark.slow
 def test_demo_stream_builds_once(tmp_path: Path) -> None:
     demo = build_demo_stream(tmp_path, seed=0)
     capture = cv2.VideoCapture(str(demo.video))
@@ -282,6 +283,7 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> NeedleStream:
     return build_suite(tmp_path_factory.mktemp("suite"), 90.0, 16, spacing_s=10.0, shown_s=3.0)
 
 
+@pytest.mark.slow
 def test_suite_video_is_written_at_a_low_frame_rate_with_its_questions(suite: NeedleStream) -> None:
     capture = cv2.VideoCapture(str(suite.video))
     assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(2.0)
@@ -296,6 +298,7 @@ def test_suite_video_is_written_at_a_low_frame_rate_with_its_questions(suite: Ne
     assert again == suite and suite.video.stat().st_mtime_ns == written
 
 
+@pytest.mark.slow
 def test_rendered_needles_are_seen_by_the_embedded_describer(suite: NeedleStream) -> None:
     from streamer.vision import FrameDescriber
 

@@ -21,6 +21,8 @@ from streamer.adapters.embedded import EmbeddedAdapter
 from streamer.engine import Engine
 from streamer.ingest import StreamRunner
 
+pytestmark = pytest.mark.slow  # a real GStreamer RTSP server per module or test
+
 # Short limits so faults are noticed and recovered from within a few seconds. FFmpeg's read
 # timeout is long on purpose: the watchdog, not the library, must notice a frozen server.
 FAST = RtspOptions(

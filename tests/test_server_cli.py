@@ -141,6 +141,7 @@ def test_serve_refuses_bad_input_before_loading_anything(
     assert time.perf_counter() - started < FAIL_FAST_SECONDS
 
 
+@pytest.mark.slow
 def test_serve_runs_until_interrupted(bikes_clip: Path, tmp_path: Path) -> None:
     port = free_port()
     config = tmp_path / "serve.yaml"

@@ -12,10 +12,12 @@ import json
 import os
 import shutil
 import ssl
+import subprocess
 import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ import aiohttp
 import cv2
 import numpy as np
 import pytest
+import torch
 from prometheus_client.parser import text_string_to_metric_families
 from server_helpers import STREAM, ask, connect, receive, start_server, wait_for_frames, ws_url
 
@@ -353,6 +356,58 @@ def test_a_server_holds_at_most_max_streams(embedded_adapter: EmbeddedAdapter) -
         )
         assert http("DELETE", f"{base}/one").status == 204
         assert http("POST", base, body={"stream_id": "two", "source": "synthetic:ball"}).status == 201
+    finally:
+        server.stop()
+
+
+@contextmanager
+def unchangeable(folder: Path) -> Iterator[None]:
+    """Nothing in `folder` can be renamed meanwhile: it is read-only, or for root, immutable."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)], check=False).returncode:
+        pytest.skip("root can rename files in any folder here (no chattr +i)")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def test_a_bad_snapshot_file_never_fails_a_new_stream_with_a_500(
+    embedded_adapter: EmbeddedAdapter, tmp_path: Path
+) -> None:
+    """A snapshot the server cannot use is set aside and the stream starts empty; one that cannot be set
+    aside either refuses the stream in one sentence that names the file."""
+    snapshots = tmp_path / "snapshots"
+    snapshots.mkdir()
+    torch.save({"version": 2}, snapshots / "door.memory.pt")  # a torch file, but no snapshot
+    config = StreamerConfig.model_validate({"server": {"port": 0}, "memory": {"snapshot_dir": str(snapshots)}})
+    server = ServerThread(create_app(config, lambda: Engine(embedded_adapter, config.engine_config()))).start()
+    try:
+        base = f"{server.url}/streams"
+        added = http("POST", base, body={"stream_id": "door", "source": "synthetic:bars"})
+        assert added.status == 201, added.body
+        assert any(path.name.startswith("door.memory.pt.unreadable-") for path in snapshots.iterdir())
+        assert http("DELETE", f"{base}/door").status == 204
+
+        garbage = snapshots / "gate.memory.pt"
+        garbage.write_bytes(b"not a snapshot")
+        with unchangeable(snapshots):
+            refused = http("POST", base, body={"stream_id": "gate", "source": "synthetic:bars"})
+        assert refused.status == 422, refused.body
+        error = refused.json()["error"]
+        assert error["code"] == "stream_error"
+        assert error["message"].startswith(
+            f"Snapshot '{garbage}' cannot be read (UnpicklingError), and it cannot be moved aside ("
+        )
+        assert error["message"].endswith("); delete it and add the stream again.")
+        assert http("GET", f"{base}/gate").status == 404
+        assert garbage.read_bytes() == b"not a snapshot"
     finally:
         server.stop()
 

@@ -19,6 +19,7 @@ from streamer.vision import (
     dominant_colours,
 )
 from streamer.vision.efficientnet import find_model_file, readable_label
+from streamer.vision.ocr import text_blocks
 
 BOLD_FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")
 FRAME_SIZE = (640, 360)
@@ -66,6 +67,38 @@ def test_sign_text_is_read(describer: FrameDescriber) -> None:
     description = describer.describe(sign_frame())
     assert "OPEN24H" in "".join(description.text).upper().replace(" ", "")
     assert 'text: "' in description.render()
+
+
+def _board(frame: np.ndarray, box: tuple[int, int, int, int], lines: list[str], size: int) -> np.ndarray:
+    """`frame` with a white board at `box` (left, top, width, height) holding `lines` in bold."""
+    left, top, width, height = box
+    cv2.rectangle(frame, (left, top), (left + width, top + height), (255, 255, 255), thickness=-1)
+    image = Image.fromarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    font = ImageFont.truetype(str(BOLD_FONT), size) if BOLD_FONT.exists() else ImageFont.load_default(size)
+    for row, line in enumerate(lines):
+        ImageDraw.Draw(image).text((left + 14, top + 10 + row * int(size * 1.3)), line, font=font, fill="black")
+    return cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2BGR)
+
+
+def test_a_two_line_sign_is_read_as_one_text_and_a_far_caption_as_another(describer: FrameDescriber) -> None:
+    frame = _board(photo("rocket"), (40, 30, 220, 120), ["DOCK", "61"], 40)
+    frame = _board(frame, (380, 290, 240, 50), ["taxi rank"], 24)
+    assert [line.upper() for line in describer.reader.read(frame)] == ["DOCK 61", "TAXI RANK"]
+
+
+def test_lines_join_into_blocks_by_size_and_distance() -> None:
+    def box(left: float, top: float, width: float, height: float) -> np.ndarray:
+        return np.array([[left, top], [left + width, top], [left + width, top + height], [left, top + height]])
+
+    lines = [
+        (box(10, 10, 80, 30), "DOCK"),
+        (box(12, 48, 40, 30), "61"),  # 8 px below, same size: the same sign
+        (box(10, 200, 80, 30), "EXIT"),  # far below: another text
+        (box(100, 12, 60, 10), "small print"),  # beside the sign but a third of its height
+        (box(95, 200, 50, 30), "B"),  # beside EXIT on its line, 5 px away
+    ]
+    blocks = [[text for _, text in block] for block in text_blocks(lines)]
+    assert blocks == [["small print"], ["DOCK", "61"], ["EXIT", "B"]]  # blocks top to bottom
 
 
 def test_terse_skips_detector_and_ocr(describer: FrameDescriber) -> None:

@@ -27,6 +27,7 @@ from sources.file import FileSource
 from streamer.benchmarks import ovobench, rvs, streamingbench
 from streamer.benchmarks.common import BenchmarkEvent, BenchmarkReport, BenchmarkSession, ContextPolicy
 from streamer.clock import clock
+from streamer.engine_config import DEFAULT_FPS, EngineConfig
 from streamer.errors import UserError
 from streamer.evaluation.progress import Progress
 from streamer.evaluation.replaying import Probe, ProbeAnswer, replay_probes
@@ -45,11 +46,8 @@ class BenchOptions:
     file: Path
     videos: Path
     context: str = "all"
-    fps: float = 1.0
-    budget_tokens: int = 4096
-    policy: str = "curvature"
-    top_k: int = 4
-    max_new_tokens: int = 48
+    fps: float = DEFAULT_FPS
+    engine: EngineConfig = field(default_factory=EngineConfig)
     model: ModelChoice = field(default_factory=ModelChoice)
     judge: str = "local"
     judge_llm: str | None = None
@@ -125,17 +123,11 @@ def run_sessions(
     sessions: Sequence[BenchmarkSession], options: BenchOptions, progress: Progress, log: Callable[[str], None]
 ) -> dict[str, ProbeAnswer]:
     """Replay every session on one engine; event id -> answer."""
-    from streamer.engine import Engine, EngineConfig
+    from streamer.engine import Engine
     from streamer.models import load_adapter
 
-    config = EngineConfig(
-        policy=options.policy,  # type: ignore[arg-type]
-        budget_tokens=options.budget_tokens,
-        retrieval_top_k=options.top_k,
-        max_new_tokens=max(1, options.max_new_tokens),
-    )
     log("Loading models...")
-    engine = Engine(load_adapter(options.model), config)
+    engine = Engine(load_adapter(options.model), options.engine)
     engine.check_budget(options.fps)
     for session in sessions:
         duration = max(event.t_query for event in session.events)
@@ -242,8 +234,8 @@ def write_bench_report(
         "",
         f"Context: {context}.",
         "",
-        f"Engine: policy {options.policy}, budget {options.budget_tokens} tokens, {options.fps:g} fps, top-k "
-        f"{options.top_k}, model {options.model.name}.",
+        f"Engine: policy {options.engine.policy}, budget {options.engine.budget_tokens} tokens, {options.fps:g} fps, "
+        f"top-k {options.engine.retrieval_top_k}, model {options.model.name}.",
         "",
     ]
     if "judge" in report.notes:

@@ -13,8 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from memory.settings import POLICIES
+from streamer.engine_config import DEFAULT_FPS
 from streamer.errors import UserError
 from streamer.models import EMBEDDED, ModelChoice, add_model_options, add_placement_options, choice_from_args
+from streamer.options import add_engine_options, check_options, engine_config
 
 if TYPE_CHECKING:
     from streamer.evaluation.options import Variant
@@ -23,7 +26,7 @@ EVALUATION_COMMANDS = ("eval", "bench")
 
 
 def add_evaluation_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from streamer.evaluation.options import DEFAULT_BUDGETS, DEFAULT_POLICIES, POLICIES
+    from streamer.evaluation.options import DEFAULT_BUDGETS, DEFAULT_POLICIES, EVAL_MAX_NEW_TOKENS
 
     evaluate = commands.add_parser(
         "eval",
@@ -53,7 +56,11 @@ def add_evaluation_commands(commands: argparse._SubParsersAction[argparse.Argume
         + ")",
     )
     evaluate.add_argument(
-        "--fps", nargs="+", type=float, default=[1.0], help="frames sampled per second of video (default 1)"
+        "--fps",
+        nargs="+",
+        type=float,
+        default=[DEFAULT_FPS],
+        help=f"frames sampled per second of video (default {DEFAULT_FPS:g})",
     )
     evaluate.add_argument(
         "--model",
@@ -81,8 +88,7 @@ def add_evaluation_commands(commands: argparse._SubParsersAction[argparse.Argume
         "--url", help="with --via-websocket: a running server (ws://host:port/ws) instead of one started here"
     )
     evaluate.add_argument("--token", help="the --url server's token (default: $STREAMER_TOKEN)")
-    evaluate.add_argument("--top-k", type=int, default=4, help="frames a question reads by similarity (default 4)")
-    evaluate.add_argument("--max-new-tokens", type=int, default=32, help="longest answer in tokens (default 32)")
+    add_engine_options(evaluate, ("--top-k", "--max-new-tokens"), {"--max-new-tokens": EVAL_MAX_NEW_TOKENS})
     evaluate.add_argument(
         "--host-budget", type=int, default=0, help="host-memory tokens behind the device budget (default 0: none)"
     )
@@ -109,11 +115,7 @@ def add_evaluation_commands(commands: argparse._SubParsersAction[argparse.Argume
     bench.add_argument(
         "--context", default="all", help="all (default) or last60: StreamingBench's 60 s before each question"
     )
-    bench.add_argument("--fps", type=float, default=1.0, help="frames sampled per second of video (default 1)")
-    bench.add_argument("--budget", type=int, default=4096, help="KV tokens resident per stream (default 4096)")
-    bench.add_argument("--policy", default="curvature", help=f"memory policy: {', '.join(POLICIES)}")
-    bench.add_argument("--top-k", type=int, default=4, help="frames a question reads by similarity (default 4)")
-    bench.add_argument("--max-new-tokens", type=int, default=48, help="longest answer in tokens (default 48)")
+    add_engine_options(bench, ("--fps", "--budget", "--policy", "--top-k", "--max-new-tokens"))
     add_model_options(bench)
     bench.add_argument("--judge", default="local", help="RVS judge: local (a local LM, default) or overlap")
     bench.add_argument("--judge-llm", help="the local judge's model folder or .gguf (default: SmolLM2-135M)")
@@ -171,7 +173,8 @@ def parse_variants(given: list[list[str]] | None) -> list[Variant]:
 def run_eval(args: argparse.Namespace, command: str) -> int:
     import os
 
-    from streamer.evaluation.evaluate import check_options, run_suite
+    from streamer.evaluation.evaluate import check_options as check_eval_options
+    from streamer.evaluation.evaluate import run_suite
     from streamer.evaluation.options import DEFAULT_BUDGETS, DEFAULT_POLICIES, EvalOptions
     from streamer.evaluation.progress import Progress
     from streamer.evaluation.report import write_report
@@ -196,7 +199,7 @@ def run_eval(args: argparse.Namespace, command: str) -> int:
         token=args.token or os.environ.get("STREAMER_TOKEN"),
         variants=parse_variants(args.variant),
     )
-    check_options(options)
+    check_eval_options(options)
     if args.host_budget < 0:
         raise UserError(f"--host-budget {args.host_budget} must be 0 or more tokens.")
     if args.max_new_tokens < 1:
@@ -232,15 +235,13 @@ def eval_models(args: argparse.Namespace) -> list[ModelChoice]:
 
 
 def run_bench(args: argparse.Namespace, command: str) -> int:
-    from streamer.cli import check_options as check_engine_options
     from streamer.evaluation.bench import BenchOptions
     from streamer.evaluation.bench import run_bench as run
-    from streamer.evaluation.options import POLICIES
     from streamer.evaluation.progress import Progress
 
     if args.policy not in POLICIES:
         raise UserError(f"Unknown policy '{args.policy}'; use one of {', '.join(POLICIES)}.")
-    check_engine_options(args)
+    check_options(args)
     if args.max_videos is not None and args.max_videos < 1:
         raise UserError(f"--max-videos {args.max_videos} must be at least 1.")
     if args.judge_llm is not None:
@@ -254,10 +255,7 @@ def run_bench(args: argparse.Namespace, command: str) -> int:
         videos=args.videos,
         context=args.context,
         fps=args.fps,
-        budget_tokens=args.budget,
-        policy=args.policy,
-        top_k=args.top_k,
-        max_new_tokens=args.max_new_tokens,
+        engine=engine_config(args),
         model=choice_from_args(args),
         judge=args.judge,
         judge_llm=args.judge_llm,

@@ -8,19 +8,28 @@ a terse description is the full one without the detector's and OCR's findings, w
 describer's own terse path produces (it runs the classifier and colours only). The timings handed
 out are those the original run measured for the parts the requested detail runs, so ingest
 statistics still report what describing costs.
+
+The descriptions of a suite's stream are also kept on disk beside its video (`save` / `load`), under a
+fingerprint of the vision code and the installed vision packages, so running the same suite again
+replays at once; a change to either describes the frames afresh.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
+import os
 from collections.abc import Callable, Collection, Sequence
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from streamer.retrieval import TextEmbedder
 from streamer.vision.describer import FrameDescription
+from streamer.vision.detector import DetectedObject
 
 DetailChoice = str | Callable[[np.ndarray], str]
 _TERSE_PARTS = ("features", "colours")
@@ -53,6 +62,53 @@ class CachedDescriber:
         """Forget every description (when a suite moves on to another stream)."""
         self.descriptions.clear()
 
+    def save(self, path: Path) -> None:
+        """Write every description to `path` (an .npz), atomically; a failure to write only costs a later
+        run the describing."""
+        if not self.descriptions:
+            return
+        keys = list(self.descriptions)
+        found = [self.descriptions[key] for key in keys]
+        fields = [
+            {
+                "labels": d.labels,
+                "objects": [[o.name, o.score, o.count] for o in d.objects],
+                "text": d.text,
+                "colours": d.colours,
+                "timings_ms": d.timings_ms,
+            }
+            for d in found
+        ]
+        partial = path.with_name(path.name + ".partial.npz")
+        try:
+            np.savez(
+                partial,
+                keys=np.frombuffer(b"".join(keys), np.uint8).reshape(len(keys), -1),
+                features=np.stack([d.features for d in found]),
+                fields=np.array(json.dumps(fields)),
+            )
+            os.replace(partial, path)
+        except OSError:
+            partial.unlink(missing_ok=True)
+
+    def load(self, path: Path) -> int:
+        """Add the descriptions saved at `path`; how many (0 when there is no readable file)."""
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                keys, features, fields = saved["keys"], saved["features"], json.loads(str(saved["fields"]))
+        except (OSError, KeyError, ValueError):
+            return 0
+        for key, vector, found in zip(keys, features, fields, strict=True):
+            self.descriptions[key.tobytes()] = FrameDescription(
+                features=vector,
+                labels=[(name, float(p)) for name, p in found["labels"]],
+                objects=[DetectedObject(name, float(score), int(count)) for name, score, count in found["objects"]],
+                text=list(found["text"]),
+                colours=list(found["colours"]),
+                timings_ms={part: float(ms) for part, ms in found["timings_ms"].items()},
+            )
+        return len(keys)
+
     @staticmethod
     def _as(full: FrameDescription, detail: DetailChoice) -> FrameDescription:
         chosen = detail(full.features) if callable(detail) else detail
@@ -60,6 +116,26 @@ class CachedDescriber:
             return full
         timings = {part: ms for part, ms in full.timings_ms.items() if part in _TERSE_PARTS}
         return dataclasses.replace(full, objects=[], text=[], timings_ms=timings, detail=chosen)
+
+
+def vision_fingerprint() -> str:
+    """A short hash of what decides a frame's description: the vision code and the installed versions of
+    the packages whose models it runs."""
+    digest = hashlib.blake2b(digest_size=6)
+    vision = Path(__file__).resolve().parent.parent / "vision"
+    for source in sorted(vision.glob("*.py")):
+        digest.update(source.name.encode() + source.read_bytes())
+    for package in ("opencv-python", "rapidocr-onnxruntime", "onnxruntime", "numpy", "torch"):
+        try:
+            digest.update(f"{package}={metadata.version(package)}".encode())
+        except metadata.PackageNotFoundError:
+            digest.update(f"{package}=none".encode())
+    return digest.hexdigest()
+
+
+def descriptions_path(video: Path, fps: float) -> Path:
+    """Where the descriptions of `video` sampled at `fps` are kept."""
+    return video.with_name(f"{video.stem}.descriptions-{fps:g}fps-{vision_fingerprint()}.npz")
 
 
 def _pixels_key(frame_bgr: np.ndarray) -> bytes:

@@ -25,7 +25,7 @@ from sources.file import FileSource
 from sources.frame import SourceEnded
 from streamer.engine import EngineConfig
 from streamer.errors import UserError
-from streamer.evaluation.descriptions import CachedDescriber, CachedTextEmbedder
+from streamer.evaluation.descriptions import CachedDescriber, CachedTextEmbedder, descriptions_path
 from streamer.evaluation.options import POLICIES, EvalOptions, RunConfig
 from streamer.evaluation.progress import Progress
 from streamer.evaluation.replaying import Probe, ProbeAnswer, StreamRun, replay_probes
@@ -278,7 +278,13 @@ def run_suite(suite: Suite, options: EvalOptions, progress: Progress, log: Calla
                 kind = "describe" if number == 0 else "count"
                 progress.start(f"{stream.name} at {fps:g} fps: describing frames")
                 begun = time.perf_counter()
+                saved = descriptions_path(stream.video, fps)
+                loaded = describer.load(saved) if number == 0 else 0
+                if loaded:
+                    log(f"{stream.name} at {fps:g} fps: {loaded} frame descriptions from {saved}")
                 totals[model] = full_tokens(adapters[model], stream.video, fps, progress, kind)
+                if number == 0 and len(describer.descriptions) > loaded:
+                    describer.save(saved)
                 result.seconds[f"{kind} {stream.name} {fps:g} fps {model.name}"] = round(time.perf_counter() - begun, 1)
             runs = [c for c in grid if c.fps == fps]
             budgets = {c: frame_budget_for(adapters[c.model], stream, c, *totals[c.model], options) for c in runs}

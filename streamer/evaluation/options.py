@@ -9,17 +9,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from memory.settings import POLICIES as POLICIES
 from streamer.models import ModelChoice
 
-# The names of streamer.engine.MemoryPolicyName (kept here so the command line loads without torch).
-POLICIES: tuple[str, ...] = ("curvature", "uniform", "fifo", "equal")
-DEFAULT_POLICIES = ("curvature", "uniform", "fifo", "equal")
+DEFAULT_POLICIES: tuple[str, ...] = POLICIES
 DEFAULT_BUDGETS = (5.0, 10.0, 25.0)
+# `streamer eval` answers in at most this many tokens, fewer than the engine's default (EngineConfig.max_new_tokens).
+EVAL_MAX_NEW_TOKENS = 32
 
 
 @dataclass(frozen=True)
 class Variant:
-    """A named set of engine settings (`streamer.engine.EngineConfig` fields) that runs beside the others."""
+    """A named set of engine settings (`streamer.engine_config.EngineConfig` fields) that runs beside the others."""
 
     name: str = "default"
     settings: tuple[tuple[str, Any], ...] = ()

@@ -35,15 +35,10 @@ from sources.frame import Frame, SourceError
 from sources.open import file_path, source_kind
 from sources.webrtc import OfferHandler
 from streamer.engine import Engine
-from streamer.errors import UserError
+from streamer.engine_config import DEFAULT_FPS
+from streamer.errors import USER_ERRORS
 from streamer.query import drain
-from streamer.server.config import (
-    DEFAULT_FPS,
-    STREAM_ID_PATTERN,
-    ServerConfig,
-    StreamerConfig,
-    validation_sentence,
-)
+from streamer.server.config import STREAM_ID_PATTERN, ServerConfig, StreamerConfig, validation_sentence
 from streamer.server.metrics import CONTENT_TYPE, ServerMetrics
 from streamer.server.protocol import http_error
 from streamer.server.streams import StreamExists, StreamHub, open_source
@@ -127,7 +122,7 @@ class ServerState:
             log.info("model %s ready; serving %d stream(s)", engine.adapter.name, len(hub.streams))
         except Exception as error:
             self.failure = str(error) or error.__class__.__name__
-            log.error("the server cannot start: %s", self.failure, exc_info=not _is_user_error(error))
+            log.error("the server cannot start: %s", self.failure, exc_info=not isinstance(error, USER_ERRORS))
         finally:
             self.started.set()
 
@@ -407,6 +402,8 @@ async def _add_stream(request: web.Request) -> web.Response:
         await hub.add(stream_id, source, body.fps)
     except StreamExists as error:
         raise ApiError(409, "stream_exists", str(error)) from None
+    except USER_ERRORS as error:
+        raise ApiError(422, "stream_error", str(error)) from None
     return web.json_response(hub.describe(stream_id), status=201)
 
 
@@ -475,10 +472,6 @@ def _free_stream_id(hub: StreamHub) -> str:
     while f"stream{number}" in hub.streams:
         number += 1
     return f"stream{number}"
-
-
-def _is_user_error(error: Exception) -> bool:
-    return isinstance(error, UserError | SourceError)
 
 
 # Running in a thread

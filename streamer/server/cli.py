@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streamer.clock import clock
+from streamer.engine_config import DEFAULT_FPS
 from streamer.errors import UserError
 from streamer.models import add_model_options
 
@@ -48,7 +49,9 @@ def add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     serve.add_argument("--config", type=Path, help="YAML config: sources, memory, model, server")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1; others need a token)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
-    serve.add_argument("--fps", type=float, help="frames ingested per second for --source streams (default 1)")
+    serve.add_argument(
+        "--fps", type=float, help=f"frames ingested per second for --source streams (default {DEFAULT_FPS:g})"
+    )
     serve.add_argument("--loop", action="store_true", help="play --source video files again when they end")
     serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve HTTPS and WSS (with --tls-key)")
     serve.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")

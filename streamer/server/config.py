@@ -4,7 +4,7 @@
 sources:
   - {id: door, url: rtsp://192.168.1.20/stream1, fps: 1}
   - {id: lobby, url: /videos/lobby.mp4, loop: true}
-memory: {budget_tokens: 4096, retrieval_top_k: 4}     # any streamer.engine.EngineConfig field
+memory: {budget_tokens: 4096, retrieval_top_k: 4}     # any streamer.engine_config.EngineConfig field
 model: {name: embedded, llm: /models/qwen2.5-0.5b-instruct}   # or model: /models/Qwen2.5-VL-7B-Instruct
 server: {host: 0.0.0.0, port: 8080, token: "${STREAMER_TOKEN}"}
 ```
@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from streamer.engine import EngineConfig
+from streamer.engine_config import DEFAULT_FPS, EngineConfig
 from streamer.errors import UserError, read_yaml_file
 from streamer.models import DEVICE_PATTERN, EMBEDDED, ModelChoice
 
@@ -37,7 +37,6 @@ WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 ApiSourceKind = Literal["rtsp", "synthetic", "webcam"]
 DEFAULT_API_SOURCES: tuple[ApiSourceKind, ...] = ("rtsp", "synthetic")
 STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-DEFAULT_FPS = 1.0
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -53,7 +52,7 @@ class SourceConfig(BaseModel):
 
 
 class MemoryConfig(EngineConfig):
-    """The engine's token budget, retrieval and answer limits (see `streamer.engine.EngineConfig`)."""
+    """The engine's token budget, retrieval and answer limits (see `streamer.engine_config.EngineConfig`)."""
 
     model_config = ConfigDict(extra="forbid")
 

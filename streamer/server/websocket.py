@@ -240,14 +240,23 @@ class WebsocketEndpoint:
         if refused is not None:
             return refused
         self.per_address[address] += 1  # counted from here, so upgrades at the same moment cannot overrun
-        try:
-            return await self._serve(request)
-        finally:
-            self.per_address[address] -= 1
-            if self.per_address[address] <= 0:
-                del self.per_address[address]
+        released = False
 
-    async def _serve(self, request: web.Request) -> web.WebSocketResponse:
+        def release() -> None:
+            # Once, as soon as the connection is closing: a client that closed one may open another at once.
+            nonlocal released
+            if not released:
+                released = True
+                self.per_address[address] -= 1
+                if self.per_address[address] <= 0:
+                    del self.per_address[address]
+
+        try:
+            return await self._serve(request, release)
+        finally:
+            release()
+
+    async def _serve(self, request: web.Request, release: Callable[[], None]) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=HARD_MESSAGE_LIMIT, heartbeat=30.0)
         await ws.prepare(request)
 
@@ -291,6 +300,7 @@ class WebsocketEndpoint:
                     self.metrics.messages_throttled.inc()
                     await asyncio.sleep(wait)
         finally:
+            release()
             self.sessions.discard(session)
             self.metrics.connections.dec()
             if session.too_slow:

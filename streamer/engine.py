@@ -25,7 +25,6 @@ from memory.index import BlockIndex
 from memory.kv_cache import assemble
 from memory.policy import make_policy
 from memory.records import FrameRecord
-from memory.settings import MemoryPolicyName as MemoryPolicyName
 from memory.snapshot import load_snapshot, remove_stale_partials, save_snapshot, set_aside
 from memory.stream_memory import Block, MemorySnapshot, StreamMemory
 from sources.frame import Frame

@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 import torch
 
+from memory.settings import MemoryPolicyName
 from streamer.cli import main
-from streamer.engine import Engine, EngineConfig, MemoryPolicyName
+from streamer.engine import Engine, EngineConfig
 from streamer.errors import UserError
 from streamer.evaluation.descriptions import CachedDescriber, CachedTextEmbedder, descriptions_path
 from streamer.evaluation.evaluate import frames_at

@@ -21,12 +21,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from memory.settings import POLICIES
 from sources.file import FileSource
 from sources.frame import SourceEnded
 from streamer.engine import EngineConfig
 from streamer.errors import UserError
 from streamer.evaluation.descriptions import CachedDescriber, CachedTextEmbedder, descriptions_path
-from streamer.evaluation.options import POLICIES, EvalOptions, RunConfig
+from streamer.evaluation.options import EvalOptions, RunConfig
 from streamer.evaluation.progress import Progress
 from streamer.evaluation.replaying import Probe, ProbeAnswer, StreamRun, replay_probes
 from streamer.evaluation.suite import Suite, SuiteStream

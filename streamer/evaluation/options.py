@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from memory.settings import POLICIES as POLICIES
+from memory.settings import POLICIES
 from streamer.models import ModelChoice
 
 DEFAULT_POLICIES: tuple[str, ...] = POLICIES

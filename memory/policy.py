@@ -26,6 +26,7 @@ from typing import ClassVar
 import numpy as np
 
 from memory.compression import compressed_length
+from memory.curvature import CurvatureConfig, CurvatureDecision, CurvatureScorer
 from memory.records import FrameRecord, ResidentBlock
 from memory.settings import POLICIES
 
@@ -66,6 +67,11 @@ class MemoryPolicy(ABC):
     def drop_order(self, record: FrameRecord) -> tuple[float, ...]:
         """Sort key for the host tier when it is full: the smallest goes first. Default: oldest first."""
         return (record.frame_id,)
+
+    def decide(self, features: np.ndarray | None, stream_time: float) -> CurvatureDecision | None:
+        """The tier of a frame about to be encoded, from its cheap features, in stream order; None: no
+        opinion (the frame is encoded in full and stays clear until the budget demotes it)."""
+        return None
 
     def observe(self, record: FrameRecord) -> None:  # noqa: B027 (most policies need nothing)
         """Told of every frame the memory adds, in stream order."""
@@ -129,10 +135,15 @@ RARE_MOST_SHARE = 0.1
 
 
 class TieredPolicy(MemoryPolicy):
-    """The clear/fuzzy memory; `name` says whether the tiers came from curvature or not."""
+    """The clear/fuzzy memory; `name` says whether the tiers came from curvature or not.
 
-    def __init__(self, name: str = "curvature") -> None:
+    scorer: decides each new frame's tier from its features (policy "curvature"); None: every frame
+    starts clear ("equal"). Its sliding window is not part of `state()`: a restored stream warms up again.
+    """
+
+    def __init__(self, name: str = "curvature", scorer: CurvatureScorer | None = None) -> None:
         self.name = name  # type: ignore[misc]
+        self.scorer = scorer
         # How many frames of the stream so far had each description word, and how many frames there were.
         self.word_frames: Counter[str] = Counter()
         self.frames = 0
@@ -140,6 +151,11 @@ class TieredPolicy(MemoryPolicy):
     def observe(self, record: FrameRecord) -> None:
         self.word_frames.update(description_words(record.text))
         self.frames += 1
+
+    def decide(self, features: np.ndarray | None, stream_time: float) -> CurvatureDecision | None:
+        if self.scorer is None or features is None:
+            return None
+        return self.scorer.score(features, stream_time)
 
     def state(self) -> dict[str, int]:
         # "" is never a description word (those have 3+ letters): it holds the frame count.
@@ -232,17 +248,21 @@ class _Steps:
                 return
 
 
-def make_policy(name: str) -> MemoryPolicy:
-    """The policy called `name` (one of POLICIES)."""
-    if name == "curvature":
-        return TieredPolicy("curvature")
-    if name == "equal":
-        return TieredPolicy("equal")
-    if name == "uniform":
-        return UniformPolicy()
-    if name == "fifo":
-        return FifoPolicy()
-    raise ValueError(f"Unknown memory policy {name!r}: use one of {', '.join(POLICIES)}.")
+_BUILDERS: dict[str, Callable[[CurvatureConfig], MemoryPolicy]] = {
+    "curvature": lambda curvature: TieredPolicy("curvature", CurvatureScorer(curvature)),
+    "equal": lambda _: TieredPolicy("equal"),
+    "uniform": lambda _: UniformPolicy(),
+    "fifo": lambda _: FifoPolicy(),
+}
+assert set(_BUILDERS) == set(POLICIES), "every policy name has a builder"
+
+
+def make_policy(name: str, curvature: CurvatureConfig | None = None) -> MemoryPolicy:
+    """The policy called `name` (one of POLICIES); `curvature` configures the curvature policy's scorer."""
+    builder = _BUILDERS.get(name)
+    if builder is None:
+        raise ValueError(f"Unknown memory policy {name!r}: use one of {', '.join(POLICIES)}.")
+    return builder(curvature or CurvatureConfig())
 
 
 def least_informative_first(

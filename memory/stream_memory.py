@@ -13,25 +13,28 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
 
 from memory.compression import compress_block
+from memory.curvature import CurvatureConfig, CurvatureDecision
 from memory.errors import BudgetError
 from memory.events import EventTimeline, TimelineItem
 from memory.index import BlockIndex
-from memory.kv_cache import KeyRotation, StreamingCache, assemble
-from memory.policy import EvictionPlan, FifoPolicy, MemoryPolicy
+from memory.kv_cache import KeyRotation, KVStore, StreamingCache, assemble
+from memory.policy import EvictionPlan, make_policy
 from memory.records import FrameRecord, OffloadedBlock, ResidentBlock
+from memory.settings import CompressionMethod, MemoryPolicyName
 
 Block = ResidentBlock | OffloadedBlock
 
 
 @dataclass(frozen=True)
-class MemorySnapshot:
+class MemoryView:
     """A consistent view for answering one question: a fork of the resident cache, the blocks in it,
     and the host blocks, as of the newest frame."""
 
@@ -40,8 +43,9 @@ class MemorySnapshot:
     offloaded: tuple[OffloadedBlock, ...]
     sink_tokens: int
     as_of: float
-    frames: int  # records (and index entries) that existed when the snapshot was taken
-    timeline: tuple[TimelineItem, ...] = ()  # the event timeline as of the snapshot, by first showing
+    frames: int  # records (and index entries) that existed when the view was taken
+    timeline: tuple[TimelineItem, ...] = ()  # the event timeline as of the view, by first showing
+    index: BlockIndex | None = None  # the memory's retrieval index; entries past `frames` came later
 
     def close(self) -> None:
         self.cache.close()
@@ -53,7 +57,7 @@ class MemorySnapshot:
     def context(self, chosen: Sequence[Block], rotate: KeyRotation) -> StreamingCache:
         """A cache of `[sink | chosen blocks in time order]` at contiguous positions, for one question.
 
-        Choosing exactly the resident blocks returns the snapshot's own cache: nothing is copied.
+        Choosing exactly the resident blocks returns the view's own cache: nothing is copied.
         """
         if len(chosen) == len(self.blocks) and all(isinstance(b, ResidentBlock) for b in chosen):
             return self.cache
@@ -62,47 +66,61 @@ class MemorySnapshot:
         return assemble(segments, rotate, device=self.cache.keys(0).device)
 
 
-class StreamMemory:
-    """Sink plus the newest frames on the device, older frames on the host, a record for every frame.
+@dataclass(frozen=True)
+class MemorySettings:
+    """How one stream's memory is sized and which policy gives way.
 
     budget_tokens: KV tokens allowed on the compute device, including `answer_reserve` tokens kept
     free for a question and its answer.
     evict_chunk: when a frame does not fit, free at least this many tokens at once, so the
     re-rotation of the remaining blocks is paid once per chunk rather than once per frame.
     host_budget_tokens: KV tokens kept in host memory; 0 drops evicted blocks at once.
+    policy: the budget policy's name (`memory.policy.make_policy`); curvature: its scorer's settings.
+    window_seconds: the short-term window, which the policy leaves alone while anything else can give way.
+    compression, compress_ratio: how a demoted frame's KV block is compressed, and the share it keeps.
+    internal_weight, text_weight: the retrieval index's weights (`memory.index.BlockIndex`).
     """
 
-    def __init__(
-        self,
-        num_layers: int,
-        budget_tokens: int,
-        rotate: KeyRotation,
-        answer_reserve: int = 128,
-        evict_chunk: int = 256,
-        host_budget_tokens: int = 0,
-        index: BlockIndex | None = None,
-        policy: MemoryPolicy | None = None,
-        window_seconds: float = 0.0,
-        compress_method: str = "value_norm",
-        compress_ratio: float = 0.5,
-    ) -> None:
-        if budget_tokens <= answer_reserve:
+    budget_tokens: int
+    answer_reserve: int = 128
+    evict_chunk: int = 256
+    host_budget_tokens: int = 0
+    policy: MemoryPolicyName = "fifo"
+    curvature: CurvatureConfig | None = None
+    window_seconds: float = 0.0
+    compression: CompressionMethod = "value_norm"
+    compress_ratio: float = 0.5
+    internal_weight: float = 0.0
+    text_weight: float = 1.0
+
+
+class StreamMemory:
+    """Sink plus the newest frames on the device, older frames on the host, a record for every frame.
+
+    The one way in for a frame is `append`, which makes room, has the caller prefill the frame's tokens
+    and registers the frame, all under the memory's own lock; `view()` is the way out for a question,
+    and `state_dict` / `load_state_dict` for a snapshot file (`memory.snapshot`).
+    """
+
+    def __init__(self, num_layers: int, rotate: KeyRotation, settings: MemorySettings) -> None:
+        if settings.budget_tokens <= settings.answer_reserve:
             raise BudgetError(
-                f"Token budget {budget_tokens} leaves no room beside the {answer_reserve} tokens "
+                f"Token budget {settings.budget_tokens} leaves no room beside the {settings.answer_reserve} tokens "
                 "reserved for answering; raise --budget."
             )
+        self.settings = settings
         self.cache = StreamingCache(num_layers)
-        self.budget_tokens = budget_tokens
-        self.answer_reserve = answer_reserve
-        self.evict_chunk = evict_chunk
-        self.host_budget_tokens = host_budget_tokens
+        self.budget_tokens = settings.budget_tokens
+        self.answer_reserve = settings.answer_reserve
+        self.evict_chunk = settings.evict_chunk
+        self.host_budget_tokens = settings.host_budget_tokens
         self.rotate = rotate
-        self.index = index or BlockIndex()
-        self.policy = policy or FifoPolicy()
+        self.index = BlockIndex(settings.internal_weight, settings.text_weight)
+        self.policy = make_policy(settings.policy, settings.curvature)
         self.policy.content_vector = self.content_vector
-        self.window_seconds = window_seconds
-        self.compress_method = compress_method
-        self.compress_ratio = compress_ratio
+        self.window_seconds = settings.window_seconds
+        self.compress_method = settings.compression
+        self.compress_ratio = settings.compress_ratio
         self.sink_tokens = 0
         self.records: list[FrameRecord] = []
         self.timeline = EventTimeline()
@@ -132,7 +150,7 @@ class StreamMemory:
                 f"plus the answer reserve ({self.answer_reserve}); raise --budget."
             )
 
-    def make_room(self, new_tokens: int, now: float | None = None) -> list[FrameRecord]:
+    def _make_room(self, new_tokens: int, now: float | None = None) -> list[FrameRecord]:
         """Apply the policy until `new_tokens` more fit in the budget; returns the records that left the device.
 
         now: stream time of the frame about to be added; frames within `window_seconds` of it are the
@@ -198,7 +216,27 @@ class StreamMemory:
             self.host_tokens -= victim.length
             self.dropped_tokens += victim.length
 
-    def add(self, record: FrameRecord) -> ResidentBlock:
+    def decide(self, features: np.ndarray | None, stream_time: float) -> CurvatureDecision | None:
+        """The tier the policy gives a frame about to be encoded (None: no opinion); frames in stream order."""
+        with self.lock:
+            return self.policy.decide(features, stream_time)
+
+    def append(self, record: FrameRecord, prefill: Callable[[StreamingCache], np.ndarray | None]) -> list[FrameRecord]:
+        """Add one frame: make room for its `record.tokens`, have `prefill(cache)` write its tokens at the end of
+        the resident cache (returning the block's key summary, or None), register and index it; all under
+        the memory's lock, so a question's view sees the frame entirely or not at all. Returns the
+        records that left the device to make room."""
+        with self.lock:
+            evicted = self._make_room(record.tokens, record.stream_time)
+            before = self.cache.length
+            record.key_summary = prefill(self.cache)
+            written = self.cache.length - before
+            if written != record.tokens:
+                raise ValueError(f"the frame's prefill wrote {written} tokens, its record says {record.tokens}")
+            self._add(record)
+        return evicted
+
+    def _add(self, record: FrameRecord) -> ResidentBlock:
         """Register the block just prefilled at the end of the cache for `record`, and index it."""
         record.frame_id = self.index.add(record.key_summary, record.text_vector)
         assert record.frame_id == len(self.records), "records and index must stay aligned"
@@ -216,11 +254,11 @@ class StreamMemory:
             return record.text_vector
         return self.index.key_summary(record.frame_id) if record.frame_id >= 0 else None
 
-    def snapshot(self) -> MemorySnapshot:
+    def view(self) -> MemoryView:
         """A fork of the cache and the current blocks; ingest may continue while it is used."""
         with self.lock:
             as_of = self.records[-1].stream_time if self.records else 0.0
-            return MemorySnapshot(
+            return MemoryView(
                 self.cache.fork(),
                 tuple(self.blocks),
                 tuple(self.offloaded.values()),
@@ -228,7 +266,77 @@ class StreamMemory:
                 as_of,
                 len(self.records),
                 tuple(self.timeline.view(as_of)),
+                self.index,
             )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to rebuild this memory, as tensors, numbers and strings (`memory.snapshot`
+        writes it to a file). Not included: the curvature scorer's window (a restored stream warms up
+        again), the event timeline (rebuilt from the records' items) and the retrieval index itself
+        (rebuilt from the records' text vectors and the key summaries, stored as one float16 array)."""
+        with self.lock:
+            length = self.cache.length
+            layers = range(self.cache.num_layers)
+            return {
+                "version": STATE_VERSION,
+                "sink_tokens": self.sink_tokens,
+                "keys": [self.cache.keys(layer)[..., :length, :].clone() for layer in layers],
+                "values": [self.cache.values(layer)[..., :length, :].clone() for layer in layers],
+                "blocks": [[b.record.frame_id, b.start, b.length] for b in self.blocks],
+                "offloaded": [
+                    {"frame_id": b.record.frame_id, "keys": b.keys, "values": b.values, "position": b.position}
+                    for b in self.offloaded.values()
+                ],
+                "records": [_record_state(r) for r in self.records],
+                "key_summaries": _tensor(self.index.key_summaries()),
+                "counters": [self.host_tokens, self.evicted_tokens, self.dropped_tokens, self.compressed_tokens],
+                "policy": self.policy.state(),
+            }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Replace this memory's contents (a fresh memory, sink sealed) with `state_dict()`'s.
+
+        Raises ValueError, saying why in a few words, for a state of another format, model or prompt.
+        """
+        if not isinstance(state, dict) or state.get("version") not in (1, STATE_VERSION):
+            raise ValueError("has an unknown format")
+        if any(name not in state for name in _STATE_FIELDS):
+            raise ValueError("has an unknown format")
+        keys: list[torch.Tensor] = state["keys"]
+        if len(keys) != self.cache.num_layers or int(state["sink_tokens"]) != self.sink_tokens:
+            raise ValueError("was made with a different model or prompt")
+        device, dtype = self.cache.keys(0).device, self.cache.keys(0).dtype
+        length = int(keys[0].shape[-2])
+        store = KVStore.allocate([k.to(device, dtype) for k in keys], length + 256)
+        for layer, (k, v) in enumerate(zip(keys, state["values"], strict=True)):
+            store.keys[layer][..., :length, :] = k.to(device, dtype)
+            store.values[layer][..., :length, :] = v.to(device, dtype)
+        store.written = length
+        with self.lock:
+            self.cache = StreamingCache(len(keys), store, length)
+            self.records = []
+            self.timeline = EventTimeline(self.timeline.rejoin_s)
+            self.index = type(self.index)(self.index.internal_weight, self.index.text_weight)
+            summaries = state.get("key_summaries")
+            for frame_id, saved in enumerate(state["records"]):
+                record = _record_from(saved)
+                if summaries is not None:
+                    record.key_summary = summaries[frame_id].float().numpy()
+                record.frame_id = self.index.add(record.key_summary, record.text_vector)
+                record.key_summary = None
+                self.records.append(record)
+                self.timeline.observe(record.frame_id, record.stream_time, record.items, record.detail == "full")
+            self.blocks.clear()
+            for frame_id, start, block_length in state["blocks"]:
+                self.blocks.append(ResidentBlock(self.records[frame_id], start, block_length))
+            self.offloaded = {
+                item["frame_id"]: OffloadedBlock(
+                    self.records[item["frame_id"]], item["keys"], item["values"], item["position"]
+                )
+                for item in state["offloaded"]
+            }
+            self.host_tokens, self.evicted_tokens, self.dropped_tokens, self.compressed_tokens = state["counters"]
+            self.policy.restore(state["policy"])
 
 
 def _to_host(t: torch.Tensor) -> torch.Tensor:
@@ -238,3 +346,29 @@ def _to_host(t: torch.Tensor) -> torch.Tensor:
         host.copy_(t, non_blocking=True)
         return host
     return t.clone()
+
+
+STATE_VERSION = 2  # 1: key summaries inside the records (still read)
+# What every version holds besides its number (version 2 adds "key_summaries").
+_STATE_FIELDS = ("sink_tokens", "keys", "values", "blocks", "offloaded", "records", "counters", "policy")
+_VECTORS = ("text_vector", "key_summary")
+
+
+def _record_state(record: FrameRecord) -> dict[str, Any]:
+    state: dict[str, Any] = {}
+    for item in fields(record):
+        value = getattr(record, item.name)
+        state[item.name] = _tensor(value) if item.name in _VECTORS else value
+    return state
+
+
+def _tensor(array: np.ndarray | None) -> torch.Tensor | None:
+    return None if array is None else torch.from_numpy(np.ascontiguousarray(array))
+
+
+def _record_from(state: dict[str, Any]) -> FrameRecord:
+    values = dict(state)
+    for name in _VECTORS:
+        if values.get(name) is not None:
+            values[name] = values[name].numpy()
+    return FrameRecord(**values)

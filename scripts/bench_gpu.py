@@ -39,13 +39,14 @@ import torch
 from skimage import data
 
 from memory.errors import BudgetError
+from memory.stream_memory import StreamMemory
 from sources.frame import Frame
 from streamer.adapters.tiny import TINY_TEXT
 from streamer.adapters.vlm import VisionLanguageAdapter
-from streamer.engine import Engine, EngineConfig, Stream
+from streamer.engine import Engine, EngineConfig
 from streamer.errors import UserError
 from streamer.llm import resolve_llm
-from streamer.query import Answer, drain
+from streamer.query import Answer
 
 NO_CUDA = "No CUDA device: run on a GPU machine, or pass --tiny --device cpu for a smoke test."
 QUESTIONS = ("What is in the video?", "What happened at the start?", "What is on screen now?")
@@ -286,8 +287,7 @@ def rss_bytes() -> int:
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
-def sample_memory(stream: Stream, frames: int, device: torch.device) -> MemorySample:
-    memory = stream.memory
+def sample_memory(memory: StreamMemory, frames: int, device: torch.device) -> MemorySample:
     cuda = device.type == "cuda"
     return MemorySample(
         frames=frames,
@@ -312,7 +312,7 @@ def first_token(engine: Engine, stream_id: str, question: str) -> tuple[Answer, 
     stop.set()
     delta_times: list[float] = []
     started = time.perf_counter()
-    answer = drain(engine.ask(stream_id, question, cancel=stop), lambda _: delta_times.append(time.perf_counter()))
+    answer = engine.ask(stream_id, question, cancel=stop).result(lambda _: delta_times.append(time.perf_counter()))
     ended = delta_times[0] if delta_times else time.perf_counter()
     return answer, (ended - started) * 1000
 
@@ -338,13 +338,14 @@ def stream_and_measure(
     device: torch.device,
 ) -> tuple[list[Checkpoint], list[MemorySample]]:
     """Push frames up to each target count, sampling memory on the way, and ask at each target."""
-    stream = engine.add_stream("bench")
+    engine.add_stream("bench")
+    memory = engine.memory("bench")
     checkpoints: list[Checkpoint] = []
-    samples = [sample_memory(stream, 0, device)]
+    samples = [sample_memory(memory, 0, device)]
     pushed = 0
     for target in targets:
         push_ms: list[float] = []
-        totals_before = dict(stream.stats.totals_ms)
+        totals_before = engine.status("bench").ingest_ms_total
         started = time.perf_counter()
         while pushed < target:
             frame = Frame(pictures[pushed % len(pictures)], pushed / fps, time.time(), pushed)
@@ -354,24 +355,24 @@ def stream_and_measure(
             push_ms.append((time.perf_counter() - pushing) * 1000)
             pushed += 1
             if pushed % memory_every == 0 and pushed < target:
-                samples.append(sample_memory(stream, pushed, device))
+                samples.append(sample_memory(memory, pushed, device))
                 elapsed = time.perf_counter() - started
                 progress(
                     f"frame {pushed}/{targets[-1]}: {samples[-1].resident_tokens} tokens resident, "
                     f"{samples[-1].host_tokens} on the host, {len(push_ms) / elapsed:.1f} fps since the last checkpoint"
                 )
         push_seconds = time.perf_counter() - started
-        samples.append(sample_memory(stream, pushed, device))
+        samples.append(sample_memory(memory, pushed, device))
         point = Checkpoint(
             frames=pushed,
             memory=samples[-1],
-            resident_frames=len(stream.memory.blocks),
-            host_frames=len(stream.memory.offloaded),
+            resident_frames=len(memory.blocks),
+            host_frames=len(memory.offloaded),
             push_ms=push_ms,
             push_seconds=push_seconds,
             step_ms={
                 step: (total - totals_before.get(step, 0.0)) / len(push_ms)
-                for step, total in stream.stats.totals_ms.items()
+                for step, total in engine.status("bench").ingest_ms_total.items()
             },
         )
         for _ in range(repeats):
@@ -630,7 +631,7 @@ def main() -> int:
     except torch.cuda.OutOfMemoryError:
         print(f"bench_gpu: error: out of memory on {device_name}; lower --budget or use a larger GPU.", file=sys.stderr)
         return 2
-    tokens_per_frame = statistics.fmean(record.tokens for record in engine.stream("bench").memory.records)
+    tokens_per_frame = statistics.fmean(record.tokens for record in engine.memory("bench").records)
     text = report(args, adapter, device_name, points, samples, tokens_per_frame, weights, time.perf_counter() - started)
     print(text, end="")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -211,8 +211,12 @@ def frame_ms(server: ServerThread) -> Callable[[], tuple[int, float]]:
     """A reader of the engine's running totals: (frames encoded, milliseconds spent on them)."""
     engine = server.state.engine
     assert engine is not None
-    stats = engine.stream(STREAM).stats
-    return lambda: (stats.frames, sum(stats.totals_ms.values()))
+
+    def read() -> tuple[int, float]:
+        status = engine.status(STREAM)
+        return status.frames_timed, sum(status.ingest_ms_total.values())
+
+    return read
 
 
 def time_frames(server: ServerThread, frames: int, at_start: Callable[[], None] | None = None) -> tuple[float, float]:

@@ -52,6 +52,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from sources.base import Source
 from sources.file import FileSource
 from sources.frame import Frame, SourceEnded, SourceError
+from sources.looping import LoopingFile
 from sources.rtsp import RtspOptions, RtspSource
 from sources.synthetic import PATTERNS, SyntheticSource, SyntheticTrack, render
 from sources.webrtc import WebRTCSource, accept_offer
@@ -60,7 +61,6 @@ from streamer.batching import DEFAULT_MAX_BATCH, IngestScheduler
 from streamer.engine import Engine
 from streamer.ingest import StreamRunner
 from streamer.needles import footage_dir
-from streamer.server.streams import LoopingFile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from rtsp_server import RtspServer
@@ -265,7 +265,7 @@ def measure_encoder(
         frames = round_frames(pictures, count, round_index)
         for mode in MODES if round_index % 2 == 0 else MODES[::-1]:
             engine = engines[mode]
-            before = [dict(engine.stream(stream_id).stats.totals_ms) for stream_id in ids]
+            before = [dict(engine.status(stream_id).ingest_ms_total) for stream_id in ids]
             adapter.batched_stages = BATCHABLE_STAGES if mode == "batched" else frozenset()
             started, cpu_started = time.perf_counter(), time.process_time()
             engine.push_frames(list(zip(ids, frames, strict=True)))
@@ -276,7 +276,7 @@ def measure_encoder(
                 continue
             stage_ms = {"wall": wall_ms / count, "cpu": cpu_ms / count}
             for stream_id, earlier in zip(ids, before, strict=True):
-                for stage, total in engine.stream(stream_id).stats.totals_ms.items():
+                for stage, total in engine.status(stream_id).ingest_ms_total.items():
                     stage_ms[stage] = stage_ms.get(stage, 0.0) + (total - earlier.get(stage, 0.0)) / count
             stage_ms["encoder"] = sum(stage_ms.get(stage, 0.0) for stage in ENCODER_STAGES)
             per_round[mode].append(stage_ms)

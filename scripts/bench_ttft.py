@@ -22,7 +22,7 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -40,7 +40,8 @@ from streamer.errors import UserError
 from streamer.llm import cache_dir
 from streamer.needles import build_demo_stream
 from streamer.query import Answer
-from streamer.vision import Detail, FrameDescriber, FrameDescription
+from streamer.vision import FrameDescriber, FrameDescription
+from streamer.vision.describer import Descriptions, Frames, Parts
 
 QUESTIONS = (
     "What word was written on the sign?",
@@ -51,25 +52,26 @@ PROGRESS_EVERY = 100  # frames between progress lines while building part B's st
 
 
 class RecordingDescriber:
-    """The real describer, keeping every description it makes."""
+    """The real describer, keeping every description it finishes."""
 
     def __init__(self, describer: FrameDescriber) -> None:
         self.describer = describer
         self.descriptions: list[FrameDescription] = []
 
-    def describe(self, frame_bgr: np.ndarray, detail: Detail = "full") -> FrameDescription:
-        return self.describe_batch([frame_bgr], [detail])[0]
+    def look_batch(self, frames_bgr: Frames, batched: Parts = ()) -> Descriptions:
+        return self.describer.look_batch(frames_bgr, batched)
 
-    def describe_batch(
-        self, frames_bgr: Sequence[np.ndarray], details: Sequence[Detail], batched: Collection[str] = ()
-    ) -> list[FrameDescription]:
-        descriptions = self.describer.describe_batch(frames_bgr, details, batched=batched)
+    def finish_batch(
+        self, frames_bgr: Frames, looks: Descriptions, details: Sequence[str], batched: Parts = ()
+    ) -> Descriptions:
+        descriptions = self.describer.finish_batch(frames_bgr, looks, details, batched)
         self.descriptions.extend(descriptions)
         return descriptions
 
 
 class CyclingDescriber:
-    """Ignores the pixels and returns recorded descriptions in turn, without their vision timings."""
+    """Ignores the pixels and hands out recorded descriptions in turn (at the detail they were recorded
+    with), without their vision timings."""
 
     def __init__(self, descriptions: Sequence[FrameDescription]) -> None:
         if not descriptions:
@@ -77,14 +79,14 @@ class CyclingDescriber:
         self.descriptions = [dataclasses.replace(d, timings_ms={}) for d in descriptions]
         self.next = 0
 
-    def describe(self, frame_bgr: np.ndarray, detail: Detail = "full") -> FrameDescription:
-        return self.describe_batch([frame_bgr], [detail])[0]
-
-    def describe_batch(
-        self, frames_bgr: Sequence[np.ndarray], details: Sequence[Detail], batched: Collection[str] = ()
-    ) -> list[FrameDescription]:
+    def look_batch(self, frames_bgr: Frames, batched: Parts = ()) -> Descriptions:
         first, self.next = self.next, self.next + len(frames_bgr)
         return [self.descriptions[i % len(self.descriptions)] for i in range(first, self.next)]
+
+    def finish_batch(
+        self, frames_bgr: Frames, looks: Descriptions, details: Sequence[str], batched: Parts = ()
+    ) -> Descriptions:
+        return list(looks)
 
 
 @dataclass
@@ -141,16 +143,17 @@ def sample_ingest(
     recorder = RecordingDescriber(adapter.describer)
     adapter.describer = recorder
     try:
-        stream = engine.add_stream("sample")
+        engine.add_stream("sample")
         started = time.perf_counter()
         for frame in frames:
             engine.push_frame("sample", frame)
         progress(f"part A: ingested {len(frames)} real frames in {time.perf_counter() - started:.1f} s")
     finally:
         adapter.describer = recorder.describer
-    tokens = statistics.fmean(record.tokens for record in stream.memory.records)
+    tokens = statistics.fmean(record.tokens for record in engine.memory("sample").records)
+    ingest = engine.status("sample").ingest_ms_per_frame
     engine.remove_stream("sample")
-    return stream.stats.mean_ms(), tokens, recorder.descriptions
+    return ingest, tokens, recorder.descriptions
 
 
 def ask_one_token(engine: Engine, stream_id: str, question: str) -> tuple[Answer, float]:
@@ -183,7 +186,7 @@ def reprefill_first_token(
     Returns ms from the start (tokenisation included) to the first token, the tokens prefilled, and
     the first token's text.
     """
-    blocks = list(engine.stream(stream_id).memory.blocks)
+    blocks = list(engine.memory(stream_id).blocks)
     started = time.perf_counter()
     text = adapter.system_text + "".join(b.record.text + "\n" for b in blocks) + adapter.question_text(question)
     ids = adapter.ids(text)
@@ -197,9 +200,9 @@ def reprefill_first_token(
 def retrieval_context(engine: Engine, stream_id: str, question: str) -> tuple[int, int]:
     """What the default (retrieval) context holds for `question`, chosen as `Engine.ask` chooses:
     tokens (the sink plus the chosen blocks) and how many of the chosen blocks come from the host."""
-    snapshot = engine.stream(stream_id).memory.snapshot()
+    snapshot = engine.memory(stream_id).view()
     try:
-        chosen = engine.choose_blocks(stream_id, snapshot, question)
+        chosen = engine.choose(snapshot, question).blocks
         tokens = snapshot.sink_tokens + sum(block.length for block in chosen)
         return tokens, sum(isinstance(block, OffloadedBlock) for block in chosen)
     finally:
@@ -251,8 +254,8 @@ def build_and_measure(
     real_describer = adapter.describer
     adapter.describer = CyclingDescriber(descriptions)
     pixels = np.zeros((1, 1, 3), dtype=np.uint8)  # never looked at
-    stream = engine.add_stream("bench")
-    memory = stream.memory
+    engine.add_stream("bench")
+    memory = engine.memory("bench")
     targets = sorted({max(1, round(m * 60 * fps)) for m in minutes})
     points: list[Checkpoint] = []
     pushed = 0
@@ -269,7 +272,7 @@ def build_and_measure(
                         f"{building_seconds + time.perf_counter() - started:.1f} s"
                     )
             building_seconds += time.perf_counter() - started
-            ingest = stream.stats.mean_ms()
+            ingest = engine.status("bench").ingest_ms_per_frame
             point = Checkpoint(
                 frames=pushed,
                 seconds_to_build=building_seconds,

@@ -36,14 +36,14 @@ import torch
 
 from sources.file import FileSource
 from sources.frame import Frame, SourceEnded
-from streamer.adapters.base import Detail, FrameTokens, resolve_detail
+from streamer.adapters.base import FrameLook, FrameTokens
 from streamer.adapters.embedded import EmbeddedAdapter
 from streamer.clock import clock
 from streamer.engine import Engine, EngineConfig
 from streamer.engine_config import AnswerSource
 from streamer.llm import cache_dir
 from streamer.needles import SIGN_WORDS, Needle, build_stream
-from streamer.query import Answer, drain
+from streamer.query import Answer
 
 POLICIES = ("curvature", "equal", "uniform", "fifo")
 # How each question reads the frames it chose: their tokens again after the sink, and their KV as cached
@@ -64,7 +64,7 @@ class Sign:
 
 
 class DescriptionCache:
-    """Describes each frame at most once per detail; the adapter's frame_tokens reads from it.
+    """Encodes each frame at most once per detail; the adapter's `look` and `encode` read from it.
 
     With `path`, descriptions (text, features, text vector, timings) are also kept on disk per video, so a
     second run over the same stream skips the vision models; the LM embeddings are recomputed from the text.
@@ -72,11 +72,11 @@ class DescriptionCache:
 
     def __init__(self, adapter: EmbeddedAdapter) -> None:
         self.adapter = adapter
-        self.describe = adapter.frame_tokens_batch
+        self.look, self.encode = adapter.look, adapter.encode
         self.tokens: dict[tuple[int, str], FrameTokens] = {}
         self.path: Path | None = None
-        adapter.frame_tokens = self.frame_tokens  # type: ignore[method-assign]
-        adapter.frame_tokens_batch = self.frame_tokens_batch  # type: ignore[method-assign]
+        adapter.look = self.cached_look  # type: ignore[method-assign]
+        adapter.encode = self.cached_encode  # type: ignore[method-assign]
 
     def open(self, path: Path) -> None:
         """Start a new stream whose descriptions are kept in `path` (read now if it exists)."""
@@ -95,18 +95,19 @@ class DescriptionCache:
         stored = {k: (t.text, t.detail, t.features, t.text_vector, t.timings_ms) for k, t in self.tokens.items()}
         torch.save(stored, self.path)
 
-    def frame_tokens(self, frame: Frame, detail: Detail = "full") -> FrameTokens:
-        full = self._get(frame, "full")
-        chosen = resolve_detail(detail, full.features)
-        return full if chosen == "full" else self._get(frame, chosen)
+    def cached_look(self, frames: Sequence[Frame]) -> list[FrameLook]:
+        """Each frame's look, from its full encoding (made now if it is new)."""
+        return [FrameLook(self.frame_tokens(frame, "full").features) for frame in frames]
 
-    def frame_tokens_batch(self, frames: Sequence[Frame], details: Sequence[Detail]) -> list[FrameTokens]:
+    def cached_encode(
+        self, frames: Sequence[Frame], looks: Sequence[FrameLook], details: Sequence[str]
+    ) -> list[FrameTokens]:
         return [self.frame_tokens(frame, detail) for frame, detail in zip(frames, details, strict=True)]
 
-    def _get(self, frame: Frame, detail: str) -> FrameTokens:
+    def frame_tokens(self, frame: Frame, detail: str) -> FrameTokens:
         key = (frame.sequence, detail)
         if key not in self.tokens:
-            self.tokens[key] = self.describe([frame], [detail])[0]
+            self.tokens[key] = self.encode([frame], self.look([frame]), [detail])[0]
         return self.tokens[key]
 
 
@@ -150,7 +151,7 @@ def run_policy(
     for frame in frames:
         engine.push_frame("eval", frame)
     ingest_s = time.perf_counter() - started
-    memory = engine.stream("eval").memory
+    memory = engine.memory("eval")
     assert memory.resident_tokens <= config.budget_tokens
     answers = []
     for sign in signs:
@@ -158,7 +159,7 @@ def run_policy(
         replies: dict[str, Answer | None] = {}
         for answer_from in ANSWER_FROM:
             engine.config.answer_from = answer_from
-            replies[answer_from] = drain(engine.ask("eval", sign.question)) if ask else None
+            replies[answer_from] = engine.ask("eval", sign.question).result() if ask else None
         answer, cached = replies["text"], replies["cache"]
         shown = [r for r in memory.records if sign.start <= r.stream_time < sign.end]
         # Retained: a frame showing the sign, with its word read, still on the device with its KV whole.
@@ -209,8 +210,8 @@ def run_policy(
 
 def _timings(engine: Engine) -> list[dict[str, float]]:
     # Per-frame description cost of the detail each frame actually got.
-    cache: DescriptionCache = engine.adapter.frame_tokens.__self__  # type: ignore[attr-defined]
-    return [cache.tokens[(r.sequence, r.detail)].timings_ms for r in engine.stream("eval").memory.records]
+    cache: DescriptionCache = engine.adapter.encode.__self__  # type: ignore[attr-defined]
+    return [cache.tokens[(r.sequence, r.detail)].timings_ms for r in engine.memory("eval").records]
 
 
 def stand_in_lm(adapter: EmbeddedAdapter) -> EmbeddedAdapter:

@@ -18,14 +18,16 @@ import contextlib
 import itertools
 import logging
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from memory.records import FrameRecord
 from sources.frame import Frame
-from streamer.engine import Engine
+from streamer.engine_data import FrameInfo
+
+if TYPE_CHECKING:
+    from streamer.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +39,9 @@ log = logging.getLogger(__name__)
 # ago, unless a caller asks for batches.
 DEFAULT_MAX_BATCH = 1
 
-IngestedCallback = Callable[[Frame, FrameRecord], None]
+IngestedCallback = Callable[[Frame, FrameInfo], None]
 FailedCallback = Callable[[Exception], None]
 
-_shared: weakref.WeakKeyDictionary[Engine, IngestScheduler] = weakref.WeakKeyDictionary()
 _attach_order = itertools.count()
 
 
@@ -72,7 +73,8 @@ class _Slot:
 class IngestScheduler:
     """Feeds the newest pending frame of each attached stream into `engine`, a batch at a time.
 
-    Streams attach with two callbacks, run on the event loop: `on_ingested(frame, record)` after a
+    Each engine owns one (`Engine.scheduler()`); runners attach their streams to it.
+    Streams attach with two callbacks, run on the event loop: `on_ingested(frame, info)` after a
     frame is in memory, and `on_failed(error)` when encoding it raised (a bug, not a bad source:
     frames of other streams in the same batch are then pushed one by one, so only the stream whose
     frame fails gets the error). Encoding runs in `executor` (None: the event loop's default), one
@@ -95,19 +97,6 @@ class IngestScheduler:
         self._worker: asyncio.Task[None] | None = None
         self._wakeup = asyncio.Event()
         self._batch_ended = asyncio.Event()
-
-    @classmethod
-    def shared(cls, engine: Engine, executor: Executor | None = None) -> IngestScheduler:
-        """The scheduler every runner of `engine` uses unless given its own.
-
-        `executor` replaces the scheduler's while no stream is attached.
-        """
-        scheduler = _shared.get(engine)
-        if scheduler is None:
-            scheduler = _shared[engine] = cls(engine, executor)
-        elif not scheduler._slots:
-            scheduler.executor = executor
-        return scheduler
 
     @property
     def streams(self) -> list[str]:
@@ -209,10 +198,10 @@ class IngestScheduler:
         ended, self._batch_ended = self._batch_ended, asyncio.Event()
         ended.set()
 
-    def _push(self, items: Sequence[tuple[str, Frame]]) -> list[FrameRecord | Exception]:
+    def _push(self, items: Sequence[tuple[str, Frame]]) -> list[FrameInfo | Exception]:
         """Runs in the executor: the batch into the engine; on failure, each frame on its own."""
         started = time.perf_counter()
-        results: list[FrameRecord | Exception]
+        results: list[FrameInfo | Exception]
         try:
             results = list(self.engine.push_frames(items))
         except Exception as error:
@@ -227,12 +216,12 @@ class IngestScheduler:
         self.encode_seconds += self.last_batch_s
         return results
 
-    def _push_alone(self, stream_id: str, frame: Frame) -> FrameRecord | Exception:
+    def _push_alone(self, stream_id: str, frame: Frame) -> FrameInfo | Exception:
         try:
-            records = self.engine.stream(stream_id).memory.records
+            newest = self.engine.frames(stream_id, last=1)
             # The failed batch may have stored this frame before another one failed.
-            if records and (records[-1].sequence, records[-1].stream_time) == (frame.sequence, frame.stream_time):
-                return records[-1]
+            if newest and newest[0].sequence == frame.sequence:
+                return newest[0]
             return self.engine.push_frame(stream_id, frame)
         except Exception as error:
             return error

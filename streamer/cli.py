@@ -20,8 +20,8 @@ from streamer.replay import ReplayQuestion, ReplayResult, ReplaySummary
 from streamer.server.cli import SERVER_COMMANDS, add_server_commands, run_server_command
 
 if TYPE_CHECKING:
-    from memory.records import FrameRecord
     from streamer.engine import Engine
+    from streamer.engine_data import FrameInfo
 
 EXIT_USAGE = 2
 
@@ -129,8 +129,12 @@ def run_replay(args: argparse.Namespace, video: Path, questions_path: Path, out:
             flush=True,
         )
 
-    def progress(record: FrameRecord) -> None:
-        printer.progress(replay.frames, record.stream_time, duration)
+    fed = 0
+
+    def progress(info: FrameInfo) -> None:
+        nonlocal fed
+        fed += 1
+        printer.progress(fed, info.t, duration)
 
     results = asyncio.run(replay.run(on_delta=printer.delta, on_result=printer.result, on_frame=progress))
     summary = replay.summary(results)

@@ -1,8 +1,11 @@
 """The engine core: streams, their memories, frame ingest and questions. Knows nothing of sockets.
 
-Every front end (the replay CLI, later the server and a Ray actor) drives this same object:
-`add_stream`, `push_frame`, `ask`. Ingest and answering touch a stream's memory only under its lock,
-and an answer works on a snapshot, so frames keep arriving while a question is being answered.
+Every front end (the replay CLI, the server, evaluation) drives this same object through a few verbs
+that take and return plain data (`streamer.engine_data`): `add_stream`, `remove_stream`, `push_frames`,
+`ask` (an `AnswerHandle` of text deltas, then the `Answer`), `cancel`, `status` and `frames`. Live sources
+reach `push_frames` through the engine's own ingest scheduler (`Engine.scheduler`). A stream's memory is
+written only by its `append` verb, under its own lock, and an answer works on a view of it
+(`StreamMemory.view`), so frames keep arriving while a question is being answered.
 """
 
 from __future__ import annotations
@@ -11,27 +14,28 @@ import dataclasses
 import logging
 import threading
 import time
+import weakref
+from collections import Counter
 from collections.abc import Callable, Generator, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from memory.curvature import CurvatureDecision, CurvatureScorer
+from memory.curvature import CurvatureDecision
 from memory.errors import BudgetError, SnapshotError
 from memory.events import since_time
-from memory.index import BlockIndex
 from memory.kv_cache import assemble
-from memory.policy import make_policy
 from memory.records import FrameRecord
 from memory.snapshot import load_snapshot, remove_stale_partials, save_snapshot, set_aside
-from memory.stream_memory import Block, MemorySnapshot, StreamMemory
+from memory.stream_memory import MemorySettings, MemoryView, StreamMemory
 from sources.frame import Frame
 from streamer.adapters.base import FrameTokens, ModelAdapter
+from streamer.batching import IngestScheduler
 from streamer.engine_config import EngineConfig as EngineConfig
+from streamer.engine_data import AnswerHandle, FrameInfo, StreamStatus
 from streamer.query import Answer, generate_answer
 from streamer.retrieval import Reading, Selection, select_reading
+from streamer.watches import EventListener, Watches, WatchEvent, WatchInfo, WatchSpec, read_model, read_timeline
 
 log = logging.getLogger(__name__)
 # Seconds between the last restored frame and the first frame after a restart, on the stream's clock.
@@ -62,7 +66,6 @@ class Stream:
 
     stream_id: str
     memory: StreamMemory
-    scorer: CurvatureScorer | None = None
     stats: IngestStats = field(default_factory=IngestStats)
     last_snapshot: float | None = None
     snapshot_failures: int = 0  # snapshots that could not be written (full disk, too many open files)
@@ -82,60 +85,86 @@ class UnknownStream(KeyError):
     pass
 
 
+def _detail_of(decision: CurvatureDecision | None) -> str:
+    """How a frame is encoded: tersely when its memory's policy called it fuzzy, else in full."""
+    return "terse" if decision is not None and decision.tier == "fuzzy" else "full"
+
+
 class Engine:
-    """Streams sharing one loaded model adapter."""
+    """Streams sharing one loaded model adapter.
+
+    The verbs (`add_stream`, `remove_stream`, `push_frames`, `ask`, `cancel`, `status`, `frames`) take and
+    return plain data. `memory(stream_id)` hands out a stream's memory itself, for tools in the same
+    process (evaluation, benchmarks, tests) that inspect what it holds.
+    """
 
     def __init__(self, adapter: ModelAdapter, config: EngineConfig | None = None) -> None:
         self.adapter = adapter
         self.config = config or EngineConfig()
-        self.streams: dict[str, Stream] = {}
+        self._streams: dict[str, Stream] = {}
+        self._answers: weakref.WeakValueDictionary[str, AnswerHandle] = weakref.WeakValueDictionary()
+        self._scheduler: IngestScheduler | None = None
+        self._watches = Watches()
 
-    def add_stream(self, stream_id: str) -> Stream:
-        """Create a stream with an empty memory whose sink (the system prompt) is already prefilled."""
-        if stream_id in self.streams:
+    # Streams.
+
+    def add_stream(self, stream_id: str) -> StreamStatus:
+        """Create a stream with an empty memory whose sink (the system prompt) is already prefilled, or
+        with the memory of its snapshot file when snapshots are on and one exists."""
+        if stream_id in self._streams:
             raise ValueError(f"stream '{stream_id}' already exists")
+        memory = StreamMemory(self.adapter.num_layers, self.adapter.rotate_keys, self.memory_settings())
+        self.adapter.prefill(self.adapter.system_embeds(), memory.cache)
+        memory.seal_sink()
+        stream = Stream(stream_id, memory)
+        self._restore(stream)
+        self._streams[stream_id] = stream
+        return self.status(stream_id)
+
+    def memory_settings(self) -> MemorySettings:
+        """The settings every new stream's memory is built with, from the engine's config."""
         config = self.config
-        memory = StreamMemory(
-            self.adapter.num_layers,
+        return MemorySettings(
             config.budget_tokens,
-            self.adapter.rotate_keys,
             answer_reserve=config.answer_reserve,
             evict_chunk=config.evict_chunk,
             host_budget_tokens=config.host_budget_tokens,
-            index=BlockIndex(config.internal_weight, config.text_weight),
-            policy=make_policy(config.policy),
+            policy=config.policy,
+            curvature=config.curvature,
             window_seconds=config.window_seconds,
-            compress_method=config.compression,
+            compression=config.compression,
             compress_ratio=config.compress_ratio,
+            internal_weight=config.internal_weight,
+            text_weight=config.text_weight,
         )
-        self.adapter.prefill(self.adapter.system_embeds(), memory.cache)
-        memory.seal_sink()
-        scorer = CurvatureScorer(config.curvature) if config.policy == "curvature" else None
-        stream = Stream(stream_id, memory, scorer)
+
+    def _restore(self, stream: Stream) -> None:
+        """Load the stream's snapshot file into its fresh memory, if snapshots are on and there is one."""
+        stream_id, memory = stream.stream_id, stream.memory
         path = self.snapshot_path(stream_id)
-        if path is not None:
-            for stale in remove_stale_partials(path):
-                log.info("%s: removed %s, left by a writer that was stopped", stream_id, stale)
-        if path is not None and path.exists():
+        if path is None:
+            return
+        for stale in remove_stale_partials(path):
+            log.info("%s: removed %s, left by a writer that was stopped", stream_id, stale)
+        if not path.exists():
+            return
+        try:
+            load_snapshot(memory, path)
+        except SnapshotError as error:
+            # One bad file must not keep the stream (or a server) from starting: keep it aside.
+            reason = str(error).split(";")[0]
             try:
-                load_snapshot(memory, path)
-            except SnapshotError as error:
-                # One bad file must not keep the stream (or a server) from starting: keep it aside.
-                reason = str(error).split(";")[0]
-                try:
-                    aside = set_aside(path)
-                except OSError as refused:
-                    cause = refused.strerror or refused.__class__.__name__
-                    raise SnapshotError(
-                        f"{reason}, and it cannot be moved aside ({cause.lower()}); delete it and add the stream again."
-                    ) from None
-                log.warning("%s: %s; moved it to %s and started the stream empty.", stream_id, reason, aside.name)
-            if memory.records:
-                stream.last_snapshot = memory.records[-1].stream_time
-                stream.time_offset = stream.last_snapshot + RESTART_GAP_S
-            log.info("%s: restored %d frames from %s", stream_id, len(memory.records), path)
-        self.streams[stream_id] = stream
-        return stream
+                aside = set_aside(path)
+            except OSError as refused:
+                cause = refused.strerror or refused.__class__.__name__
+                raise SnapshotError(
+                    f"{reason}, and it cannot be moved aside ({cause.lower()}); delete it and add the stream again."
+                ) from None
+            log.warning("%s: %s; moved it to %s and started the stream empty.", stream_id, reason, aside.name)
+        if memory.records:
+            stream.last_snapshot = memory.records[-1].stream_time
+            stream.time_offset = stream.last_snapshot + RESTART_GAP_S
+        log.info("%s: restored %d frames from %s", stream_id, len(memory.records), path)
 
     def check_budget(self, fps: float) -> None:
         """Raise BudgetError when the budget cannot hold the sink, the answer reserve and the short-term
@@ -151,58 +180,112 @@ class Engine:
                 f"(about {window}); raise --budget to at least {needed}."
             )
 
-    def remove_stream(self, stream_id: str) -> None:
-        self.streams.pop(stream_id, None)
-
-    def stream(self, stream_id: str) -> Stream:
+    def remove_stream(self, stream_id: str, keep_snapshot: bool = False) -> bool:
+        """Forget the stream; False when there is none. With snapshots on, `keep_snapshot` writes its memory
+        to its snapshot file first (a shutdown: the next start restores it); otherwise the file is deleted
+        (the stream was removed: a new stream of the same name starts empty). A snapshot that cannot be
+        written or deleted is logged, and the stream is removed all the same."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return False
+        path = self.snapshot_path(stream_id)
         try:
-            return self.streams[stream_id]
+            if path is not None and keep_snapshot:
+                self.save_snapshot(stream_id)
+            elif path is not None:
+                path.unlink(missing_ok=True)
+        except OSError as error:  # a full disk must not keep a server from stopping
+            log.error("%s: snapshot %s failed: %s", stream_id, path, error)
+        self._streams.pop(stream_id, None)
+        self._watches.remove_stream(stream_id)
+        return True
+
+    def has_stream(self, stream_id: str) -> bool:
+        return stream_id in self._streams
+
+    @property
+    def stream_ids(self) -> list[str]:
+        return list(self._streams)
+
+    def status(self, stream_id: str) -> StreamStatus:
+        """The stream's memory and ingest counters now. Reads without the memory's lock (copying a list is
+        atomic under the GIL), so it never waits out a prefill."""
+        stream = self._stream(stream_id)
+        memory = stream.memory
+        records = list(memory.records)
+        return StreamStatus(
+            stream_id,
+            frames=len(records),
+            as_of=records[-1].stream_time if records else 0.0,
+            resident_tokens=memory.resident_tokens,
+            budget_tokens=memory.budget_tokens,
+            host_tokens=memory.host_tokens,
+            frames_by_place=dict(Counter((record.tier, record.location) for record in records)),
+            ingest_ms_per_frame=stream.stats.mean_ms(),
+            ingest_ms_total=dict(stream.stats.totals_ms),
+            frames_timed=stream.stats.frames,
+            last_snapshot=stream.last_snapshot,
+            snapshot_failures=stream.snapshot_failures,
+        )
+
+    def frames(self, stream_id: str, last: int | None = None) -> list[FrameInfo]:
+        """The stream's remembered frames, oldest first; the newest `last` of them when given."""
+        records = list(self._stream(stream_id).memory.records)
+        return [FrameInfo.of(record) for record in (records[-last:] if last else records)]
+
+    def memory(self, stream_id: str) -> StreamMemory:
+        """The stream's memory itself, for in-process inspection (evaluation, benchmarks, tests)."""
+        return self._stream(stream_id).memory
+
+    def _stream(self, stream_id: str) -> Stream:
+        try:
+            return self._streams[stream_id]
         except KeyError:
             raise UnknownStream(stream_id) from None
 
-    def push_frame(self, stream_id: str, frame: Frame, detail: str | None = None) -> FrameRecord:
-        """Encode one frame and prefill its tokens into the stream's cache, once.
+    # Frames.
 
-        The frame's tier comes from the curvature scorer when the policy has one (clear frames are
-        described in full, fuzzy ones tersely); `detail` forces the encoding instead.
+    def scheduler(self, executor: Executor | None = None) -> IngestScheduler:
+        """The ingest scheduler that feeds this engine's live streams (`streamer.batching`), made on first use.
+
+        executor: where encoding runs; replaces the scheduler's while no stream is attached to it.
         """
+        if self._scheduler is None:
+            self._scheduler = IngestScheduler(self, executor)
+        elif not self._scheduler.streams:
+            self._scheduler.executor = executor
+        return self._scheduler
+
+    def push_frame(self, stream_id: str, frame: Frame, detail: str | None = None) -> FrameInfo:
+        """`push_frames` for one frame."""
         return self.push_frames([(stream_id, frame)], detail)[0]
 
-    def push_frames(self, items: Sequence[tuple[str, Frame]], detail: str | None = None) -> list[FrameRecord]:
-        """`push_frame` for several (stream id, frame) pairs, encoded as one batch by the adapter.
+    def push_frames(self, items: Sequence[tuple[str, Frame]], detail: str | None = None) -> list[FrameInfo]:
+        """Encode (stream id, frame) pairs as one batch and append each frame to its own stream's memory,
+        in the order given; a stream's frames must come in its frame order (its policy scores them so).
 
-        Each frame is prefilled into its own stream's cache, in the order given; a stream's frames
-        must come in its frame order, since its curvature scorer sees them in that order.
+        Three steps, each calling down only: the adapter's cheap `look` at every frame, the tier its stream's
+        memory policy gives it from the look's features (the curvature policy: clear frames are described
+        in full, fuzzy ones tersely), then the adapter's `encode` at that detail. `detail` forces the encoding.
         """
-        streams = [self.stream(stream_id) for stream_id, _ in items]
-        items = [(stream_id, stream.on_clock(frame)) for (stream_id, frame), stream in zip(items, streams, strict=True)]
-        decisions: list[CurvatureDecision | None] = [None] * len(items)
-
-        def chooser(index: int) -> Callable[[np.ndarray | None], str]:
-            scorer, stream_time = streams[index].scorer, items[index][1].stream_time
-
-            def choose_detail(features: np.ndarray | None) -> str:
-                if scorer is not None and features is not None:
-                    decisions[index] = scorer.score(features, stream_time)
-                if detail is not None:
-                    return detail
-                decision = decisions[index]
-                return "terse" if decision is not None and decision.tier == "fuzzy" else "full"
-
-            return choose_detail
-
-        frames = [frame for _, frame in items]
-        encoded = self.adapter.frame_tokens_batch(frames, [chooser(index) for index in range(len(items))])
+        streams = [self._stream(stream_id) for stream_id, _ in items]
+        frames = [stream.on_clock(frame) for (_, frame), stream in zip(items, streams, strict=True)]
+        looks = self.adapter.look(frames)
+        decisions = [
+            stream.memory.decide(look.features, frame.stream_time)
+            for stream, frame, look in zip(streams, frames, looks, strict=True)
+        ]
+        details = [detail or _detail_of(decision) for decision in decisions]
+        encoded = self.adapter.encode(frames, looks, details)
         return [
-            self._store(stream, frame, tokens, decision)
+            FrameInfo.of(self._store(stream, frame, tokens, decision))
             for stream, frame, tokens, decision in zip(streams, frames, encoded, decisions, strict=True)
         ]
 
     def _store(
         self, stream: Stream, frame: Frame, tokens: FrameTokens, decision: CurvatureDecision | None
     ) -> FrameRecord:
-        """Prefill one encoded frame into its stream's cache and record it."""
-        memory = stream.memory
+        """Append one encoded frame to its stream's memory."""
         record = FrameRecord(
             frame.sequence,
             frame.stream_time,
@@ -215,22 +298,65 @@ class Engine:
         )
         if decision is not None:
             record.tier, record.score, record.threshold = decision.tier, decision.score, decision.threshold
-        with memory.lock:
-            started = time.perf_counter()
-            evicted = memory.make_room(tokens.length, frame.stream_time)
-            record.key_summary = self.adapter.prefill(
-                tokens.embeds, memory.cache, summarize=True, positions=tokens.positions
-            )
-            memory.add(record)
-            timings = dict(tokens.timings_ms)
-            timings["prefill"] = (time.perf_counter() - started) * 1000
+        started = time.perf_counter()
+        evicted = stream.memory.append(
+            record,
+            lambda cache: self.adapter.prefill(tokens.embeds, cache, summarize=True, positions=tokens.positions),
+        )
+        timings = dict(tokens.timings_ms)
+        timings["prefill"] = (time.perf_counter() - started) * 1000
         stream.stats.add(timings)
+        self._check_watches(stream, record)
         self._snapshot_if_due(stream, frame.stream_time)
         if evicted:
             log.debug(
                 "%s: %d frames left the device, up to t=%.1fs", stream.stream_id, len(evicted), evicted[-1].stream_time
             )
         return record
+
+    # Watches (standing questions, `streamer.watches`).
+
+    def add_watch(self, stream_id: str, spec: WatchSpec, watch_id: str | None = None) -> WatchInfo:
+        """Start checking `spec` on the stream from its next frame; it lives until removed (or its stream is)."""
+        self._stream(stream_id)
+        return self._watches.add(stream_id, spec, watch_id)
+
+    def remove_watch(self, watch_id: str) -> bool:
+        """Stop a watch; False when there is none of that id."""
+        return self._watches.remove(watch_id)
+
+    def watches(self, stream_id: str | None = None) -> list[WatchInfo]:
+        """The watches of one stream, or of all."""
+        return self._watches.of_stream(stream_id)
+
+    def watch_events(self, since: int = 0) -> list[tuple[int, WatchEvent]]:
+        """Recent watch events (the newest `streamer.watches.EVENTS_KEPT`) numbered in order, after number `since`."""
+        return self._watches.events(since)
+
+    def on_watch_event(self, listener: EventListener) -> Callable[[], None]:
+        """Call `listener(event)` for every new watch event, from the ingest thread; returns the unsubscriber."""
+        return self._watches.subscribe(listener)
+
+    def _check_watches(self, stream: Stream, record: FrameRecord) -> None:
+        """Check the stream's watches that are due at the frame just stored: every watch on a clear frame
+        (one the policy scored clear), the others once their `every_s` has passed."""
+        due = self._watches.due(stream.stream_id, record.stream_time, clear=record.tier == "clear")
+        if not due:
+            return
+        memory = stream.memory
+        if self.adapter.describes_frames:
+            items = memory.timeline.view(record.stream_time)
+            for state in due:
+                self._watches.record(state, record.stream_time, read_timeline(state.condition, items))
+            return
+        view = memory.view()
+        try:
+            for state in due:
+                self._watches.record(state, record.stream_time, read_model(self.adapter, view, state.spec.text))
+        finally:
+            view.close()
+
+    # Snapshots.
 
     def snapshot_path(self, stream_id: str) -> Path | None:
         directory = self.config.snapshot_dir
@@ -240,7 +366,7 @@ class Engine:
         """Write the stream's memory to its snapshot file now (atomically); None without a snapshot_dir."""
         path = self.snapshot_path(stream_id)
         if path is not None:
-            stream = self.stream(stream_id)
+            stream = self._stream(stream_id)
             size = save_snapshot(stream.memory, path)
             records = stream.memory.records
             stream.last_snapshot = records[-1].stream_time if records else None
@@ -249,7 +375,7 @@ class Engine:
 
     def close(self) -> None:
         """Snapshot every stream (when snapshots are on); call on shutdown."""
-        for stream_id in list(self.streams):
+        for stream_id in list(self._streams):
             self.save_snapshot(stream_id)
 
     def _snapshot_if_due(self, stream: Stream, stream_time: float) -> None:
@@ -266,56 +392,79 @@ class Engine:
                 log.error("%s: snapshot failed (%s); ingest goes on, retrying in %.0f s", stream.stream_id, error,
                           min(every, SNAPSHOT_RETRY_S))  # fmt: skip
 
+    # Questions.
+
     def ask(
         self,
         stream_id: str,
         question: str,
-        cancel: threading.Event | None = None,
-        on_snapshot: Callable[[float], None] | None = None,
-        since: float = 0.0,
         options: Sequence[str] | None = None,
-    ) -> Generator[str, None, Answer]:
-        """Stream the answer's text deltas; the generator returns the finished `Answer`.
+        since: float = 0.0,
+        cancel: threading.Event | None = None,
+    ) -> AnswerHandle:
+        """Start answering `question` about the stream as it is now; iterate the handle for the text deltas.
 
+        The view of the memory the answer reads is taken here (the handle's `as_of`); choosing its frames and
+        generating run in the thread that iterates the handle, while frames keep arriving.
         options: the choices of a multiple-choice question, which `question` lists (`streamer.intent.options_prompt`);
         the answer is the best-scoring one.
-        on_snapshot: called with the snapshot's stream time (the answer's `as_of`) as soon as the
-        memory snapshot the answer reads is taken, before retrieval and generation.
         since: the question reads no frame older than this stream time, and no showing of the event timeline
         that began earlier. Blocks are chosen (retrieval, recent window, named times) among the frames from
-        `since` on, so a question limited to the last
-        minute still gets its best frames from that minute; their KV was computed in the stream's full
-        context, as with any streaming cache.
+        `since` on, so a question limited to the last minute still gets its best frames from that minute;
+        their KV was computed in the stream's full context, as with any streaming cache.
+        cancel: an event that stops the answer when set, besides `Engine.cancel` and the handle's `cancel()`.
         """
         started = time.perf_counter()  # TTFT counts the choice of frames too
-        snapshot = self.stream(stream_id).memory.snapshot()
-        try:
-            if on_snapshot is not None:
-                on_snapshot(snapshot.as_of)
-            candidates = snapshot
-            if since > 0:
-                candidates = dataclasses.replace(
-                    snapshot,
-                    blocks=tuple(b for b in snapshot.blocks if b.record.stream_time >= since),
-                    offloaded=tuple(b for b in snapshot.offloaded if b.record.stream_time >= since),
-                    timeline=since_time(snapshot.timeline, since),
-                )
-            reading = self.choose(stream_id, candidates, question, options or ())
-        except BaseException:
-            snapshot.close()
-            raise
+        view = self._stream(stream_id).memory.view()
+
+        def run(stop: threading.Event) -> Generator[str, None, Answer]:
+            return self._answer(view, question, options or (), since, stop, started)
+
+        def closed(handle: AnswerHandle) -> None:
+            view.close()
+            self._answers.pop(handle.answer_id, None)
+
+        handle = AnswerHandle(stream_id, question, view.as_of, run, closed, cancel)
+        self._answers[handle.answer_id] = handle
+        return handle
+
+    def cancel(self, answer_id: str) -> bool:
+        """Stop an answer in flight at its next token; False when there is no such answer (it has ended)."""
+        handle = self._answers.get(answer_id)
+        if handle is not None:
+            handle.cancel()
+        return handle is not None
+
+    def _answer(
+        self,
+        view: MemoryView,
+        question: str,
+        options: Sequence[str],
+        since: float,
+        cancel: threading.Event,
+        started: float,
+    ) -> Generator[str, None, Answer]:
+        candidates = view
+        if since > 0:
+            candidates = dataclasses.replace(
+                view,
+                blocks=tuple(b for b in view.blocks if b.record.stream_time >= since),
+                offloaded=tuple(b for b in view.offloaded if b.record.stream_time >= since),
+                timeline=since_time(view.timeline, since),
+            )
+        reading = self.choose(candidates, question, options)
         config = self.config
         return (
             yield from generate_answer(
                 self.adapter,
-                snapshot,
+                view,
                 reading,
                 question,
-                options=options,
+                options=options or None,
                 max_new_tokens=config.max_new_tokens,
                 max_question_tokens=config.max_question_tokens,
                 cancel=cancel,
-                reread=self.rereads,
+                reread=config.answer_from == "text",
                 choice_scoring=config.choice_scoring,
                 controls=config.answer_controls,
                 grounded=config.grounded_answers,
@@ -324,41 +473,18 @@ class Engine:
             )
         )
 
-    @property
-    def rereads(self) -> bool:
-        """Whether questions re-read their chosen frames' tokens rather than reuse the frames' cached KV."""
-        return self.config.answer_from == "text"
-
-    def first_token_logits(self, stream_id: str, question: str) -> torch.Tensor:
-        """(vocab,) logits of the first answer token when the question reads every resident block.
-
-        This is the quantity the exactness invariant is stated on: with nothing evicted it equals
-        a plain forward pass over `[system | all frames | question]`.
-        """
-        snapshot = self.stream(stream_id).memory.snapshot()
-        try:
-            cache = snapshot.context(snapshot.blocks, self.adapter.rotate_keys)
-            return self.adapter.next_token_logits(self.adapter.question_embeds(question), cache)
-        finally:
-            snapshot.close()
-
-    def choose_blocks(self, stream_id: str, snapshot: MemorySnapshot, question: str) -> list[Block]:
-        """The blocks a question reads: see `streamer.retrieval.select_reading`."""
-        return self.choose(stream_id, snapshot, question).blocks
-
-    def choose(self, stream_id: str, snapshot: MemorySnapshot, question: str, options: Sequence[str] = ()) -> Reading:
+    def choose(self, view: MemoryView, question: str, options: Sequence[str] = ()) -> Reading:
         """What a question reads, blocks and timeline lines: see `streamer.retrieval.select_reading`."""
         config = self.config
         scores = None
-        if config.retrieval_top_k:
+        if config.retrieval_top_k and view.index is not None:
             adapter = self.adapter
             query = None
             if config.internal_weight:
-                sink = assemble([snapshot.cache.segment(0, snapshot.sink_tokens)], adapter.rotate_keys)
+                sink = assemble([view.cache.segment(0, view.sink_tokens)], adapter.rotate_keys)
                 embeds = adapter.question_embeds(question)[:, : config.max_question_tokens]
                 query = adapter.query_summary(embeds, sink)
-            index = self.stream(stream_id).memory.index
-            scores = index.scores(query, adapter.question_vector(question), upto=snapshot.frames)
+            scores = view.index.scores(query, adapter.question_vector(question), upto=view.frames)
         selection = Selection(
             config.retrieval_top_k,
             config.window_seconds,
@@ -367,4 +493,4 @@ class Engine:
             config.coverage,
             config.read_intent,
         )
-        return select_reading(snapshot, question, scores, selection, options)
+        return select_reading(view, question, scores, selection, options)

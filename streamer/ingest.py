@@ -19,11 +19,11 @@ import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 
-from memory.records import FrameRecord
 from sources.base import Source, SourceState, SourceStatus
 from sources.frame import Frame, SourceEnded, SourceError
 from streamer.batching import IngestScheduler
 from streamer.engine import Engine
+from streamer.engine_data import FrameInfo
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class StreamRunner:
     fps: the most frames per second to ingest (None: as many as the encoder allows). The runner
     takes every frame the source gives; when the stream's turn comes, the newest is ingested.
     executor: where the engine's work runs (None: the event loop's default executor).
-    scheduler: the encoder this stream shares (None: the engine's shared `IngestScheduler`, which
+    scheduler: the encoder this stream shares (None: the engine's own `IngestScheduler`, which
     takes `executor` if no stream is attached to it yet; set to it once the runner starts).
 
     Sources are expected to be live: one that gives frames as fast as asked (a file with a
@@ -102,10 +102,10 @@ class StreamRunner:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        if self.stream_id not in self.engine.streams:
+        if not self.engine.has_stream(self.stream_id):
             # Prefilling the system prompt takes the model's lock: never on the event loop.
             await loop.run_in_executor(self.executor, self.engine.add_stream, self.stream_id)
-        scheduler = self.scheduler = self.scheduler or IngestScheduler.shared(self.engine, self.executor)
+        scheduler = self.scheduler = self.scheduler or self.engine.scheduler(self.executor)
         scheduler.attach(self.stream_id, self._ingested, self._failed, self.fps)
         try:
             while not self._stopping.is_set() and self.error is None:
@@ -128,7 +128,7 @@ class StreamRunner:
             self.source.close()
             await scheduler.detach(self.stream_id)
 
-    def _ingested(self, frame: Frame, record: FrameRecord) -> None:
+    def _ingested(self, frame: Frame, info: FrameInfo) -> None:
         self._count(frame.capture_time)
 
     def _failed(self, error: Exception) -> None:

@@ -1,6 +1,6 @@
-"""Answering a question from a memory snapshot: only the question and the answer are new tokens.
+"""Answering a question from a view of a stream's memory: only the question and the answer are new tokens.
 
-The snapshot's cache already holds the system prompt and every resident frame; the question is
+The view's cache already holds the system prompt and every resident frame; the question is
 prefilled after them, then tokens are generated greedily and streamed as text deltas.
 """
 
@@ -17,7 +17,7 @@ import torch
 from transformers import LogitsProcessorList, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
 
 from memory.kv_cache import StreamingCache, assemble
-from memory.stream_memory import Block, MemorySnapshot
+from memory.stream_memory import Block, MemoryView
 from streamer.adapters.base import ModelAdapter
 from streamer.clock import clock
 from streamer.engine_config import ChoiceScoring
@@ -62,18 +62,6 @@ class Answer:
     cancelled: bool = False
     frames_read: list[int] = field(default_factory=list)  # frame ids of the blocks the question read
     lines_read: list[str] = field(default_factory=list)  # event timeline lines the question read
-
-
-def drain(deltas: Generator[str, None, Answer], on_delta: Callable[[str], None] | None = None) -> Answer:
-    """Run an answer generator to the end, passing each text delta to `on_delta`; the `Answer`."""
-    while True:
-        try:
-            delta = next(deltas)
-        except StopIteration as stop:
-            answer: Answer = stop.value
-            return answer
-        if on_delta is not None:
-            on_delta(delta)
 
 
 def content_words(text: str) -> set[str]:
@@ -123,7 +111,7 @@ class TextStream:
         return self.adapter.decode(self.ids)
 
 
-def reread_context(adapter: ModelAdapter, snapshot: MemorySnapshot, chosen: Sequence[Block]) -> StreamingCache:
+def reread_context(adapter: ModelAdapter, view: MemoryView, chosen: Sequence[Block]) -> StreamingCache:
     """A cache of `[sink | chosen blocks in time order]` where each block with token ids is read again.
 
     The sink's KV is reused; a block whose record has `token_ids` (the tokens it still holds) is
@@ -131,7 +119,7 @@ def reread_context(adapter: ModelAdapter, snapshot: MemorySnapshot, chosen: Sequ
     them (image tokens, pooled tokens) is appended from its cached KV.
     """
     rotate = adapter.rotate_keys
-    cache = assemble([snapshot.cache.segment(0, snapshot.sink_tokens)], rotate, device=snapshot.cache.keys(0).device)
+    cache = assemble([view.cache.segment(0, view.sink_tokens)], rotate, device=view.cache.keys(0).device)
     ordered = sorted(chosen, key=lambda b: b.record.frame_id)
     # Runs of consecutive text blocks are prefilled in one pass each.
     for readable, run in groupby(ordered, key=lambda b: b.record.token_ids is not None):
@@ -140,7 +128,7 @@ def reread_context(adapter: ModelAdapter, snapshot: MemorySnapshot, chosen: Sequ
             adapter.prefill(adapter.embed_ids(torch.tensor([ids], device=adapter.device)), cache)
         else:
             for block in run:
-                cache.append(block.segment(snapshot.cache), rotate)
+                cache.append(block.segment(view.cache), rotate)
     return cache
 
 
@@ -267,11 +255,11 @@ class ModelContext:
             self._built[0].close()
 
 
-def answer_context(adapter: ModelAdapter, snapshot: MemorySnapshot, reading: Reading, reread: bool) -> StreamingCache:
+def answer_context(adapter: ModelAdapter, view: MemoryView, reading: Reading, reread: bool) -> StreamingCache:
     """`[sink | chosen blocks | timeline lines]` for one question: blocks from their cached KV or, with
     `reread`, read again (`reread_context`); the timeline lines, when there are any, prefilled after them."""
     blocks = reading.blocks
-    cache = reread_context(adapter, snapshot, blocks) if reread else snapshot.context(blocks, adapter.rotate_keys)
+    cache = reread_context(adapter, view, blocks) if reread else view.context(blocks, adapter.rotate_keys)
     if reading.lines:
         adapter.prefill(adapter.embed_text(TIMELINE_HEADER + "".join(line + "\n" for line in reading.lines)), cache)
     return cache
@@ -279,7 +267,7 @@ def answer_context(adapter: ModelAdapter, snapshot: MemorySnapshot, reading: Rea
 
 def generate_answer(
     adapter: ModelAdapter,
-    snapshot: MemorySnapshot,
+    view: MemoryView,
     reading: Reading,
     question: str,
     options: Sequence[str] | None = None,
@@ -296,7 +284,7 @@ def generate_answer(
     """Yield text deltas of the answer; the generator's return value is the finished `Answer`.
 
     The context is `answer_context`, then `question` as given (a multiple-choice question lists its options
-    in it, e.g. with `streamer.intent.options_prompt`); the snapshot is closed at the end. With `options`, the answer is
+    in it, e.g. with `streamer.intent.options_prompt`); the view is closed at the end. With `options`, the answer is
     the chosen option, "<letter>. <option>", in one delta, so it cannot name two options: with
     `choice_scoring` "grounded", the options the read texts support best (`streamer.grounding`), and among
     those the likeliest letter; "letter" or "text", the likeliest letter or option text alone; "generate",
@@ -310,7 +298,7 @@ def generate_answer(
     start = time.perf_counter() if started is None else started
 
     def read() -> tuple[StreamingCache, torch.Tensor]:
-        cache = answer_context(adapter, snapshot, reading, reread)
+        cache = answer_context(adapter, view, reading, reread)
         embeds = adapter.question_embeds(question)
         limit = max_question_tokens * (4 if options else 1)
         if embeds.shape[1] > limit:
@@ -347,12 +335,12 @@ def generate_answer(
                 text = text.split("\n")[0].strip()
     finally:
         context.close()
-        snapshot.close()
+        view.close()
     latency_ms = (time.perf_counter() - start) * 1000
     return Answer(
         question=question,
         text=text,
-        as_of=snapshot.as_of,
+        as_of=view.as_of,
         ttft_ms=ttft_ms or latency_ms,
         latency_ms=latency_ms,
         evidence=evidence_spans(text, reading.blocks, by_words=adapter.describes_frames),

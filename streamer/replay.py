@@ -15,10 +15,10 @@ import json
 import math
 import re
 import statistics
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from sources.file import FileSource
 from sources.frame import SourceEnded
@@ -27,8 +27,8 @@ from streamer.funnel import STEPS, FunnelRow, seen_phrases, trace
 from streamer.intent import options_prompt
 
 if TYPE_CHECKING:  # the engine pulls in torch; the question checks must stay quick to import
-    from memory.records import FrameRecord
     from streamer.engine import Engine
+    from streamer.engine_data import FrameInfo
 
 _LETTERS = "ABCDEFGH"
 _LETTER = re.compile(r"\b(?!A [a-z])([A-H])\b")  # a capital A before a lowercase word is the article
@@ -177,6 +177,56 @@ def check_question_times(questions: list[ReplayQuestion], source: FileSource) ->
         )
 
 
+class Timed(Protocol):
+    """Anything asked at a stream time `t` (seconds)."""
+
+    @property
+    def t(self) -> float: ...
+
+
+AskedT = TypeVar("AskedT", bound=Timed)
+
+
+async def replay_stream(
+    engine: Engine,
+    stream_id: str,
+    source: FileSource,
+    questions: Sequence[AskedT],
+    answer: Callable[[AskedT], None],
+    on_frame: Callable[[FrameInfo], None] | None = None,
+    until_last_question: bool = False,
+) -> int:
+    """Feed `source` into the new engine stream `stream_id` frame by frame, calling `answer(question)` for each
+    question (in time order) once the stream has passed its `t`, and for those left when the source ends.
+
+    The one replay loop of `streamer replay` and `streamer eval`. Frames go in as fast as they are encoded.
+    The source is closed at the end; the stream stays (callers read its status, then remove it). Returns
+    the frames fed. until_last_question: stop once the last question is answered.
+    """
+    engine.add_stream(stream_id)
+    pending = sorted(questions, key=lambda question: question.t)
+    frames = 0
+    try:
+        while True:
+            try:
+                frame = await source.recv()
+            except SourceEnded:
+                break
+            while pending and pending[0].t < frame.stream_time:
+                answer(pending.pop(0))
+            if until_last_question and not pending:
+                break
+            info = engine.push_frame(stream_id, frame)
+            frames += 1
+            if on_frame is not None:
+                on_frame(info)
+        while pending:
+            answer(pending.pop(0))
+    finally:
+        source.close()
+    return frames
+
+
 class Replay:
     """Feeds a video file into an engine stream and answers questions at their times."""
 
@@ -198,28 +248,15 @@ class Replay:
         self,
         on_delta: Callable[[ReplayQuestion, str], None] | None = None,
         on_result: Callable[[ReplayResult], None] | None = None,
-        on_frame: Callable[[FrameRecord], None] | None = None,
+        on_frame: Callable[[FrameInfo], None] | None = None,
     ) -> list[ReplayResult]:
         """Replay to the end of the video; questions are answered as their time comes."""
-        self.engine.add_stream(self.stream_id)
-        pending = list(self.questions)
         results: list[ReplayResult] = []
-        try:
-            while True:
-                try:
-                    frame = await self.source.recv()
-                except SourceEnded:
-                    break
-                while pending and pending[0].t < frame.stream_time:
-                    results.append(self._ask(pending.pop(0), on_delta, on_result))
-                record = self.engine.push_frame(self.stream_id, frame)
-                self.frames += 1
-                if on_frame:
-                    on_frame(record)
-            while pending:
-                results.append(self._ask(pending.pop(0), on_delta, on_result))
-        finally:
-            self.source.close()
+
+        def answer(question: ReplayQuestion) -> None:
+            results.append(self._ask(question, on_delta, on_result))
+
+        self.frames = await replay_stream(self.engine, self.stream_id, self.source, self.questions, answer, on_frame)
         return results
 
     def _ask(
@@ -228,11 +265,8 @@ class Replay:
         on_delta: Callable[[ReplayQuestion, str], None] | None,
         on_result: Callable[[ReplayResult], None] | None,
     ) -> ReplayResult:
-        from streamer.query import drain
-
-        answer = drain(
-            self.engine.ask(self.stream_id, question.prompt(), options=question.options),
-            (lambda d: on_delta(question, d)) if on_delta else None,
+        answer = self.engine.ask(self.stream_id, question.prompt(), options=question.options).result(
+            (lambda d: on_delta(question, d)) if on_delta else None
         )
         result = ReplayResult(
             id=question.id,
@@ -248,8 +282,7 @@ class Replay:
         )
         phrases = seen_phrases(question.answer, question.options, question.seen)
         if phrases and result.correct is not None and self.engine.adapter.describes_frames:
-            memory = self.engine.stream(self.stream_id).memory
-            perceived, kept, chosen = trace(memory, answer, phrases)
+            perceived, kept, chosen = trace(self.engine.memory(self.stream_id), answer, phrases)
             result.funnel = FunnelRow(perceived, kept, chosen, result.correct).as_dict()
         if on_result:
             on_result(result)
@@ -259,7 +292,7 @@ class Replay:
         scored = [r for r in results if r.correct is not None]
         correct = sum(1 for r in scored if r.correct)
         ttfts = [r.ttft_ms for r in results] or [0.0]
-        stream = self.engine.stream(self.stream_id)
+        status = self.engine.status(self.stream_id)
         return ReplaySummary(
             questions=len(results),
             scored=len(scored),
@@ -268,9 +301,9 @@ class Replay:
             ttft_ms_mean=round(statistics.fmean(ttfts), 1),
             ttft_ms_median=round(statistics.median(ttfts), 1),
             frames_ingested=self.frames,
-            resident_tokens=stream.memory.resident_tokens,
-            budget_tokens=stream.memory.budget_tokens,
-            ingest_ms_per_frame={k: round(v, 1) for k, v in stream.stats.mean_ms().items()},
+            resident_tokens=status.resident_tokens,
+            budget_tokens=status.budget_tokens,
+            ingest_ms_per_frame={k: round(v, 1) for k, v in status.ingest_ms_per_frame.items()},
             funnel=funnel_shares(results),
         )
 

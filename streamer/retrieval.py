@@ -19,7 +19,7 @@ import numpy as np
 from memory.events import TimelineItem
 from memory.index import zscore
 from memory.records import FrameRecord
-from memory.stream_memory import Block, MemorySnapshot
+from memory.stream_memory import Block, MemoryView
 from streamer.clock import clock
 from streamer.errors import ModelPackageMissing
 from streamer.funnel import normal_words
@@ -166,7 +166,7 @@ class Selection:
 BM25_K1 = 1.5
 BM25_B = 0.75
 # A record's normalised word counts, computed once per description and kept beside the record (not a
-# field: snapshots do not carry it): a question then costs a few dictionary lookups per frame instead of
+# field: views do not carry it): a question then costs a few dictionary lookups per frame instead of
 # indexing every description again, which grew with the stream.
 _COUNTS_KEY = "_word_counts"
 
@@ -243,7 +243,7 @@ def adaptive_keyframes(scores: Sequence[float], k: int, threshold: float = 1.0, 
 
 
 def select_reading(
-    snapshot: MemorySnapshot,
+    view: MemoryView,
     question: str,
     scores: np.ndarray | None,
     selection: Selection | None = None,
@@ -273,15 +273,15 @@ def select_reading(
     settings = selection or Selection()
     top_k, window_seconds, anchor_seconds = settings.top_k, settings.window_seconds, settings.anchor_seconds
     if top_k <= 0 or scores is None:
-        return Reading(list(snapshot.blocks))
+        return Reading(list(view.blocks))
     intent = read_intent(question)
     if not settings.intent:
         intent = QuestionIntent(times=intent.times, words=intent.words)
-    candidates = snapshot.candidates()
-    newest = snapshot.as_of
+    candidates = view.candidates()
+    newest = view.as_of
     recent = [b for b in candidates if newest - b.record.stream_time <= window_seconds]
     anchored = [b for b in candidates if any(abs(b.record.stream_time - t) <= anchor_seconds for t in intent.times)]
-    timeline = snapshot.timeline if settings.intent else ()
+    timeline = view.timeline if settings.intent else ()
     extra: list[TimelineItem] = []
     if intent.times:
         extra += began_near(timeline, intent.times, anchor_seconds)[:_ONSET_LINES]

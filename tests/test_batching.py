@@ -12,16 +12,17 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from engine_probes import first_token_logits
 
 from memory.records import FrameRecord
 from sources.base import Source, SourceBase, SourceState
 from sources.frame import Frame, SourceEnded
+from sources.looping import LoopingFile
 from sources.synthetic import SyntheticSource, render
 from streamer.adapters.embedded import EmbeddedAdapter
 from streamer.batching import IngestScheduler
 from streamer.engine import Engine
 from streamer.ingest import StreamRunner
-from streamer.server.streams import LoopingFile
 
 
 @pytest.fixture(scope="module")
@@ -115,19 +116,19 @@ def test_push_frames_stores_what_push_frame_stores(
             one_by_one.push_frame(name, each)
         batched.push_frames(list(zip(names, frames, strict=True)))
     for name in names:
-        alone, together = one_by_one.stream(name).memory.records, batched.stream(name).memory.records
+        alone, together = one_by_one.memory(name).records, batched.memory(name).records
         assert [(r.sequence, r.text, r.tokens, r.tier) for r in together] == [
             (r.sequence, r.text, r.tokens, r.tier) for r in alone
         ]
         for a, t in zip(alone, together, strict=True):
             assert a.text_vector is not None and t.text_vector is not None
             np.testing.assert_allclose(t.text_vector, a.text_vector, atol=1e-4)
-        assert batched.stream(name).memory.cache.length == one_by_one.stream(name).memory.cache.length
+        assert batched.memory(name).cache.length == one_by_one.memory(name).cache.length
     question = "What is in the video?"
     for name in names:
         np.testing.assert_allclose(
-            batched.first_token_logits(name, question).numpy(),
-            one_by_one.first_token_logits(name, question).numpy(),
+            first_token_logits(batched, name, question).numpy(),
+            first_token_logits(one_by_one, name, question).numpy(),
             atol=1e-4,
             err_msg=f"stream {name}: the same frames give the same context",
         )
@@ -160,7 +161,7 @@ def test_scheduler_takes_the_newest_frame_and_counts_the_dropped_ones(
             await scheduler.flush(name)
         assert served == [("a", 4), ("b", 0), ("c", 0)]
         assert (scheduler.batches, scheduler.frames_encoded) == (2, 3), "at most max_batch frames a batch"
-        assert [r.sequence for r in engine.stream("a").memory.records] == [4]
+        assert [r.sequence for r in engine.memory("a").records] == [4]
         scheduler.offer("a", frame(pictures[0], 5))
         await scheduler.flush("a")
         # Now "b" and "c" were served longest ago: they go first when all three are waiting.
@@ -198,7 +199,7 @@ def test_fps_caps_how_often_a_stream_is_served(
         assert not failures
         # Taken at 0, 1, 2 and 3 s at the most (the last when offers stopped), each the newest offered.
         assert 2 <= len(served) <= 4, served
-        assert offered == dropped + len(served) == dropped + len(engine.stream("cam").memory.records)
+        assert offered == dropped + len(served) == dropped + len(engine.memory("cam").records)
 
     asyncio.run(scenario())
 
@@ -219,8 +220,8 @@ def test_a_frame_that_fails_to_encode_stops_only_its_stream(
         scheduler.offer("bad", frame(cv2.cvtColor(pictures[1], cv2.COLOR_BGR2GRAY), 0))
         await scheduler.flush("good")
         await scheduler.flush("bad")
-        assert [r.sequence for r in ingested] == [0] and len(engine.stream("good").memory.records) == 1
-        assert len(failures) == 1 and engine.stream("bad").memory.records == []
+        assert [r.sequence for r in ingested] == [0] and len(engine.memory("good").records) == 1
+        assert len(failures) == 1 and engine.memory("bad").records == []
         for name in ("good", "bad"):
             await scheduler.detach(name)
 
@@ -302,14 +303,14 @@ def test_streams_ingest_through_one_scheduler_with_bounded_lag(
         # a frame held while the other streams are encoded would wait at least a whole batch.
         assert max(waits) < 1 / 15 + 0.3, sorted(waits)[-5:]
         for name, runner in runners.items():
-            records = engine.stream(name).memory.records
+            records = engine.memory(name).records
             assert len(records) == runner.frames_ingested
             assert [r.sequence for r in records] == sorted({r.sequence for r in records}), "frame order, no repeats"
             status = runner.status()
             assert status.error is None
             assert status.frames_stale > 0, "live frames outpace the encoder; the stale ones are dropped"
             assert status.source.frames_dropped >= status.frames_stale
-        assert engine.stream("grey").memory.records == []
+        assert engine.memory("grey").records == []
 
     asyncio.run(scenario())
 
@@ -327,7 +328,7 @@ def test_a_source_that_ends_leaves_its_last_frame_in_memory(embedded_adapter: Em
         source = SyntheticSource("checkers", fps=15.0, duration_s=1.0)
         runner = StreamRunner(engine, "short", source)
         await asyncio.wait_for(runner.run(), 60)
-        records = engine.stream("short").memory.records
+        records = engine.memory("short").records
         assert records and records[-1].sequence == source.frames_delivered - 1
         assert runner.frames_ingested == len(records)
         assert runner.frames_ingested + runner.frames_stale == source.frames_delivered

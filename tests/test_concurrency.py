@@ -12,7 +12,7 @@ from sources.file import FileSource
 from sources.frame import Frame
 from streamer.adapters.embedded import EmbeddedAdapter
 from streamer.engine import Engine, EngineConfig
-from streamer.query import Answer, drain
+from streamer.query import Answer
 
 QUESTION = "What is on screen?"
 
@@ -34,7 +34,7 @@ def test_frames_are_ingested_while_an_answer_is_open(embedded_adapter: EmbeddedA
     engine.add_stream("cam")
     for frame in frames[:6]:
         engine.push_frame("cam", frame)
-    memory = engine.stream("cam").memory
+    memory = engine.memory("cam")
     pushed = threading.Event()
 
     def ingest() -> None:
@@ -51,7 +51,7 @@ def test_frames_are_ingested_while_an_answer_is_open(embedded_adapter: EmbeddedA
             assert pushed.wait(timeout=60), "a frame must be ingested while the answer is still open"
             seen_during_answer.append(len(memory.records))
 
-    answer = drain(engine.ask("cam", QUESTION), on_delta)
+    answer = engine.ask("cam", QUESTION).result(on_delta)
     worker.join(timeout=120)
     assert seen_during_answer and seen_during_answer[0] > 6
     assert answer.as_of == frames[5].stream_time, "the answer reads the memory as of the question"
@@ -71,7 +71,7 @@ def test_several_questions_in_flight_and_cancel(embedded_adapter: EmbeddedAdapte
             if stop is not None:
                 stop.set()  # cancel as soon as the first piece arrives
 
-        answers[name] = drain(engine.ask("cam", question, cancel=stop), on_delta)
+        answers[name] = engine.ask("cam", question, cancel=stop).result(on_delta)
 
     threads = [
         threading.Thread(target=ask, args=("plain", QUESTION, None)),

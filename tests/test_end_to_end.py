@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from engine_probes import choose_blocks
 
 from sources.file import FileSource
 from streamer.adapters.embedded import EmbeddedAdapter
@@ -47,13 +48,13 @@ def test_needle_retrieved_from_host_after_leaving_the_device_budget(
     engine = Engine(embedded_adapter, EngineConfig(budget_tokens=700, evict_chunk=64, policy="fifo"))
     replay = Replay(engine, FileSource(stream.video, fps=1.0), load_questions(stream.questions_path))
     asyncio.run(replay.run())
-    memory = engine.stream(replay.stream_id).memory
+    memory = engine.memory(replay.stream_id)
     needle_records = [r for r in memory.records if needle.start <= r.stream_time < needle.end]
     assert needle_records and all(r.location == "host" for r in needle_records), "the needle left the device"
     assert memory.resident_tokens <= 700
-    snapshot = memory.snapshot()
+    snapshot = memory.view()
     try:
-        chosen = engine.choose_blocks(replay.stream_id, snapshot, asked.question)
+        chosen = choose_blocks(engine, snapshot, asked.question)
         context = snapshot.context(chosen, embedded_adapter.rotate_keys)
     finally:
         snapshot.close()

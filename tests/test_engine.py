@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from engine_probes import choose_blocks, first_token_logits
 
 from sources.file import FileSource
 from sources.frame import Frame
 from streamer.adapters.embedded import EmbeddedAdapter
 from streamer.engine import Engine, EngineConfig
-from streamer.query import drain, reread_context
+from streamer.query import reread_context
 
 QUESTION = "What is on screen?"
 
@@ -44,10 +45,12 @@ def full_forward_logits(adapter: EmbeddedAdapter, lines: list[str], question: st
 def test_streaming_cache_equals_full_forward(embedded_adapter: EmbeddedAdapter, frames: list[Frame]) -> None:
     engine = Engine(embedded_adapter, EngineConfig(budget_tokens=8192, retrieval_top_k=0))
     engine.add_stream("cam")
-    records = [engine.push_frame("cam", frame) for frame in frames]
-    memory = engine.stream("cam").memory
+    for frame in frames:
+        engine.push_frame("cam", frame)
+    memory = engine.memory("cam")
+    records = memory.records
     assert all(r.resident for r in records) and memory.evicted_tokens == 0
-    streamed = engine.first_token_logits("cam", QUESTION)
+    streamed = first_token_logits(engine, "cam", QUESTION)
     plain = full_forward_logits(embedded_adapter, [r.text for r in records], QUESTION)
     torch.testing.assert_close(streamed, plain, atol=2e-4, rtol=1e-4)
     assert int(streamed.argmax()) == int(plain.argmax())
@@ -59,7 +62,7 @@ def test_answer_streams_text_and_reports_timing(embedded_adapter: EmbeddedAdapte
     for frame in frames[:6]:
         engine.push_frame("cam", frame)
     deltas: list[str] = []
-    answer = drain(engine.ask("cam", QUESTION), deltas.append)
+    answer = engine.ask("cam", QUESTION).result(deltas.append)
     assert len(deltas) > 1, "the answer arrives in pieces"
     assert "".join(deltas).strip() == answer.text
     assert 0 < answer.ttft_ms <= answer.latency_ms
@@ -73,7 +76,7 @@ def test_budget_is_never_exceeded_and_records_survive_eviction(
     config = EngineConfig(budget_tokens=400, evict_chunk=40, retrieval_top_k=0)
     engine = Engine(embedded_adapter, config)
     engine.add_stream("cam")
-    memory = engine.stream("cam").memory
+    memory = engine.memory("cam")
     for frame in frames * 2:
         engine.push_frame("cam", frame)
         assert memory.resident_tokens <= config.budget_tokens - config.answer_reserve
@@ -93,9 +96,9 @@ def test_snapshot_is_unchanged_by_ingest_during_the_answer(
     engine.add_stream("cam")
     for frame in frames[:5]:
         engine.push_frame("cam", frame)
-    before = engine.first_token_logits("cam", QUESTION)
-    memory = engine.stream("cam").memory
-    snapshot = memory.snapshot()
+    before = first_token_logits(engine, "cam", QUESTION)
+    memory = engine.memory("cam")
+    snapshot = memory.view()
     cache = snapshot.context(snapshot.blocks, embedded_adapter.rotate_keys)
     embedded_adapter.prefill(embedded_adapter.question_embeds(QUESTION)[:, :-1], cache)
     for frame in frames[5:9]:  # frames arrive while the question is being read
@@ -115,13 +118,13 @@ def test_question_reads_recent_relevant_and_named_frames(
     engine.add_stream("cam")
     for frame in frames:
         engine.push_frame("cam", frame)
-    memory = engine.stream("cam").memory
+    memory = engine.memory("cam")
     newest = frames[-1].stream_time
     recent = {b.record.frame_id for b in memory.blocks if newest - b.record.stream_time <= 1.0}
 
     def chosen_for(question: str) -> list[float]:
-        snapshot = memory.snapshot()
-        chosen = engine.choose_blocks("cam", snapshot, question)
+        snapshot = memory.view()
+        chosen = choose_blocks(engine, snapshot, question)
         snapshot.close()
         return [b.record.stream_time for b in chosen]
 
@@ -144,12 +147,12 @@ def test_offloaded_block_comes_back_for_a_question(embedded_adapter: EmbeddedAda
     engine.add_stream("cam")
     for frame in frames * 2:
         engine.push_frame("cam", frame)
-    memory = engine.stream("cam").memory
+    memory = engine.memory("cam")
     first = memory.records[0]
     assert first.location == "host" and memory.host_tokens > 0
     question = "What was seen at 00:00?"
-    snapshot = memory.snapshot()
-    chosen = engine.choose_blocks("cam", snapshot, question)
+    snapshot = memory.view()
+    chosen = choose_blocks(engine, snapshot, question)
     context = snapshot.context(chosen, embedded_adapter.rotate_keys)
     assert any(b.record is first for b in chosen)
     assert context.length == snapshot.sink_tokens + sum(b.record.tokens for b in chosen)
@@ -162,7 +165,7 @@ def test_host_tier_has_its_own_cap(embedded_adapter: EmbeddedAdapter, frames: li
     config = EngineConfig(budget_tokens=400, evict_chunk=40, host_budget_tokens=100, policy="fifo")
     engine = Engine(embedded_adapter, config)
     engine.add_stream("cam")
-    memory = engine.stream("cam").memory
+    memory = engine.memory("cam")
     for frame in frames * 2:
         engine.push_frame("cam", frame)
         assert memory.host_tokens <= config.host_budget_tokens
@@ -176,7 +179,7 @@ def test_curvature_tiers_route_cost_and_hold_the_budget(embedded_adapter: Embedd
     config = EngineConfig(budget_tokens=420, evict_chunk=20, host_budget_tokens=0, window_seconds=2.0)
     engine = Engine(embedded_adapter, config)
     engine.add_stream("cam")
-    memory = engine.stream("cam").memory
+    memory = engine.memory("cam")
     records = []
     span = frames[-1].stream_time + 0.5
     for lap in range(3):
@@ -207,10 +210,10 @@ def test_reread_answer_equals_a_fresh_pass_over_the_chosen_frames(
     engine.add_stream("cam")
     for frame in frames * 2:
         engine.push_frame("cam", frame)
-    memory = engine.stream("cam").memory
-    assert memory.evicted_tokens > 0 and engine.rereads
-    snapshot = memory.snapshot()
-    chosen = engine.choose_blocks("cam", snapshot, QUESTION)
+    memory = engine.memory("cam")
+    assert memory.evicted_tokens > 0
+    snapshot = memory.view()
+    chosen = choose_blocks(engine, snapshot, QUESTION)
     assert 1 < len(chosen) < len(snapshot.blocks)
     reread = reread_context(embedded_adapter, snapshot, chosen)
     logits = embedded_adapter.next_token_logits(embedded_adapter.question_embeds(QUESTION), reread)
@@ -220,10 +223,9 @@ def test_reread_answer_equals_a_fresh_pass_over_the_chosen_frames(
     plain = full_forward_logits(embedded_adapter, [b.record.text for b in chosen], QUESTION)
     torch.testing.assert_close(logits, plain, atol=2e-4, rtol=1e-4)
     assert (cached_logits - plain).abs().max() > 1e-2, "the cached blocks' deeper layers saw other frames"
-    answer = drain(engine.ask("cam", QUESTION))
+    answer = engine.ask("cam", QUESTION).result()
     engine.config.answer_from = "cache"
-    assert not engine.rereads
-    assert answer.text and drain(engine.ask("cam", QUESTION)).text
+    assert answer.text and engine.ask("cam", QUESTION).result().text
 
 
 @pytest.mark.parametrize("method", ["value_norm", "pool"])
@@ -240,7 +242,7 @@ def test_reread_reads_what_a_compressed_block_still_holds(
         for frame in frames:
             sequence = lap * len(frames) + frame.sequence
             engine.push_frame("cam", Frame(frame.pixels, frame.stream_time + lap * span, frame.capture_time, sequence))
-    memory = engine.stream("cam").memory
+    memory = engine.memory("cam")
     compressed = [b for b in memory.blocks if b.record.compressed]
     whole = [b for b in memory.blocks if not b.record.compressed]
     assert compressed and whole
@@ -255,7 +257,7 @@ def test_reread_reads_what_a_compressed_block_still_holds(
             assert ids is not None and len(ids) == block.length < len(original)
             remaining = iter(original)
             assert all(token in remaining for token in ids), "the kept tokens, in their order"
-    snapshot = memory.snapshot()
+    snapshot = memory.view()
     reread = reread_context(embedded_adapter, snapshot, list(snapshot.blocks))
     assert reread.length == snapshot.cache.length, "every block reads as many tokens as it holds"
     snapshot.close()

@@ -33,7 +33,6 @@ from streamer.evaluation.replaying import Probe, ask_within
 from streamer.evaluation.suite import GenerateSpec, StreamSpec, SuiteSpec, read_suite_file, with_minutes
 from streamer.evaluation.tables import accuracy_of, funnel_cell, percentile
 from streamer.needles import Needle, build_stream, footage_dir
-from streamer.query import drain
 
 BIKES = footage_dir() / "bikes.mp4"
 FIXTURES = Path(__file__).parent / "fixtures" / "benchmarks"
@@ -258,7 +257,7 @@ def test_cached_descriptions_equal_the_describers_own(embedded_adapter: Any, tmp
     cached = CachedDescriber(describer)
 
     first = cached.describe_batch(frames, ["full", "terse", "full"])
-    again = cached.describe_batch(frames, ["terse", lambda features: "full", "full"])
+    again = cached.describe_batch(frames, ["terse", "full", "full"])
 
     assert cached.hits == 3 and len(cached.descriptions) == 3
     for index, full in ((0, first[0]), (1, again[1]), (2, first[2]), (2, again[2])):
@@ -313,10 +312,10 @@ def test_last60_cannot_read_a_needle_older_than_60_s_but_all_can(
 
     monkeypatch.setattr(engine, "choose", spy)
     question = "What word was written on the sign?"
-    t = engine.stream("s").memory.records[-1].stream_time
+    t = engine.memory("s").records[-1].stream_time
 
-    every = drain(ask_within(engine, "s", Probe("all", t, question))).text
-    recent = drain(ask_within(engine, "s", Probe("last60", t, question, since=t - 60.0))).text
+    every = ask_within(engine, "s", Probe("all", t, question)).result().text
+    recent = ask_within(engine, "s", Probe("last60", t, question, since=t - 60.0)).result().text
 
     # The sign (shown 4-9 s, more than a minute before the question) is read and named under "all" ...
     assert any(4.0 <= time <= 9.0 for time in chosen[0]), chosen[0]

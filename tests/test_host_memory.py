@@ -12,22 +12,22 @@ from __future__ import annotations
 import ctypes
 import gc
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import make_tiny_llama
+from engine_probes import choose_blocks
 from transformers import LlamaForCausalLM
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from memory.stream_memory import StreamMemory
 from sources.frame import Frame
 from sources.synthetic import render
-from streamer.adapters.base import Detail, FrameTokens, ModelAdapter, resolve_detail, thumbnail_features
+from streamer.adapters.base import FrameLook, FrameTokens, ModelAdapter
 from streamer.engine import Engine, EngineConfig
-from streamer.query import drain
 
 # The per-layer KV geometry of the embedded default (SmolLM2-135M: 3 key/value heads of 64 channels,
 # fp32 on CPU), over fewer layers so thousands of frames replay in seconds.
@@ -74,12 +74,13 @@ class SyntheticFrames(ModelAdapter):
     def question_text(self, question: str) -> str:
         return f"\nQuestion: {question}{self.answer_opening}"
 
-    def frame_tokens(self, frame: Frame, detail: Detail = "full") -> FrameTokens:
-        features = thumbnail_features(frame.pixels)
-        chosen = resolve_detail(detail, features)
+    def encode(self, frames: Sequence[Frame], looks: Sequence[FrameLook], details: Sequence[str]) -> list[FrameTokens]:
+        return [self._tokens(frame, look, detail) for frame, look, detail in zip(frames, looks, details, strict=True)]
+
+    def _tokens(self, frame: Frame, look: FrameLook, detail: str) -> FrameTokens:
         generator = torch.Generator().manual_seed(frame.sequence)
-        ids = torch.randint(0, self.vocab, (1, FRAME_TOKENS[chosen]), generator=generator)
-        return FrameTokens(self.embed_ids(ids), f"frame {frame.sequence}", chosen, features)
+        ids = torch.randint(0, self.vocab, (1, FRAME_TOKENS[detail]), generator=generator)
+        return FrameTokens(self.embed_ids(ids), f"frame {frame.sequence}", detail, look.features)
 
 
 def synthetic_frame(index: int) -> Frame:
@@ -162,7 +163,8 @@ def engine() -> Iterator[Engine]:
 @pytest.mark.slow
 def test_host_tier_is_capped_and_process_memory_stays_flat(engine: Engine) -> None:
     config = engine.config
-    memory = engine.add_stream("cam").memory
+    engine.add_stream("cam")
+    memory = engine.memory("cam")
     bytes_per_token = LAYERS * 2 * KV_HEADS * HEAD_DIM * 4
     expected_host: dict[int, int] = {}  # frame id -> tokens: what the host tier must hold
     first_drop: int | None = None
@@ -189,11 +191,11 @@ def test_host_tier_is_capped_and_process_memory_stays_flat(engine: Engine) -> No
 
         step = -1 if first_drop is None else index - first_drop - FRAMES_TO_SETTLE  # measured frames so far
         if step >= 0 and step % ASK_EVERY == 0:
-            snapshot = memory.snapshot()
-            chosen = engine.choose_blocks("cam", snapshot, QUESTION)
+            snapshot = memory.view()
+            chosen = choose_blocks(engine, snapshot, QUESTION)
             snapshot.close()
             questions_reading_host += any(b.record.frame_id in memory.offloaded for b in chosen)
-            assert drain(engine.ask("cam", QUESTION)).tokens == config.max_new_tokens
+            assert engine.ask("cam", QUESTION).result().tokens == config.max_new_tokens
         if step >= 0 and step % MEASURE_EVERY == 0:
             device_bytes, host_bytes = kv_bytes(memory)
             assert host_bytes == memory.host_tokens * bytes_per_token, "a host block holds its own tokens only"
@@ -258,7 +260,8 @@ def test_positions_stay_exact_through_many_evictions_and_compressions() -> None:
         budget_tokens=512, host_budget_tokens=0, evict_chunk=16, retrieval_top_k=3, window_seconds=2.0
     )
     engine = Engine(adapter, config)
-    memory = engine.add_stream("cam").memory
+    engine.add_stream("cam")
+    memory = engine.memory("cam")
     sink = adapter.system_embeds()
     checked = 0
     for index in range(400):
@@ -273,8 +276,8 @@ def test_positions_stay_exact_through_many_evictions_and_compressions() -> None:
                 torch.testing.assert_close(got, layer0_keys(model, fresh, block.start), atol=1e-4, rtol=1e-4)
                 checked += 1
         # So does a question's context: the sink, then the chosen blocks moved to be contiguous.
-        snapshot = memory.snapshot()
-        chosen = engine.choose_blocks("cam", snapshot, QUESTION)
+        snapshot = memory.view()
+        chosen = choose_blocks(engine, snapshot, QUESTION)
         context = snapshot.context(chosen, memory.rotate)
         at = snapshot.sink_tokens
         torch.testing.assert_close(context.keys(0)[..., :at, :], layer0_keys(model, sink, 0), atol=1e-4, rtol=1e-4)

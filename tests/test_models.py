@@ -255,7 +255,7 @@ def test_serve_answers_a_websocket_question_from_a_tiny_vlm(tiny_server: ServerT
     done = messages[-1]
     assert done["text"].strip() and 0 < done["ttft_ms"] <= done["latency_ms"]
     assert done["evidence"] and done["evidence"][-1][1] <= done["as_of"]
-    memory = engine.stream("bikes").memory
+    memory = engine.memory("bikes")
     assert 0 < memory.resident_tokens <= memory.budget_tokens
 
 

@@ -79,12 +79,12 @@ def test_four_kinds_of_source_ingest_side_by_side(
                 playing = (SourceState.LIVE, SourceState.ENDED) if name == "file" else (SourceState.LIVE,)
                 assert status.source.state in playing, (name, status)
                 assert status.error is None
-                records = engine.stream(name).memory.records
+                records = engine.memory(name).records
                 assert [record.stream_time for record in records] == sorted(r.stream_time for r in records)
             gone = runners["gone"].status()
             assert gone.error is not None and "connection refused" in gone.error
-            assert engine.stream("gone").memory.records == []
-            assert len({id(engine.stream(name).memory) for name in runners}) == len(runners), "one memory each"
+            assert engine.memory("gone").records == []
+            assert len({id(engine.memory(name)) for name in runners}) == len(runners), "one memory each"
         finally:
             await asyncio.gather(*(runner.stop() for runner in runners.values()))
             await webrtc.wait_closed()
@@ -93,6 +93,6 @@ def test_four_kinds_of_source_ingest_side_by_side(
         assert all(source.status().state in (SourceState.ENDED, SourceState.FAILED) for source in sources.values())
         # Stopping waits for the frames being encoded, so every frame in memory has been counted.
         for name in live:
-            assert len(engine.stream(name).memory.records) == runners[name].frames_ingested
+            assert len(engine.memory(name).records) == runners[name].frames_ingested
 
     asyncio.run(scenario())

@@ -123,8 +123,10 @@ def test_eviction_moves_the_remaining_frames_exactly(adapter: VisionLanguageAdap
     )
     engine = Engine(adapter, config)
     engine.add_stream("cam")
-    records = [engine.push_frame("cam", frame, "full") for frame in frames]
-    memory = engine.stream("cam").memory
+    for frame in frames:
+        engine.push_frame("cam", frame, "full")
+    memory = engine.memory("cam")
+    records = memory.records
     assert [r.resident for r in records] == [False, True, True] and memory.evicted_tokens == lengths[0]
     fresh = StreamingCache(adapter.num_layers)
     adapter.prefill(adapter.system_embeds(), fresh)

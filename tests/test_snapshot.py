@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from engine_probes import first_token_logits
 from server_helpers import wait_for_frames
 
 from sources.file import FileSource
@@ -48,20 +49,20 @@ def test_restored_memory_answers_exactly_as_before(
     engine.add_stream("cam")
     for frame in frames:
         engine.push_frame("cam", frame)
-    before = engine.stream("cam").memory
+    before = engine.memory("cam")
     assert {r.location for r in before.records} >= {"host", "device"}, "the snapshot covers both tiers"
     engine.close()
     assert not list(tmp_path.glob("*.partial")), "no staging file is left behind"
 
     restored = Engine(embedded_adapter, config)
     restored.add_stream("cam")
-    after = restored.stream("cam").memory
+    after = restored.memory("cam")
     assert [(r.frame_id, r.text, r.location, r.tier, r.tokens) for r in after.records] == [
         (r.frame_id, r.text, r.location, r.tier, r.tokens) for r in before.records
     ]
     assert after.resident_tokens == before.resident_tokens and after.host_tokens == before.host_tokens
     torch.testing.assert_close(
-        restored.first_token_logits("cam", QUESTION), engine.first_token_logits("cam", QUESTION), atol=0, rtol=0
+        first_token_logits(restored, "cam", QUESTION), first_token_logits(engine, "cam", QUESTION), atol=0, rtol=0
     )
 
 
@@ -75,7 +76,7 @@ def test_after_a_restore_the_clock_goes_on_and_snapshots_stay_due(
     for frame in frames[:8]:
         engine.push_frame("cam", frame)
     engine.close()
-    last = engine.stream("cam").memory.records[-1].stream_time
+    last = engine.memory("cam").records[-1].stream_time
     assert last == frames[7].stream_time
 
     restarted = Engine(embedded_adapter, config)
@@ -85,8 +86,8 @@ def test_after_a_restore_the_clock_goes_on_and_snapshots_stay_due(
     written = path.stat().st_mtime_ns
     # The source starts again at 0 s; its frames continue the memory's clock.
     records = [restarted.push_frame("cam", frame) for frame in frames[:8]]
-    assert [r.stream_time for r in records] == pytest.approx([last + 1.0 + f.stream_time for f in frames[:8]])
-    times = [r.stream_time for r in restarted.stream("cam").memory.records]
+    assert [r.t for r in records] == pytest.approx([last + 1.0 + f.stream_time for f in frames[:8]])
+    times = [r.stream_time for r in restarted.memory("cam").records]
     assert times == sorted(times) and len(times) == 16
     assert path.stat().st_mtime_ns > written, (
         "a snapshot was due 3 s after the last one, not 3 s after 3.5 s of new stream"
@@ -103,12 +104,12 @@ def test_a_snapshot_that_cannot_be_written_leaves_ingest_going_and_is_retried(
     engine.add_stream("cam")
     for frame in frames[:2]:
         engine.push_frame("cam", frame)
-    assert engine.stream("cam").snapshot_failures == 1
+    assert engine.status("cam").snapshot_failures == 1
     blocked.unlink()  # the disk has room again
     for frame in frames[2:]:
         engine.push_frame("cam", frame)
-    stream = engine.stream("cam")
-    assert len(stream.memory.records) == 8 and stream.snapshot_failures == 1
+    status = engine.status("cam")
+    assert status.frames == 8 and status.snapshot_failures == 1
     assert (blocked / "cam.memory.pt").is_file(), "retried 2 s of stream later, and written"
 
 
@@ -119,8 +120,8 @@ def test_a_damaged_snapshot_is_set_aside_and_the_stream_starts_empty(
     (tmp_path / "cam.memory.pt.k2j4.partial").write_bytes(b"half written")
     engine = Engine(embedded_adapter, EngineConfig(snapshot_dir=tmp_path))
     with caplog.at_level("WARNING", logger="streamer.engine"):
-        stream = engine.add_stream("cam")
-    assert stream.memory.records == []
+        status = engine.add_stream("cam")
+    assert status.frames == 0 and engine.memory("cam").records == []
     [aside] = [path.name for path in tmp_path.iterdir()]
     assert aside.startswith("cam.memory.pt.unreadable-"), "kept for inspection, the partial file removed"
     [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
@@ -149,7 +150,7 @@ def test_a_server_saves_every_stream_on_shutdown_and_forgets_a_deleted_one(
     restored = Engine(embedded_adapter, config.engine_config())
     restored.add_stream("kept")
     # The periodic snapshot came after the first frame only (every 60 s of stream); shutdown wrote the rest.
-    assert len(restored.stream("kept").memory.records) >= ingested >= 4
+    assert len(restored.memory("kept").records) >= ingested >= 4
 
 
 async def _remove(server: ServerThread, stream_id: str) -> bool:
@@ -191,7 +192,7 @@ def test_kill_9_mid_stream_then_restart_restores_the_last_snapshot(
 
     engine = Engine(embedded_adapter, EngineConfig(snapshot_dir=snapshots, snapshot_every_s=5.0, policy="equal"))
     engine.add_stream("cam")
-    records = engine.stream("cam").memory.records
+    records = engine.memory("cam").records
     # Snapshots come every 5 s of stream time: the last one is at most 5 frames behind the kill.
     assert records and seen - 6.0 <= records[-1].stream_time <= seen
     answer = "".join(engine.ask("cam", "What word was written on the sign?"))

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from engine_probes import first_token_logits
 from skimage import data
 
 from sources.frame import Frame
@@ -21,7 +22,6 @@ from streamer.adapters.vlm import VisionLanguageAdapter
 from streamer.engine import Engine, EngineConfig
 from streamer.errors import UserError
 from streamer.llm import resolve_llm
-from streamer.query import drain
 
 QUESTION = "What is in the video?"
 
@@ -73,9 +73,11 @@ def test_streaming_cache_equals_full_forward(family: tuple[str, VisionLanguageAd
     engine = Engine(adapter, EngineConfig(budget_tokens=4096, retrieval_top_k=0))
     engine.add_stream("cam")
     details = ["terse" if i == 1 else "full" for i in range(len(frames))]
-    records = [engine.push_frame("cam", frame, detail) for frame, detail in zip(frames, details, strict=True)]
-    assert all(r.resident for r in records) and engine.stream("cam").memory.evicted_tokens == 0
-    streamed = engine.first_token_logits("cam", QUESTION)
+    for frame, detail in zip(frames, details, strict=True):
+        engine.push_frame("cam", frame, detail)
+    records = engine.memory("cam").records
+    assert all(r.resident for r in records) and engine.memory("cam").evicted_tokens == 0
+    streamed = first_token_logits(engine, "cam", QUESTION)
     pieces = [
         (adapter.system_embeds(), None),
         *((tokens.embeds, tokens.positions) for tokens in map(adapter.frame_tokens, frames, details)),
@@ -110,7 +112,7 @@ def test_answer_streams_text(family: tuple[str, VisionLanguageAdapter], frames: 
     for frame in frames[:2]:
         engine.push_frame("cam", frame)
     deltas: list[str] = []
-    answer = drain(engine.ask("cam", QUESTION), deltas.append)
+    answer = engine.ask("cam", QUESTION).result(deltas.append)
     assert deltas, "the answer arrives as text deltas"
     assert "".join(deltas).strip() == answer.text
     assert 0 < answer.tokens <= 8 and answer.as_of == frames[1].stream_time

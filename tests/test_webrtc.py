@@ -132,7 +132,7 @@ def test_offer_becomes_an_engine_stream(embedded_adapter: EmbeddedAdapter) -> No
             status = runners["browser"].status()
             assert status.source.state == SourceState.LIVE
             assert status.error is None
-            records = engine.stream("browser").memory.records
+            records = engine.memory("browser").records
             assert len(records) >= 2
             assert records[1].stream_time > records[0].stream_time
             await runners["browser"].stop()

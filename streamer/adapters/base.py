@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,13 +21,20 @@ from memory.kv_cache import StreamingCache
 from sources.frame import Frame
 from streamer.rope import RotaryShift
 
-# How a frame is encoded: "full" or "terse", or a function of its cheap features that says which.
-Detail = str | Callable[[np.ndarray | None], str]
 
+@dataclass
+class FrameLook:
+    """What a first, cheap look at a frame found, before it is encoded.
 
-def resolve_detail(detail: Detail, features: np.ndarray | None) -> str:
-    """The detail to encode a frame with, once its cheap features are known."""
-    return detail(features) if callable(detail) else detail
+    features: the cheap feature vector a memory policy decides the frame's tier from (None: none).
+    found: whatever the adapter computed on the way that encoding the frame reuses (the embedded
+    describer's first description), opaque to the engine.
+    timings_ms: cost of each step of the look.
+    """
+
+    features: np.ndarray | None
+    found: Any = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
 
 
 def thumbnail_features(pixels: np.ndarray) -> np.ndarray:
@@ -108,21 +115,23 @@ class ModelAdapter(ABC):
     def device(self) -> torch.device:
         return torch.device(self.model.device)
 
-    @abstractmethod
-    def frame_tokens(self, frame: Frame, detail: Detail = "full") -> FrameTokens:
-        """The tokens for one frame; `detail` is "full" or "terse" (cheaper, fewer tokens), or a
-        function choosing one from the frame's cheap features, called once before the costly work."""
+    def look(self, frames: Sequence[Frame]) -> list[FrameLook]:
+        """A cheap first look at each frame, whose features decide how it is encoded (`encode`'s details).
 
-    def frame_tokens_batch(self, frames: Sequence[Frame], details: Sequence[Detail]) -> list[FrameTokens]:
-        """`frame_tokens` for several frames, which may come from different streams.
-
-        Details that are functions are called in frame order, so each stream's choices stay in its
-        frame order. This default encodes frame by frame; adapters whose models gain from batching
-        run those models once for all the frames.
+        Frames may come from different streams. This default takes a thumbnail's features; adapters whose
+        first costly step yields better ones return those, to be reused by `encode`.
         """
-        if len(frames) != len(details):
-            raise ValueError(f"{len(frames)} frames but {len(details)} details")
-        return [self.frame_tokens(frame, detail) for frame, detail in zip(frames, details, strict=True)]
+        return [FrameLook(thumbnail_features(frame.pixels)) for frame in frames]
+
+    @abstractmethod
+    def encode(self, frames: Sequence[Frame], looks: Sequence[FrameLook], details: Sequence[str]) -> list[FrameTokens]:
+        """The tokens for each frame, given its `look` and its detail: "full", or "terse" (cheaper, fewer
+        tokens). Models that gain from batching run once for all the frames. Each frame's `timings_ms`
+        include its look's."""
+
+    def frame_tokens(self, frame: Frame, detail: str = "full") -> FrameTokens:
+        """`look`, then `encode`, for one frame."""
+        return self.encode([frame], self.look([frame]), [detail])[0]
 
     @abstractmethod
     def question_text(self, question: str) -> str:

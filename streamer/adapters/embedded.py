@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from sources.frame import Frame
-from streamer.adapters.base import Detail, FrameTokens, ModelAdapter
+from streamer.adapters.base import FrameLook, FrameTokens, ModelAdapter
 from streamer.clock import clock
 from streamer.llm import load_llm, resolve_llm
 from streamer.retrieval import TextEmbedder
@@ -28,7 +28,7 @@ SYSTEM_PROMPT = (
 FRAMES_HEADER = "Video frames:\n"
 QUESTION_PREFIX = "\nQuestion: "
 _SLOT = "\x00frames\x00"
-# The stages `frame_tokens_batch` can run as one call for several frames, and those it does by default:
+# The stages `encode` can run as one call for several frames, and those it does by default:
 # on this project's 2-core CPU only the description embedding (MiniLM) came out faster batched (about
 # half its time); EfficientNet-Lite0 cost more per frame in batches of 4-8, and the OpenCV detector
 # was no faster than the spread between identical runs (scripts/bench_sources.py, "the same frames").
@@ -46,7 +46,7 @@ class EmbeddedAdapter(ModelAdapter):
     # A full description line with time, labels, objects, text and colours.
     typical_frame_tokens = 40
     describes_frames = True
-    # The stages `frame_tokens_batch` runs as one call for several frames (of several streams),
+    # The stages `encode` runs as one call for several frames (of several streams),
     # a subset of BATCHABLE_STAGES.
     batched_stages: frozenset[str] = BATCHED_STAGES
 
@@ -101,16 +101,22 @@ class EmbeddedAdapter(ModelAdapter):
             return super().embed_sentences(texts)
         return self.embedder.embed(list(texts))
 
-    def frame_tokens(self, frame: Frame, detail: Detail = "full") -> FrameTokens:
-        return self.frame_tokens_batch([frame], [detail])[0]
+    @property
+    def _vision_batched(self) -> frozenset[str]:
+        return self.batched_stages - {"text_embedding"}
 
-    def frame_tokens_batch(self, frames: Sequence[Frame], details: Sequence[Detail]) -> list[FrameTokens]:
-        """Describe the frames, running the parts in `batched_stages` once for all of them."""
+    def look(self, frames: Sequence[Frame]) -> list[FrameLook]:
+        """The classifier's features and scene labels (the describer's first part); the rest waits for the detail."""
+        looks = self.describer.look_batch([frame.pixels for frame in frames], batched=self._vision_batched)
+        return [FrameLook(look.features, look, dict(look.timings_ms)) for look in looks]
+
+    def encode(self, frames: Sequence[Frame], looks: Sequence[FrameLook], details: Sequence[str]) -> list[FrameTokens]:
+        """Finish describing the frames, running the parts in `batched_stages` once for all of them."""
         if not frames:
             return []
-        descriptions = self.describer.describe_batch(
-            [frame.pixels for frame in frames], details, batched=self.batched_stages - {"text_embedding"}
-        )
+        pixels = [frame.pixels for frame in frames]
+        begun = [look.found for look in looks]
+        descriptions = self.describer.finish_batch(pixels, begun, details, batched=self._vision_batched)
         rendered = [description.render(description.detail) for description in descriptions]
         timings = [dict(description.timings_ms) for description in descriptions]
         vectors: list[np.ndarray | None] = [None] * len(frames)

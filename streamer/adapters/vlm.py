@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from sources.frame import Frame
-from streamer.adapters.base import Detail, FrameTokens, ModelAdapter, resolve_detail, thumbnail_features
+from streamer.adapters.base import FrameLook, FrameTokens, ModelAdapter
 from streamer.clock import clock
 from streamer.errors import UserError
 from streamer.rope import mrope_positions
@@ -268,13 +269,14 @@ class VisionLanguageAdapter(ModelAdapter):
         """`tensor` on the model's device, in the model's dtype if it holds real numbers."""
         return tensor.to(self.device, self.model.dtype if tensor.is_floating_point() else tensor.dtype)
 
+    def encode(self, frames: Sequence[Frame], looks: Sequence[FrameLook], details: Sequence[str]) -> list[FrameTokens]:
+        """Frame by frame: the vision tower is the costly part and runs for every frame; the detail (from
+        the thumbnail features of `look`) only decides whether its tokens are pooled."""
+        return [self._encode(frame, look, detail) for frame, look, detail in zip(frames, looks, details, strict=True)]
+
     @torch.inference_mode()
-    def frame_tokens(self, frame: Frame, detail: Detail = "full") -> FrameTokens:
+    def _encode(self, frame: Frame, look: FrameLook, detail: str) -> FrameTokens:
         started = time.perf_counter()
-        # The vision tower is the costly part and runs for every frame; the cheap features only
-        # decide whether its tokens are pooled.
-        cheap = thumbnail_features(frame.pixels)
-        detail = resolve_detail(detail, cheap)
         pixels = self.format.pixel_inputs(self.image_processor, bgr_to_image(frame.pixels), self.model.config)
         pixels = {name: self.on_device(tensor) for name, tensor in pixels.items()}
         prepared = time.perf_counter()
@@ -288,5 +290,9 @@ class VisionLanguageAdapter(ModelAdapter):
         rows, cols = grid.shape[:2]
         positions = mrope_positions(embeds.shape[1], before.shape[1], rows, cols) if self.format.mrope else None
         text = f"[{clock(frame.stream_time)}] video frame, {rows}x{cols} vision tokens"
-        timings = {"preprocess": (prepared - started) * 1000, "vision_encoder": (encoded - prepared) * 1000}
-        return FrameTokens(embeds, text, detail, cheap, None, timings, positions)
+        timings = {
+            **look.timings_ms,
+            "preprocess": (prepared - started) * 1000,
+            "vision_encoder": (encoded - prepared) * 1000,
+        }
+        return FrameTokens(embeds, text, detail, look.features, None, timings, positions)

@@ -20,7 +20,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -28,10 +28,9 @@ from typing import Any
 import numpy as np
 
 from streamer.retrieval import TextEmbedder
-from streamer.vision.describer import FrameDescription
+from streamer.vision.describer import Descriptions, FrameDescription, Frames, Parts
 from streamer.vision.detector import DetectedObject
 
-DetailChoice = str | Callable[[np.ndarray], str]
 _TERSE_PARTS = ("features", "colours")
 
 
@@ -43,20 +42,28 @@ class CachedDescriber:
         self.descriptions: dict[bytes, FrameDescription] = {}
         self.hits = 0
 
-    def describe(self, frame_bgr: np.ndarray, detail: DetailChoice = "full") -> FrameDescription:
+    def describe(self, frame_bgr: np.ndarray, detail: str = "full") -> FrameDescription:
         return self.describe_batch([frame_bgr], [detail])[0]
 
-    def describe_batch(
-        self, frames_bgr: Sequence[np.ndarray], details: Sequence[DetailChoice], batched: Collection[str] = ()
-    ) -> list[FrameDescription]:
-        """As `FrameDescriber.describe_batch`; detail functions are called in frame order."""
+    def describe_batch(self, frames_bgr: Frames, details: Sequence[str], batched: Parts = ()) -> Descriptions:
+        """As `FrameDescriber.describe_batch`."""
+        return self.finish_batch(frames_bgr, self.look_batch(frames_bgr, batched), details, batched)
+
+    def look_batch(self, frames_bgr: Frames, batched: Parts = ()) -> Descriptions:
+        """Each frame's full description (described now if it is new): it holds the look's features and labels."""
         keys = [_pixels_key(frame) for frame in frames_bgr]
         missing = {key: frame for key, frame in zip(keys, frames_bgr, strict=True) if key not in self.descriptions}
         if missing:
             described = self.describer.describe_batch(list(missing.values()), ["full"] * len(missing), batched=batched)
             self.descriptions.update(zip(missing, described, strict=True))
         self.hits += len(keys) - len(missing)
-        return [self._as(self.descriptions[key], detail) for key, detail in zip(keys, details, strict=True)]
+        return [self.descriptions[key] for key in keys]
+
+    def finish_batch(
+        self, frames_bgr: Frames, looks: Sequence[FrameDescription], details: Sequence[str], batched: Parts = ()
+    ) -> Descriptions:
+        """The full descriptions `look_batch` gave, at each frame's detail."""
+        return [self._as(full, detail) for full, detail in zip(looks, details, strict=True)]
 
     def clear(self) -> None:
         """Forget every description (when a suite moves on to another stream)."""
@@ -110,12 +117,11 @@ class CachedDescriber:
         return len(keys)
 
     @staticmethod
-    def _as(full: FrameDescription, detail: DetailChoice) -> FrameDescription:
-        chosen = detail(full.features) if callable(detail) else detail
-        if chosen == "full":
+    def _as(full: FrameDescription, detail: str) -> FrameDescription:
+        if detail == "full":
             return full
         timings = {part: ms for part, ms in full.timings_ms.items() if part in _TERSE_PARTS}
-        return dataclasses.replace(full, objects=[], text=[], timings_ms=timings, detail=chosen)
+        return dataclasses.replace(full, objects=[], text=[], timings_ms=timings, detail=detail)
 
 
 def vision_fingerprint() -> str:

@@ -1,22 +1,21 @@
 """Replaying a file into an engine stream in process, with questions asked at their stream times.
 
-Like `streamer.replay.Replay`, frames are fed up to a question's time `t`, the question goes through
-the engine's query path, and the stream continues; in addition a question may be limited to the
-memory of a recent window (`since`, for StreamingBench's "last 60 s" context), and the resident token
-count is recorded after every frame.
+Through the same loop as `streamer replay` (`streamer.replay.replay_stream`): frames are fed up to a
+question's time `t`, the question goes through the engine's query path, and the stream continues; in
+addition a question may be limited to the memory of a recent window (`since`, for StreamingBench's
+"last 60 s" context), and the resident token count is recorded after every frame.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from memory.records import FrameRecord
 from sources.file import FileSource
-from sources.frame import SourceEnded
 from streamer.engine import Engine
+from streamer.engine_data import AnswerHandle, FrameInfo
 from streamer.funnel import trace
-from streamer.query import Answer, drain
+from streamer.replay import replay_stream
 
 
 @dataclass(frozen=True)
@@ -62,9 +61,9 @@ class StreamRun:
     ingest_ms_per_frame: dict[str, float] = field(default_factory=dict)
 
 
-def ask_within(engine: Engine, stream_id: str, probe: Probe) -> Generator[str, None, Answer]:
+def ask_within(engine: Engine, stream_id: str, probe: Probe) -> AnswerHandle:
     """`engine.ask` for a probe: its options scored, no frame older than its `since` read."""
-    return engine.ask(stream_id, probe.prompt, since=probe.since, options=probe.options)
+    return engine.ask(stream_id, probe.prompt, options=probe.options, since=probe.since)
 
 
 async def replay_probes(
@@ -72,22 +71,20 @@ async def replay_probes(
     stream_id: str,
     source: FileSource,
     probes: Sequence[Probe],
-    on_frame: Callable[[FrameRecord], None] | None = None,
+    on_frame: Callable[[FrameInfo], None] | None = None,
     on_answer: Callable[[ProbeAnswer], None] | None = None,
     until_last_probe: bool = False,
 ) -> StreamRun:
-    """Feed `source` into a new stream `stream_id`, answering each probe when its time comes; the
-    stream is removed from the engine at the end and the source closed.
+    """Feed `source` into a new stream `stream_id` (`streamer.replay.replay_stream`), answering each probe when
+    its time comes and recording the resident tokens after every frame; the stream is removed at the end.
 
     until_last_probe: stop once the last probe is answered instead of playing the source to its end.
     """
-    engine.add_stream(stream_id)
-    memory = engine.stream(stream_id).memory
-    pending = sorted(probes, key=lambda probe: probe.t)
-    run = StreamRun([], budget_tokens=memory.budget_tokens)
+    run = StreamRun([], budget_tokens=engine.config.budget_tokens)
 
     def answer(probe: Probe) -> None:
-        result = drain(ask_within(engine, stream_id, probe))
+        result = ask_within(engine, stream_id, probe).result()
+        memory = engine.memory(stream_id)
         given = ProbeAnswer(
             probe.id,
             probe.t,
@@ -103,25 +100,15 @@ async def replay_probes(
         if on_answer is not None:
             on_answer(given)
 
+    def frame_fed(info: FrameInfo) -> None:
+        run.timeline.append((info.t, engine.memory(stream_id).resident_tokens))
+        if on_frame is not None:
+            on_frame(info)
+
     try:
-        while True:
-            try:
-                frame = await source.recv()
-            except SourceEnded:
-                break
-            while pending and pending[0].t < frame.stream_time:
-                answer(pending.pop(0))
-            if until_last_probe and not pending:
-                break
-            record = engine.push_frame(stream_id, frame)
-            run.frames += 1
-            run.timeline.append((record.stream_time, memory.resident_tokens))
-            if on_frame is not None:
-                on_frame(record)
-        while pending:
-            answer(pending.pop(0))
-        run.ingest_ms_per_frame = {k: round(v, 1) for k, v in engine.stream(stream_id).stats.mean_ms().items()}
+        run.frames = await replay_stream(engine, stream_id, source, probes, answer, frame_fed, until_last_probe)
+        mean_ms = engine.status(stream_id).ingest_ms_per_frame
+        run.ingest_ms_per_frame = {k: round(v, 1) for k, v in mean_ms.items()}
     finally:
-        source.close()
         engine.remove_stream(stream_id)
     return run

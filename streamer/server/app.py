@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import re
-import stat
 import threading
 import time
 import uuid
@@ -24,7 +22,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlsplit
 
 import numpy as np
 from aiohttp import web
@@ -32,29 +29,35 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sources.base import Source
 from sources.frame import Frame, SourceError
-from sources.open import file_path, source_kind
+from sources.open import source_kind
 from sources.webrtc import OfferHandler
 from streamer.engine import Engine
 from streamer.engine_config import DEFAULT_FPS
 from streamer.errors import USER_ERRORS
-from streamer.query import drain
-from streamer.server.config import STREAM_ID_PATTERN, ServerConfig, StreamerConfig, validation_sentence
+from streamer.server.config import STREAM_ID_PATTERN, StreamerConfig, validation_sentence
+from streamer.server.desk import QuestionDesk
+from streamer.server.guards import (
+    SESSION_COOKIE,
+    ApiError,
+    check_api_source,
+    errors_as_json,
+    known_host,
+    same_origin,
+    token_check,
+    unopenable_file,
+)
 from streamer.server.metrics import CONTENT_TYPE, ServerMetrics
-from streamer.server.protocol import http_error
 from streamer.server.streams import StreamExists, StreamHub, open_source
-from streamer.server.websocket import CLOSE_GOING_AWAY, QuestionDesk, WebsocketEndpoint
+from streamer.server.websocket import CLOSE_GOING_AWAY, WebsocketEndpoint
+from streamer.watches import WatchEvent
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 # Close code 1001 "going away": the server is shutting down.
-_PUBLIC_PREFIXES = ("/health/", "/static/")
-SESSION_COOKIE = "streamer_token"
-_PUBLIC_PATHS = frozenset({"/", "/favicon.ico"})
 _TIMELINE_LIMIT = 2000
 
 T = TypeVar("T")
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass
@@ -106,6 +109,12 @@ class ServerState:
         try:
             engine = await loop.run_in_executor(None, self.load_engine)
             await loop.run_in_executor(None, warm_up, engine)
+
+            # Watch events arise on ingest threads; sessions are served on the loop.
+            def hand_over(event: WatchEvent) -> None:
+                loop.call_soon_threadsafe(self.websocket.watch_event, event)
+
+            engine.on_watch_event(hand_over)
             hub = StreamHub(engine)
             try:
                 while self.initial:
@@ -168,10 +177,16 @@ def create_app(
 ) -> web.Application:
     """The application; `load_engine` runs on a worker thread once the server is listening."""
     config.check_exposure()
-    app = web.Application(
-        middlewares=[_errors_as_json, _known_host, _same_origin, _token_check], client_max_size=64 * 1024
-    )
     state = ServerState(config, load_engine, initial)
+    app = web.Application(
+        middlewares=[
+            errors_as_json,
+            known_host(lambda: state.allowed_hosts),
+            same_origin,
+            token_check(lambda: config.server.token),
+        ],
+        client_max_size=64 * 1024,
+    )
     app[STATE] = state
     app.on_startup.append(_on_startup)
     app.on_shutdown.append(_on_shutdown)
@@ -213,80 +228,9 @@ def warm_up(engine: Engine) -> None:
         engine.push_frame(stream_id, Frame(grey, 0.0, time.time(), 0))
         stop_after_one_token = threading.Event()
         stop_after_one_token.set()
-        drain(engine.ask(stream_id, "What is on screen?", stop_after_one_token))
+        engine.ask(stream_id, "What is on screen?", cancel=stop_after_one_token).result()
     finally:
         engine.remove_stream(stream_id)
-
-
-# Middlewares
-
-
-@web.middleware
-async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure is a JSON error in one sentence; tracebacks stay in the server log."""
-    try:
-        return await handler(request)
-    except ApiError as error:
-        return http_error(error.status, error.code, error.message)
-    except web.HTTPException as error:
-        if error.status < 400:
-            raise
-        return http_error(error.status, error.reason.lower().replace(" ", "_"), f"{error.reason}.")
-    except Exception:
-        log.exception("%s %s failed", request.method, request.path)
-        return http_error(500, "internal_error", "The request failed on the server; the server log has the details.")
-
-
-@web.middleware
-async def _known_host(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse a request addressed to a name the server does not answer to (see allowed_host_names)."""
-    allowed = request.app[STATE].allowed_hosts
-    if allowed is not None and not request.path.startswith("/health/"):
-        name = request_host_name(request.host)
-        if name not in allowed:
-            shown = name if re.fullmatch(r"[\w.:-]{1,253}", name) else "that name"
-            return http_error(
-                403,
-                "forbidden_host",
-                f"This server does not answer to {shown}; add it to server.allowed_hosts to reach it by that name.",
-            )
-    return await handler(request)
-
-
-def request_host_name(host: str) -> str:
-    """The name in a Host header, lower case, without its port: "Evil.example:80" -> "evil.example"."""
-    host = host.strip().lower()
-    if host.startswith("["):
-        return host[1:].partition("]")[0]
-    return host.rpartition(":")[0] if host.count(":") == 1 else host
-
-
-@web.middleware
-async def _same_origin(request: web.Request, handler: Handler) -> web.StreamResponse:
-    origin = request.headers.get("Origin")
-    if origin is not None and request.path not in _PUBLIC_PATHS and urlsplit(origin).netloc != request.host:
-        return http_error(403, "forbidden_origin", "Requests from other web sites are not accepted.")
-    return await handler(request)
-
-
-@web.middleware
-async def _token_check(request: web.Request, handler: Handler) -> web.StreamResponse:
-    token = request.app[STATE].config.server.token
-    public = request.path in _PUBLIC_PATHS or request.path.startswith(_PUBLIC_PREFIXES)
-    if token is None or public:
-        return await handler(request)
-    header = request.headers.get("Authorization", "")
-    if header.startswith("Bearer "):
-        given = header.removeprefix("Bearer ").strip()
-    else:
-        given = request.query.get("token") or request.cookies.get(SESSION_COOKIE, "")
-    if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
-        return http_error(
-            401,
-            "unauthorized",
-            "This server requires a token: send `Authorization: Bearer <token>` or add ?token=<token> to the URL.",
-        )
-    return await handler(request)
 
 
 # Handlers
@@ -329,16 +273,6 @@ async def _ready(request: web.Request) -> web.Response:
 async def _metrics(request: web.Request) -> web.Response:
     body = request.app[STATE].metrics.exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
-
-
-class ApiError(Exception):
-    """Ends a request with a JSON error: an HTTP status, a code and one sentence."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 def _ready_hub(request: web.Request) -> StreamHub:
@@ -392,7 +326,7 @@ async def _add_stream(request: web.Request) -> web.Response:
         source = await asyncio.wait_for(opening, server.source_open_timeout_s)
     except SourceError as error:
         if source_kind(body.source) == "file":  # one answer for every file: nothing about the disk leaks out
-            raise ApiError(422, "source_error", _unopenable_file(body.source, server)) from None
+            raise ApiError(422, "source_error", unopenable_file(body.source, server)) from None
         raise ApiError(422, "source_error", str(error)) from None
     except TimeoutError:
         raise ApiError(
@@ -405,42 +339,6 @@ async def _add_stream(request: web.Request) -> web.Response:
     except USER_ERRORS as error:
         raise ApiError(422, "stream_error", str(error)) from None
     return web.json_response(hub.describe(stream_id), status=201)
-
-
-def check_api_source(source: str, server: ServerConfig) -> None:
-    """Refuse a source a client may not open (see ServerConfig.api_sources and api_file_folders)."""
-    try:
-        kind = source_kind(source)
-    except SourceError as error:
-        raise ApiError(422, "source_error", str(error)) from None
-    if kind == "file":
-        if not _allowed_file(source, server.api_file_folders):
-            raise ApiError(422, "source_error", _unopenable_file(source, server))
-    elif kind not in server.api_sources:
-        allowed = ", ".join(server.api_sources) or "none"
-        raise ApiError(
-            403,
-            "source_not_allowed",
-            f"Clients may open only these kinds of source here: {allowed}; the operator can allow {kind} in "
-            "server.api_sources.",
-        )
-
-
-def _allowed_file(source: str, folders: Sequence[Path]) -> bool:
-    """Whether `source` is a regular file inside one of `folders` (links resolved: no way out by ..)."""
-    try:
-        path = file_path(source).resolve(strict=True)
-        regular = stat.S_ISREG(path.stat().st_mode)  # a FIFO or a device would block the reader forever
-    except (OSError, RuntimeError, SourceError):
-        return False
-    return regular and any(path.is_relative_to(folder.resolve()) for folder in folders)
-
-
-def _unopenable_file(source: str, server: ServerConfig) -> str:
-    where = (
-        "the folders in server.api_file_folders" if server.api_file_folders else "no folder (server.api_file_folders)"
-    )
-    return f"Cannot open '{source}' as a video: clients may open video files only from {where}."
 
 
 async def _remove_stream(request: web.Request) -> web.Response:

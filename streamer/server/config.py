@@ -117,6 +117,7 @@ class ServerConfig(BaseModel):
     )
     message_burst: int = Field(100, ge=1, description="messages a connection may send at once before the rate applies")
     max_questions_per_connection: int = Field(8, ge=1)
+    max_watches_per_stream: int = Field(32, ge=1, description="standing questions one stream may hold")
     max_connections: int = Field(64, ge=1, description="websocket connections open at once, server-wide")
     max_connections_per_address: int = Field(8, ge=1, description="websocket connections from one address")
     idle_timeout_s: float = Field(

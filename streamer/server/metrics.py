@@ -7,7 +7,6 @@ server has its own registry, so several servers in one process (tests, benchmark
 
 from __future__ import annotations
 
-from collections import Counter as Tally
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -107,9 +106,13 @@ class StreamCollector(Collector):
             "streamer_snapshot_failures", "Snapshots that could not be written (ingest went on).", labels=labels
         )
         hub = self.hub()
-        for stream_id, hosted in (hub.streams if hub else {}).items():
-            engine_stream = hub.engine.streams.get(stream_id) if hub else None
-            snapshot_failures.add_metric([stream_id], engine_stream.snapshot_failures if engine_stream else 0)
+        rows = [(stream_id, hosted, hub.engine) for stream_id, hosted in hub.streams.items()] if hub else []
+        for stream_id, hosted, engine in rows:
+            try:
+                memory = engine.status(stream_id)
+            except KeyError:  # removed while this scrape runs
+                continue
+            snapshot_failures.add_metric([stream_id], memory.snapshot_failures)
             status = hosted.status()
             source = status.source
             decoded.add_metric([stream_id], source.frames_decoded)
@@ -119,11 +122,8 @@ class StreamCollector(Collector):
             up.add_metric([stream_id], 1.0 if source.state == SourceState.LIVE else 0.0)
             lag.add_metric([stream_id], status.lag_s)
             fps.add_metric([stream_id], status.ingest_fps)
-            memory = hosted.memory
             resident.add_metric([stream_id], memory.resident_tokens)
             budget.add_metric([stream_id], memory.budget_tokens)
-            # Copying a list is atomic under the GIL; the memory's lock would wait out a prefill.
-            tally = Tally((record.tier, record.location) for record in list(memory.records))
-            for (tier, location), count in sorted(tally.items()):
+            for (tier, location), count in sorted(memory.frames_by_place.items()):
                 frames.add_metric([stream_id, tier, location], count)
         yield from (decoded, dropped, ingested, reconnects, up, lag, fps, resident, budget, frames, snapshot_failures)

@@ -6,11 +6,14 @@ a message that is not exactly right gets an `error` naming the problem, and the 
 usable. Error messages never echo the client's input beyond ids that match a short pattern.
 
 Client -> server: `question.ask {question_id, text}`, `question.cancel {question_id}`,
-`stream.attach` (envelope `stream_id`), `stream.detach`, `ping`.
+`stream.attach` (envelope `stream_id`), `stream.detach`, `watch.create {watch_id, text, every_s?, hold_s?,
+cooldown_s?}` (envelope `stream_id`), `watch.delete {watch_id}`, `watch.list`, `ping`.
 Server -> client: `session.created {session_id, streams}`, `answer.started {question_id, as_of}`,
 `answer.delta {question_id, seq, text}`, `answer.done {question_id, text, as_of, ttft_ms,
 latency_ms, evidence, cancelled}`, `stream.status {state, fps, lag_ms, frames_dropped, ...}`,
-`error {code, message, question_id?, reply_to?}`, `pong`.
+`watch.created {watch_id}`, `watch.deleted {watch_id}`, `watch.listed {watches}`, `watch.event {watch_id,
+event_id, phase, t_onset, t_detected, as_of, p_yes, text, evidence}` (to every connection attached to the
+watch's stream), `error {code, message, question_id?, reply_to?}`, `pong`.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ class ErrorCode(StrEnum):
     TOO_MANY_QUESTIONS = "too_many_questions"
     SERVER_BUSY = "server_busy"
     SLOW_CONSUMER = "slow_consumer"
+    UNKNOWN_WATCH = "unknown_watch"
+    DUPLICATE_WATCH = "duplicate_watch"
+    TOO_MANY_WATCHES = "too_many_watches"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -131,6 +137,36 @@ class StreamDetach(ClientMessage):
     type: Literal["stream.detach"]
 
 
+class WatchCreate(ClientMessage):
+    """A standing question on `stream_id` (`streamer.watches`); it belongs to the stream, not the connection."""
+
+    type: Literal["watch.create"]
+    watch_id: str = Field(pattern=QUESTION_ID_PATTERN)
+    text: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
+    every_s: float = Field(5.0, gt=0, le=3600)
+    hold_s: float = Field(0.0, ge=0, le=3600)
+    cooldown_s: float = Field(10.0, ge=0, le=86400)
+
+    @model_validator(mode="after")
+    def _names_a_stream(self) -> WatchCreate:
+        if self.stream_id is None:
+            raise ValueError("watch.create needs a stream_id")
+        if not self.text.strip():
+            raise ValueError("the watch's text is blank")
+        return self
+
+
+class WatchDelete(ClientMessage):
+    type: Literal["watch.delete"]
+    watch_id: str = Field(pattern=QUESTION_ID_PATTERN)
+
+
+class WatchList(ClientMessage):
+    """The watches of `stream_id`, or of every stream when it is left out."""
+
+    type: Literal["watch.list"]
+
+
 class Ping(ClientMessage):
     type: Literal["ping"]
 
@@ -140,6 +176,9 @@ CLIENT_MESSAGES: dict[str, type[ClientMessage]] = {
     "question.cancel": QuestionCancel,
     "stream.attach": StreamAttach,
     "stream.detach": StreamDetach,
+    "watch.create": WatchCreate,
+    "watch.delete": WatchDelete,
+    "watch.list": WatchList,
     "ping": Ping,
 }
 
@@ -262,6 +301,51 @@ class StreamStatusMessage(ServerMessage):
     lag_ms: float
     frames_ingested: int
     frames_dropped: int
+
+
+class WatchCreated(ServerMessage):
+    type: Literal["watch.created"] = "watch.created"
+    watch_id: str
+    reply_to: str | None = None
+
+
+class WatchDeleted(ServerMessage):
+    type: Literal["watch.deleted"] = "watch.deleted"
+    watch_id: str
+    reply_to: str | None = None
+
+
+class WatchSummary(BaseModel):
+    watch_id: str
+    stream_id: str
+    text: str
+    every_s: float
+    hold_s: float
+    cooldown_s: float
+    checks: int
+    active: bool
+
+
+class WatchListed(ServerMessage):
+    type: Literal["watch.listed"] = "watch.listed"
+    watches: list[WatchSummary]
+    reply_to: str | None = None
+
+
+class WatchEventMessage(ServerMessage):
+    """An episode of a watch started or ended. t_onset: stream time of its first frame; t_detected: stream
+    time of the check that fired; evidence: [[t0, t1], ...] stream times of the frames that show it."""
+
+    type: Literal["watch.event"] = "watch.event"
+    watch_id: str
+    event_id: str
+    phase: Literal["start", "end"]
+    t_onset: float
+    t_detected: float
+    as_of: float
+    p_yes: float
+    text: str
+    evidence: list[tuple[float, float]]
 
 
 class ErrorMessage(ServerMessage):

@@ -9,7 +9,6 @@ locks, so a view never waits for a frame's prefill on the event loop.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import re
 from concurrent.futures import Executor
@@ -20,10 +19,10 @@ from typing import Any
 import cv2
 
 import sources.open
-from memory.stream_memory import StreamMemory
-from sources.base import Source, SourceStatus
-from sources.file import FileSource
-from sources.frame import Frame, SourceEnded, SourceError
+from sources.base import Source
+from sources.frame import Frame, SourceError
+from sources.looping import LoopingFile
+from sources.preview import PreviewTap
 from streamer.engine import Engine
 from streamer.ingest import IngestStatus, StreamRunner
 
@@ -36,75 +35,6 @@ PREVIEW_QUALITY = 80
 
 class StreamExists(ValueError):
     pass
-
-
-class PreviewTap:
-    """Passes frames through from `source`, remembering the newest one for the live preview."""
-
-    def __init__(self, source: Source) -> None:
-        self.source = source
-        self.name = source.name
-        self.latest: Frame | None = None
-
-    async def recv(self) -> Frame:
-        frame = await self.source.recv()
-        self.latest = frame
-        return frame
-
-    def status(self) -> SourceStatus:
-        return self.source.status()
-
-    def close(self) -> None:
-        self.source.close()
-
-
-class LoopingFile:
-    """A video file played in real time, again from the start whenever it ends; stream time runs on."""
-
-    def __init__(self, path: Path, fps: float) -> None:
-        self.path = path
-        self.fps = fps
-        self.current = FileSource(path, fps=fps, realtime=True)
-        self.name = f"{self.current.name} (looping)"
-        self._time_offset = 0.0
-        self._sequence_offset = 0
-        self._earlier_decoded = 0
-        self._closed = False
-
-    async def recv(self) -> Frame:
-        while True:
-            try:
-                frame = await self.current.recv()
-            except SourceEnded:
-                if self._closed:
-                    raise
-                await self._restart()
-                continue
-            return dataclasses.replace(
-                frame,
-                stream_time=frame.stream_time + self._time_offset,
-                sequence=frame.sequence + self._sequence_offset,
-            )
-
-    async def _restart(self) -> None:
-        finished = self.current
-        self._time_offset += finished.duration
-        self._sequence_offset += finished.frames_delivered
-        self._earlier_decoded += finished.frames_decoded
-        self.current = await asyncio.to_thread(FileSource, self.path, self.fps, True)
-        log.info("%s: reached the end; playing it again from stream time %.1f s", self.name, self._time_offset)
-
-    def status(self) -> SourceStatus:
-        status = self.current.status()
-        return dataclasses.replace(
-            status,
-            frames_decoded=status.frames_decoded + self._earlier_decoded,
-            frames_delivered=status.frames_delivered + self._sequence_offset,
-        )
-
-    def close(self) -> None:
-        self._closed = True
-        self.current.close()
 
 
 def open_source(url: str, fps: float, loop: bool = False) -> Source:
@@ -124,7 +54,6 @@ class HostedStream:
     stream_id: str
     tap: PreviewTap
     runner: StreamRunner
-    memory: StreamMemory
     # The newest frame's JPEG by sequence number, so clients polling the preview share one encoding.
     preview: tuple[int, bytes] | None = None
 
@@ -146,7 +75,7 @@ class StreamHub:
 
     async def add(self, stream_id: str, source: Source, fps: float | None = None) -> HostedStream:
         """Start ingesting `source` as `stream_id`; the hub owns the source from here on."""
-        if stream_id in self.streams or stream_id in self._reserved or stream_id in self.engine.streams:
+        if stream_id in self.streams or stream_id in self._reserved or self.engine.has_stream(stream_id):
             source.close()
             raise StreamExists(f"A stream named '{stream_id}' already exists; pick another stream_id.")
         self._reserved.add(stream_id)
@@ -160,7 +89,7 @@ class StreamHub:
             self._reserved.discard(stream_id)
         tap = PreviewTap(source)
         runner = StreamRunner(self.engine, stream_id, tap, fps=fps, executor=self.executor)
-        hosted = HostedStream(stream_id, tap, runner, self.engine.stream(stream_id).memory)
+        hosted = HostedStream(stream_id, tap, runner)
         self.streams[stream_id] = hosted
         runner.start()
         log.info("%s: ingesting %s", stream_id, source.name)
@@ -177,17 +106,10 @@ class StreamHub:
         if hosted is None:
             return False
         await hosted.runner.stop()
-        path = self.engine.snapshot_path(stream_id)
-        if path is not None:
-            loop = asyncio.get_running_loop()
-            try:
-                if keep_snapshot:
-                    await loop.run_in_executor(self.executor, self.engine.save_snapshot, stream_id)
-                else:
-                    path.unlink(missing_ok=True)
-            except OSError as error:  # a full disk must not keep the server from stopping
-                log.error("%s: snapshot %s failed: %s", stream_id, path, error)
-        self.engine.remove_stream(stream_id)
+        # Writing the snapshot is disk work: never on the event loop.
+        await asyncio.get_running_loop().run_in_executor(
+            self.executor, self.engine.remove_stream, stream_id, keep_snapshot
+        )
         log.info("%s: removed", stream_id)
         return True
 
@@ -201,7 +123,7 @@ class StreamHub:
         hosted = self.streams[stream_id]
         status = hosted.status()
         source = status.source
-        memory = hosted.memory
+        memory = self.engine.status(stream_id)
         return {
             "stream_id": stream_id,
             "source": hosted.tap.name,
@@ -215,31 +137,31 @@ class StreamHub:
             "reconnects": source.reconnects,
             "resident_tokens": memory.resident_tokens,
             "budget_tokens": memory.budget_tokens,
-            "frames_in_memory": len(memory.records),
+            "frames_in_memory": memory.frames,
         }
 
     def timeline(self, stream_id: str, limit: int) -> dict[str, Any]:
         """The newest `limit` frame records: time, tier, where the KV block is, and the description."""
-        memory = self.streams[stream_id].memory
-        # Copying a list is atomic under the GIL; memory.lock would wait out a prefill on the event loop.
-        records = list(memory.records)[-limit:]
+        self.streams[stream_id]  # KeyError for a stream the hub does not host
+        memory = self.engine.status(stream_id)
+        frames = self.engine.frames(stream_id, last=limit)
         return {
             "stream_id": stream_id,
-            "as_of": records[-1].stream_time if records else 0.0,
-            "total_frames": len(memory.records),
+            "as_of": frames[-1].t if frames else 0.0,
+            "total_frames": memory.frames,
             "resident_tokens": memory.resident_tokens,
             "budget_tokens": memory.budget_tokens,
             "frames": [
                 {
-                    "t": round(record.stream_time, 3),
-                    "sequence": record.sequence,
-                    "tier": record.tier,
-                    "location": record.location,
-                    "tokens": record.tokens,
-                    "margin": round(record.margin, 4),
-                    "text": record.text,
+                    "t": round(frame.t, 3),
+                    "sequence": frame.sequence,
+                    "tier": frame.tier,
+                    "location": frame.location,
+                    "tokens": frame.tokens,
+                    "margin": round(frame.margin, 4),
+                    "text": frame.text,
                 }
-                for record in records
+                for frame in frames
             ],
         }
 

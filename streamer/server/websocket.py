@@ -1,9 +1,8 @@
 """The `/ws` endpoint: reads client messages, carries them out, and streams answers back.
 
 Every message is handled at once on the event loop: parsing and bookkeeping are cheap, and answers
-are generated on worker threads. An answer thread hands each text delta to the loop, which queues
-it for its client (see `session`), so a slow or vanished client never holds up generation, ingest
-or other clients. A malformed message gets an `error` and the connection stays open.
+are generated on worker threads by the question desk (`streamer.server.desk`). A malformed message
+gets an `error` and the connection stays open.
 
 Each message still costs the server about 0.2 ms of CPU (websocket framing, parsing, the reply and
 its system call), and on a small machine ingest feels every core-share taken from it. So each
@@ -15,26 +14,20 @@ is dropped and every message is still answered.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import Counter as Tally
 from collections.abc import Callable
-from concurrent.futures import Executor
 from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
 
-from streamer.engine import Engine, UnknownStream
-from streamer.intent import options_prompt
-from streamer.query import Answer, drain
+from streamer.server.desk import QuestionDesk, no_stream, send_error
 from streamer.server.metrics import ServerMetrics
 from streamer.server.protocol import (
-    AnswerDelta,
-    AnswerDone,
-    AnswerStarted,
     ClientMessage,
     ErrorCode,
-    ErrorMessage,
     Ping,
     Pong,
     ProtocolError,
@@ -44,11 +37,20 @@ from streamer.server.protocol import (
     StreamAttach,
     StreamDetach,
     StreamStatusMessage,
+    WatchCreate,
+    WatchCreated,
+    WatchDelete,
+    WatchDeleted,
+    WatchEventMessage,
+    WatchList,
+    WatchListed,
+    WatchSummary,
     http_error,
     parse_client_message,
 )
-from streamer.server.session import QuestionInFlight, Session
+from streamer.server.session import Session
 from streamer.server.streams import StreamHub
+from streamer.watches import WatchEvent, WatchInfo, WatchSpec
 
 if TYPE_CHECKING:
     from streamer.server.config import ServerConfig
@@ -88,112 +90,6 @@ class MessageBudget:
         return 0.0 if self.tokens >= 0 else (self.batch - self.tokens - 1.0) / self.rate
 
 
-class QuestionDesk:
-    """Runs questions on worker threads, at most `max_pending` queued or answering at once."""
-
-    def __init__(self, engine: Engine, executor: Executor, metrics: ServerMetrics, max_pending: int) -> None:
-        self.engine = engine
-        self.executor = executor
-        self.metrics = metrics
-        self.max_pending = max_pending
-        self.pending = 0
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    def ask(self, session: Session, message: QuestionAsk, stream_id: str) -> None:
-        if self.pending >= self.max_pending:
-            raise ProtocolError(
-                ErrorCode.SERVER_BUSY,
-                "The server is answering as many questions as it can; ask again shortly.",
-                message.question_id,
-            )
-        question = QuestionInFlight(message.question_id, stream_id)
-        session.questions[question.question_id] = question
-        self.pending += 1
-        text, options = message.text, message.options
-        if options:
-            text = options_prompt(text, options)
-        task = asyncio.create_task(
-            self._answer(session, question, text, options), name=f"answer {question.question_id}"
-        )
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def _answer(
-        self, session: Session, question: QuestionInFlight, text: str, options: list[str] | None = None
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        question_id, stream_id = question.question_id, question.stream_id
-        sequence = 0
-
-        def on_delta(delta: str) -> None:
-            nonlocal sequence
-            session.send(AnswerDelta(stream_id=stream_id, question_id=question_id, seq=sequence, text=delta))
-            sequence += 1
-
-        def on_started(as_of: float) -> None:
-            session.send(AnswerStarted(stream_id=stream_id, question_id=question_id, as_of=as_of))
-
-        def generate() -> Answer | None:
-            if question.cancel.is_set():
-                return None
-
-            # Both run on this thread and the loop runs callbacks in order: started comes before any delta.
-            def snapshot_taken(as_of: float) -> None:
-                loop.call_soon_threadsafe(on_started, as_of)
-
-            def hand_over(delta: str) -> None:
-                loop.call_soon_threadsafe(on_delta, delta)
-
-            deltas = self.engine.ask(stream_id, text, question.cancel, on_snapshot=snapshot_taken, options=options)
-            return drain(deltas, hand_over)
-
-        try:
-            answer = await loop.run_in_executor(self.executor, generate)
-        except UnknownStream:
-            self.metrics.questions.labels("failed").inc()
-            send_error(session, self.metrics, ErrorCode.UNKNOWN_STREAM, _no_stream(stream_id), question_id)
-        except Exception:
-            log.exception("%s: answering question %s failed", stream_id, question_id)
-            self.metrics.questions.labels("failed").inc()
-            message = "The answer failed on the server; the server log has the details."
-            send_error(session, self.metrics, ErrorCode.INTERNAL_ERROR, message, question_id)
-        else:
-            session.send(self._done(question, answer))
-        finally:
-            self.pending -= 1
-            session.questions.pop(question_id, None)
-
-    def _done(self, question: QuestionInFlight, answer: Answer | None) -> AnswerDone:
-        if answer is None or answer.cancelled:
-            self.metrics.questions.labels("cancelled").inc()
-        else:
-            self.metrics.questions.labels("answered").inc()
-            self.metrics.ttft.observe(answer.ttft_ms / 1000)
-            self.metrics.latency.observe(answer.latency_ms / 1000)
-        if answer is None:
-            # Cancelled while waiting for a worker: nothing was generated.
-            return AnswerDone(
-                stream_id=question.stream_id,
-                question_id=question.question_id,
-                text="",
-                as_of=0.0,
-                ttft_ms=0.0,
-                latency_ms=0.0,
-                evidence=[],
-                cancelled=True,
-            )
-        return AnswerDone(
-            stream_id=question.stream_id,
-            question_id=question.question_id,
-            text=answer.text,
-            as_of=answer.as_of,
-            ttft_ms=round(answer.ttft_ms, 1),
-            latency_ms=round(answer.latency_ms, 1),
-            evidence=[(t0, t1) for t0, t1 in answer.evidence],
-            cancelled=answer.cancelled,
-        )
-
-
 class WebsocketEndpoint:
     """Serves `/ws`. `hub` and `desk` return None until the model is ready."""
 
@@ -214,6 +110,7 @@ class WebsocketEndpoint:
         self.message_burst = settings.message_burst
         self.max_connections = settings.max_connections
         self.max_connections_per_address = settings.max_connections_per_address
+        self.max_watches = settings.max_watches_per_stream
         self.idle_timeout_s = settings.idle_timeout_s
         self.sessions: set[Session] = set()
         self.per_address: Tally[str] = Tally()
@@ -334,7 +231,7 @@ class WebsocketEndpoint:
         if isinstance(message, StreamAttach):
             assert message.stream_id is not None  # checked when parsed
             if hub.get(message.stream_id) is None:
-                raise ProtocolError(ErrorCode.UNKNOWN_STREAM, _no_stream(message.stream_id))
+                raise ProtocolError(ErrorCode.UNKNOWN_STREAM, no_stream(message.stream_id))
             session.attach(message.stream_id)
             session.send_status(stream_status(hub, message.stream_id))
         elif isinstance(message, QuestionCancel):
@@ -348,6 +245,45 @@ class WebsocketEndpoint:
             question.cancel.set()
         elif isinstance(message, QuestionAsk):
             self._ask(session, hub, desk, message)
+        elif isinstance(message, WatchCreate | WatchDelete | WatchList):
+            self._watch(session, hub, message)
+
+    def _watch(self, session: Session, hub: StreamHub, message: WatchCreate | WatchDelete | WatchList) -> None:
+        """Watches are cheap to add and remove (no model pass): carried out on the loop."""
+        engine = hub.engine
+        if isinstance(message, WatchList):
+            if message.stream_id is not None and hub.get(message.stream_id) is None:
+                raise ProtocolError(ErrorCode.UNKNOWN_STREAM, no_stream(message.stream_id))
+            watches = [watch_summary(info) for info in engine.watches(message.stream_id)]
+            session.send(WatchListed(stream_id=message.stream_id, watches=watches, reply_to=message.id))
+        elif isinstance(message, WatchDelete):
+            if not engine.remove_watch(message.watch_id):
+                raise ProtocolError(ErrorCode.UNKNOWN_WATCH, "No watch has this watch_id; watch.list lists them.")
+            session.send(WatchDeleted(watch_id=message.watch_id, reply_to=message.id))
+        else:
+            stream_id = message.stream_id
+            assert stream_id is not None  # checked when parsed
+            if hub.get(stream_id) is None:
+                raise ProtocolError(ErrorCode.UNKNOWN_STREAM, no_stream(stream_id))
+            if len(engine.watches(stream_id)) >= self.max_watches:
+                raise ProtocolError(
+                    ErrorCode.TOO_MANY_WATCHES,
+                    f"A stream holds at most {self.max_watches} watches; delete one first.",
+                )
+            spec = WatchSpec(message.text, message.every_s, message.hold_s, message.cooldown_s)
+            try:
+                engine.add_watch(stream_id, spec, message.watch_id)
+            except ValueError as error:
+                raise ProtocolError(ErrorCode.DUPLICATE_WATCH, str(error)) from None
+            session.attach(stream_id)  # the creator hears the watch's events
+            session.send(WatchCreated(stream_id=stream_id, watch_id=message.watch_id, reply_to=message.id))
+
+    def watch_event(self, event: WatchEvent) -> None:
+        """Send a watch's event to every connection attached to its stream (call on the event loop)."""
+        message = WatchEventMessage.model_validate(dataclasses.asdict(event))
+        for session in list(self.sessions):
+            if event.stream_id in session.attached:
+                session.send(message)
 
     def _ask(self, session: Session, hub: StreamHub, desk: QuestionDesk, message: QuestionAsk) -> None:
         question_id = message.question_id
@@ -359,7 +295,7 @@ class WebsocketEndpoint:
                 ErrorCode.NO_STREAM, "Say which stream the question is about: set stream_id.", question_id
             )
         if hub.get(stream_id) is None:
-            raise ProtocolError(ErrorCode.UNKNOWN_STREAM, _no_stream(stream_id), question_id)
+            raise ProtocolError(ErrorCode.UNKNOWN_STREAM, no_stream(stream_id), question_id)
         if question_id in session.questions:
             raise ProtocolError(
                 ErrorCode.DUPLICATE_QUESTION, "A question with this question_id is already in flight.", question_id
@@ -391,6 +327,20 @@ class WebsocketEndpoint:
         await asyncio.gather(*(session.close(code, reason) for session in list(self.sessions)))
 
 
+def watch_summary(info: WatchInfo) -> WatchSummary:
+    spec = info.spec
+    return WatchSummary(
+        watch_id=info.watch_id,
+        stream_id=info.stream_id,
+        text=spec.text,
+        every_s=spec.every_s,
+        hold_s=spec.hold_s,
+        cooldown_s=spec.cooldown_s,
+        checks=info.checks,
+        active=info.active,
+    )
+
+
 def stream_status(hub: StreamHub, stream_id: str) -> StreamStatusMessage:
     described = hub.describe(stream_id)
     return StreamStatusMessage(
@@ -402,19 +352,3 @@ def stream_status(hub: StreamHub, stream_id: str) -> StreamStatusMessage:
         frames_ingested=described["frames_ingested"],
         frames_dropped=described["frames_dropped"],
     )
-
-
-def send_error(
-    session: Session,
-    metrics: ServerMetrics,
-    code: ErrorCode,
-    message: str,
-    question_id: str | None = None,
-    reply_to: str | None = None,
-) -> None:
-    metrics.protocol_error(code.value)
-    session.send(ErrorMessage(code=code, message=message, question_id=question_id, reply_to=reply_to))
-
-
-def _no_stream(stream_id: str) -> str:
-    return f"There is no stream '{stream_id}'; GET /streams lists them."

@@ -28,6 +28,10 @@ _IRREGULAR_PLURALS = {"person": "people", "mouse": "mice", "knife": "knives", "s
                       "skis": "skis", "scissors": "scissors"}  # fmt: skip
 
 _T = TypeVar("_T")
+# What the describing steps take and give: frames (H x W x 3 uint8 BGR), the parts to batch, descriptions.
+Frames = Sequence[np.ndarray]
+Parts = Collection[str]
+Descriptions = list["FrameDescription"]
 
 
 @dataclass
@@ -99,48 +103,53 @@ class FrameDescriber:
         self.detector = detector or ObjectDetector(min_score=0.6)
         self.reader = reader or TextReader(threads=threads)
 
-    def describe(
-        self, frame_bgr: np.ndarray, detail: Detail | Callable[[np.ndarray], str] = "full"
-    ) -> FrameDescription:
-        """Describe one H x W x 3 uint8 BGR frame; "terse" runs only the classifier and colours.
-
-        `detail` may be a function of the frame's features that chooses, so the costly parts run
-        only for the frames it wants in full.
-        """
+    def describe(self, frame_bgr: np.ndarray, detail: Detail = "full") -> FrameDescription:
+        """Describe one H x W x 3 uint8 BGR frame; "terse" runs only the classifier and colours."""
         return self.describe_batch([frame_bgr], [detail])[0]
 
-    def describe_batch(
-        self,
-        frames_bgr: Sequence[np.ndarray],
-        details: Sequence[Detail | Callable[[np.ndarray], str]],
-        batched: Collection[str] = (),
-    ) -> list[FrameDescription]:
-        """Describe several frames as `describe` would one by one, except that the parts named in
-        `batched` ("features", "detector") run as one model call for all the frames that need them.
+    def describe_batch(self, frames_bgr: Frames, details: Sequence[str], batched: Parts = ()) -> Descriptions:
+        """`describe` for several frames, except that the parts named in `batched` ("features",
+        "detector") run as one model call for all the frames that need them: `look_batch`, then
+        `finish_batch`."""
+        return self.finish_batch(frames_bgr, self.look_batch(frames_bgr, batched), details, batched)
 
-        Details that are functions are called in frame order, each once its frame's features are
-        known. A batched part's time is shared equally among the frames it covered.
-        """
-        if len(frames_bgr) != len(details):
-            raise ValueError(f"{len(frames_bgr)} frames but {len(details)} details")
+    def look_batch(self, frames_bgr: Frames, batched: Parts = ()) -> Descriptions:
+        """The first, cheap part of describing: each frame's features and scene labels (the classifier), as
+        descriptions with nothing else yet. The features decide how the rest is described (a memory
+        policy's tier); `finish_batch` completes them."""
         unknown = set(batched) - set(BATCHABLE)
         if unknown:
             raise ValueError(f"Cannot batch {', '.join(sorted(unknown))}: choose from {', '.join(BATCHABLE)}.")
         timings: list[dict[str, float]] = [{} for _ in frames_bgr]
         extracted = _run_parts(timings, "features", "features" in batched, frames_bgr, self.extractor.extract_batch)
-        descriptions = []
-        for (features, labels), detail, frame_timings in zip(extracted, details, timings, strict=True):
-            chosen = detail(features) if callable(detail) else detail
-            _check_detail(chosen)
-            descriptions.append(FrameDescription(features, labels, timings_ms=frame_timings, detail=chosen))
+        return [
+            FrameDescription(features, labels, timings_ms=frame_timings)
+            for (features, labels), frame_timings in zip(extracted, timings, strict=True)
+        ]
+
+    def finish_batch(
+        self, frames_bgr: Frames, looks: Sequence[FrameDescription], details: Sequence[str], batched: Parts = ()
+    ) -> Descriptions:
+        """Complete the descriptions `look_batch` began, each at its detail: "full" adds the detector's
+        objects and OCR's text, both add the colours. A batched part's time is shared equally among the
+        frames it covered."""
+        if not len(frames_bgr) == len(looks) == len(details):
+            raise ValueError(f"{len(frames_bgr)} frames, {len(looks)} looks and {len(details)} details")
+        for detail in details:
+            _check_detail(detail)
+        descriptions = [
+            FrameDescription(look.features, look.labels, timings_ms=dict(look.timings_ms), detail=detail)
+            for look, detail in zip(looks, details, strict=True)
+        ]
         full = [index for index, description in enumerate(descriptions) if description.detail == "full"]
         full_frames = [frames_bgr[index] for index in full]
-        full_timings = [timings[index] for index in full]
+        full_timings = [descriptions[index].timings_ms for index in full]
         found = _run_parts(full_timings, "detector", "detector" in batched, full_frames, self.detector.detect_batch)
         for index, objects in zip(full, found, strict=True):
             descriptions[index].objects = objects
         for index in full:
-            descriptions[index].text = _timed(timings[index], "ocr", partial(self.reader.read, frames_bgr[index]))
+            description = descriptions[index]
+            description.text = _timed(description.timings_ms, "ocr", partial(self.reader.read, frames_bgr[index]))
         for frame_bgr, description in zip(frames_bgr, descriptions, strict=True):
             description.colours = _timed(description.timings_ms, "colours", partial(dominant_colours, frame_bgr))
         return descriptions

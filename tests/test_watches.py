@@ -1,0 +1,186 @@
+"""Standing questions: a watch's condition, its episodes (hysteresis, hold, cooldown), and watches checked by the
+engine as frames arrive, from the event timeline (scripted descriptions, real SmolLM2) and from the model."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+import aiohttp
+import pytest
+from scripted import CAT, ScriptedDescriber, frame_at, sign
+from server_helpers import STREAM, Message, connect, frames_ingested, receive, receive_until, start_server, ws_url
+
+from memory.events import EventTimeline
+from streamer.adapters.embedded import EmbeddedAdapter
+from streamer.engine import Engine, EngineConfig
+from streamer.needles.building import build_stream
+from streamer.needles.content import Needle
+from streamer.watches import Reading, WatchEvent, WatchSpec, WatchState, parse_condition, read_timeline
+
+
+@pytest.mark.parametrize(
+    ("text", "texts", "things"),
+    [
+        ("tell me when the sign says CLOSED", ("closed",), ()),
+        ("Tell me when the sign reads open", ("open",), ()),
+        ('alert me when "Gate 7" is shown', ("gate", "7"), ()),
+        ("alert when a cat appears", (), ("cat",)),
+        ("notify me if a red car enters", (), ("red", "car")),
+    ],
+)
+def test_a_condition_is_text_to_read_and_things_to_see(
+    text: str, texts: tuple[str, ...], things: tuple[str, ...]
+) -> None:
+    condition = parse_condition(text)
+    assert (condition.texts, condition.things) == (texts, things)
+
+
+def test_bad_watch_settings_are_refused_in_one_sentence() -> None:
+    with pytest.raises(ValueError, match="needs a condition"):
+        WatchSpec("  ")
+    with pytest.raises(ValueError, match="0 < off <= on <= 1"):
+        WatchSpec("when a cat appears", on=0.4, off=0.6)
+
+
+def _run(spec: WatchSpec, p_by_second: Sequence[float]) -> list[WatchEvent]:
+    state = WatchState("w", "cam", spec, parse_condition(spec.text))
+    events = []
+    for second, p_yes in enumerate(p_by_second):
+        event = state.update(float(second), Reading(p_yes, onset=float(second)))
+        if event is not None:
+            events.append(event)
+    return events
+
+
+def test_an_episode_starts_once_and_ends_once() -> None:
+    events = _run(WatchSpec("when a cat appears"), [0, 0, 1, 1, 0.7, 1, 0, 0])
+    assert [(e.phase, e.t_detected) for e in events] == [("start", 2.0), ("end", 6.0)]
+    assert events[0].event_id == events[1].event_id and events[0].t_onset == 2.0
+
+
+def test_hold_waits_and_a_flicker_does_not_start_an_episode() -> None:
+    events = _run(WatchSpec("when a cat appears", hold_s=2.0), [1, 0, 1, 1, 1, 1, 0])
+    assert [(e.phase, e.t_detected) for e in events] == [("start", 4.0), ("end", 6.0)]
+
+
+def test_cooldown_keeps_a_second_episode_from_starting_at_once() -> None:
+    events = _run(WatchSpec("when a cat appears", cooldown_s=3.0), [1, 0, 1, 1, 1, 1, 0])
+    assert [(e.phase, e.t_detected) for e in events] == [("start", 0.0), ("end", 1.0), ("start", 4.0), ("end", 6.0)]
+    assert events[0].event_id != events[2].event_id
+
+
+def test_the_timeline_says_what_is_showing_now() -> None:
+    timeline = EventTimeline()
+    timeline.observe(0, 0.0, [("scene", "street")], full=True)
+    timeline.observe(1, 1.0, [("text", "Closed"), ("scene", "street sign")], full=True)
+    timeline.observe(2, 2.0, [("scene", "street sign")], full=False)  # terse: says nothing about text
+    closed = parse_condition("tell me when the sign says CLOSED")
+    reading = read_timeline(closed, timeline.view(2.0))
+    assert reading.p_yes == 1.0 and reading.onset == 1.0 and '"Closed"' in reading.text
+    assert read_timeline(parse_condition("when a cat appears"), timeline.view(2.0)).p_yes == 0.0
+    timeline.observe(3, 3.0, [("scene", "street")], full=True)  # looked for text and read none
+    assert read_timeline(closed, timeline.view(3.0)).p_yes == 0.0
+
+
+# --- the engine, with scripted descriptions and the real SmolLM2-135M ------------------------------------------
+
+# CLOSED is shown twice, OPEN once between, a cat once; footage elsewhere.
+SCRIPT = {
+    **{t: sign("CLOSED") for t in range(10, 15)},
+    **{t: sign("OPEN") for t in range(25, 29)},
+    **{t: sign("CLOSED") for t in range(40, 44)},
+    **{t: CAT for t in range(55, 58)},
+}
+SECONDS = 70
+
+
+@pytest.fixture(scope="module")
+def scripted_adapter(embedded_adapter: EmbeddedAdapter) -> EmbeddedAdapter:
+    a = embedded_adapter
+    return EmbeddedAdapter(ScriptedDescriber(SCRIPT), a.tokenizer, a.model, a.name, a.embedder)
+
+
+def test_a_watch_fires_once_per_episode_within_seconds_of_onset(scripted_adapter: EmbeddedAdapter) -> None:
+    engine = Engine(scripted_adapter, EngineConfig(policy="fifo"))
+    engine.add_stream("cam")
+    heard: list[WatchEvent] = []
+    stop = engine.on_watch_event(heard.append)
+    closed = engine.add_watch("cam", WatchSpec("tell me when the sign says CLOSED"), "closed")
+    engine.add_watch("cam", WatchSpec("alert when a cat appears", every_s=5.0))
+    for second in range(SECONDS):
+        engine.push_frame("cam", frame_at(second))
+    stop()
+    by_watch = [(e.watch_id, e.phase, e.t_onset, e.t_detected) for e in heard]
+    assert [row for row in by_watch if row[0] == "closed"] == [
+        ("closed", "start", 10.0, 10.0),
+        ("closed", "end", 10.0, 15.0),
+        ("closed", "start", 40.0, 40.0),
+        ("closed", "end", 40.0, 44.0),
+    ], "once per showing, never for OPEN"
+    cat = [row for row in by_watch if row[0] != "closed"]
+    assert [row[1] for row in cat] == ["start", "end"] and cat[0][2] == 55.0 and cat[0][3] - 55.0 <= 5.0
+    assert [number for number, _ in engine.watch_events()] == list(range(1, len(heard) + 1))
+    [info] = [w for w in engine.watches("cam") if w.watch_id == "closed"]
+    assert info.checks == SECONDS and not info.active, "every frame of the fifo policy is clear: checked"
+    assert closed.spec.text.endswith("CLOSED")
+    assert engine.remove_watch("closed") and not engine.remove_watch("closed")
+    engine.remove_stream("cam")
+    assert engine.watches() == []
+
+
+# --- over the websocket, on rendered footage played in real time through the server ----------------------------
+
+
+@pytest.fixture(scope="module")
+def closed_sign_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """30 s of packaged footage at 5 fps with a sign saying CLOSED from 8 s to 14 s and one saying OPEN from 20 s
+    to 24 s."""
+    needles = [Needle("sign", 8.0, 14.0, "CLOSED"), Needle("sign", 20.0, 24.0, "OPEN")]
+    folder = tmp_path_factory.mktemp("watch-clip")
+    return build_stream(folder / "closed.mp4", needles, [], duration=30.0, fps=5.0, size=(640, 360)).video
+
+
+def test_a_watch_created_over_the_websocket_fires_once_on_real_footage(
+    embedded_adapter: EmbeddedAdapter, closed_sign_clip: Path
+) -> None:
+    server = start_server(embedded_adapter, closed_sign_clip)
+
+    async def scenario() -> list[Message]:
+        async with aiohttp.ClientSession() as http:
+            ws = await connect(http, ws_url(server))
+            create = {"type": "watch.create", "stream_id": STREAM, "watch_id": "closed", "id": "c1"}
+            await ws.send_json({**create, "text": "tell me when the sign says CLOSED"})
+            replies = [await receive(ws)]
+            await ws.send_json({**create, "text": "again"})  # the same watch_id
+            replies.append(await receive(ws))
+            await ws.send_json({"type": "watch.list", "stream_id": STREAM})
+            replies.append(await receive(ws))
+            await ws.send_json({"type": "watch.delete", "watch_id": "nope"})
+            replies.append(await receive(ws))
+            replies += await receive_until(ws, lambda m: m["type"] == "watch.event" and m["phase"] == "end", 90.0)
+            # Past the OPEN sign (20-24 s): nothing more may fire for CLOSED before the clip loops at 30 s.
+            while frames_ingested(server) < 27:
+                await asyncio.sleep(0.2)
+            await ws.send_json({"type": "watch.delete", "watch_id": "closed", "id": "d1"})
+            replies += await receive_until(ws, lambda m: m["type"] == "watch.deleted", 30.0)
+            await ws.close()
+            return replies
+
+    try:
+        replies = asyncio.run(scenario())
+    finally:
+        server.stop()
+    created, duplicate, listed, unknown = replies[:4]
+    assert created["type"] == "watch.created" and created["reply_to"] == "c1"
+    assert duplicate["type"] == "error" and duplicate["code"] == "duplicate_watch"
+    assert [w["watch_id"] for w in listed["watches"]] == ["closed"] and listed["type"] == "watch.listed"
+    assert unknown["type"] == "error" and unknown["code"] == "unknown_watch"
+    events = [m for m in replies if m["type"] == "watch.event"]
+    assert [e["phase"] for e in events] == ["start", "end"], "once per episode"
+    start, end = events
+    assert 8.0 <= start["t_onset"] <= 10.0 and start["t_detected"] - 8.0 <= 5.0
+    assert "closed" in start["text"].lower() and start["event_id"] == end["event_id"]
+    assert 14.0 <= end["t_detected"] <= 20.0
+    assert replies[-1]["type"] == "watch.deleted"

@@ -344,15 +344,22 @@ class Engine:
         if not due:
             return
         memory = stream.memory
+        t = record.stream_time
         if self.adapter.describes_frames:
-            items = memory.timeline.view(record.stream_time)
+            started = time.perf_counter()
+            items = memory.timeline.view(t)
+            shared_ms = (time.perf_counter() - started) * 1000 / len(due)
             for state in due:
-                self._watches.record(state, record.stream_time, read_timeline(state.condition, items))
+                started = time.perf_counter()
+                reading = read_timeline(state.condition, items)
+                self._watches.record(state, t, reading, shared_ms + (time.perf_counter() - started) * 1000)
             return
         view = memory.view()
         try:
             for state in due:
-                self._watches.record(state, record.stream_time, read_model(self.adapter, view, state.spec.text))
+                started = time.perf_counter()
+                reading = read_model(self.adapter, view, state.spec.text)
+                self._watches.record(state, t, reading, (time.perf_counter() - started) * 1000)
         finally:
             view.close()
 

@@ -212,6 +212,8 @@ class WatchState:
     spec: WatchSpec
     condition: Condition
     checks: int = 0
+    events: int = 0
+    check_ms: float = 0.0  # milliseconds spent reading the stream for this watch, all checks
     last_check: float | None = None
     high_since: float | None = None  # stream time of the first check of the current run at or above `on`
     episode: str | None = None  # the open episode's event id
@@ -272,6 +274,8 @@ class WatchInfo:
     checks: int
     active: bool  # an episode is open
     last_check: float | None
+    events: int = 0
+    check_ms: float = 0.0
 
 
 EVENTS_KEPT = 1000
@@ -329,13 +333,16 @@ class Watches:
         with self._lock:
             return [s for s in self._states.values() if s.stream_id == stream_id and s.due(stream_time, clear)]
 
-    def record(self, state: WatchState, stream_time: float, reading: Reading) -> WatchEvent | None:
-        """Feed one check to its watch; a resulting event is kept and handed to the listeners."""
+    def record(self, state: WatchState, stream_time: float, reading: Reading, ms: float = 0.0) -> WatchEvent | None:
+        """Feed one check (which took `ms` milliseconds) to its watch; a resulting event is kept and handed to the
+        listeners."""
         with self._lock:
             if self._states.get(state.watch_id) is not state:
                 return None  # deleted while it was being checked
+            state.check_ms += ms
             event = state.update(stream_time, reading)
             if event is not None:
+                state.events += 1
                 self._events.append((next(self._sequence), event))
         if event is not None:
             for listener in list(self._listeners):
@@ -345,5 +352,12 @@ class Watches:
 
 def _info(state: WatchState) -> WatchInfo:
     return WatchInfo(
-        state.watch_id, state.stream_id, state.spec, state.checks, state.episode is not None, state.last_check
+        state.watch_id,
+        state.stream_id,
+        state.spec,
+        state.checks,
+        state.episode is not None,
+        state.last_check,
+        state.events,
+        state.check_ms,
     )

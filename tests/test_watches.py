@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -147,8 +148,17 @@ def test_a_watch_created_over_the_websocket_fires_once_on_real_footage(
 ) -> None:
     server = start_server(embedded_adapter, closed_sign_clip)
 
+    http_replies: dict[str, Any] = {}
+
     async def scenario() -> list[Message]:
         async with aiohttp.ClientSession() as http:
+            base = server.url
+            async with http.post(
+                f"{base}/watches", json={"stream_id": STREAM, "text": "alert when a cat appears"}
+            ) as r:
+                http_replies["created"] = (r.status, await r.json())
+            async with http.post(f"{base}/watches", json={"stream_id": "nowhere", "text": "a cat"}) as r:
+                http_replies["unknown stream"] = (r.status, await r.json())
             ws = await connect(http, ws_url(server))
             create = {"type": "watch.create", "stream_id": STREAM, "watch_id": "closed", "id": "c1"}
             await ws.send_json({**create, "text": "tell me when the sign says CLOSED"})
@@ -166,6 +176,14 @@ def test_a_watch_created_over_the_websocket_fires_once_on_real_footage(
             await ws.send_json({"type": "watch.delete", "watch_id": "closed", "id": "d1"})
             replies += await receive_until(ws, lambda m: m["type"] == "watch.deleted", 30.0)
             await ws.close()
+            async with http.get(f"{base}/events?since=0") as r:
+                http_replies["events"] = await r.json()
+            async with http.get(f"{base}/watches") as r:
+                http_replies["watches"] = await r.json()
+            async with http.get(f"{base}/metrics") as r:
+                http_replies["metrics"] = await r.text()
+            async with http.delete(f"{base}/watches/closed") as r:
+                http_replies["deleted twice"] = r.status
             return replies
 
     try:
@@ -175,7 +193,10 @@ def test_a_watch_created_over_the_websocket_fires_once_on_real_footage(
     created, duplicate, listed, unknown = replies[:4]
     assert created["type"] == "watch.created" and created["reply_to"] == "c1"
     assert duplicate["type"] == "error" and duplicate["code"] == "duplicate_watch"
-    assert [w["watch_id"] for w in listed["watches"]] == ["closed"] and listed["type"] == "watch.listed"
+    assert listed["type"] == "watch.listed"
+    assert sorted(w["watch_id"] for w in listed["watches"]) == sorted(
+        ["closed", http_replies["created"][1]["watch_id"]]
+    )
     assert unknown["type"] == "error" and unknown["code"] == "unknown_watch"
     events = [m for m in replies if m["type"] == "watch.event"]
     assert [e["phase"] for e in events] == ["start", "end"], "once per episode"
@@ -184,3 +205,29 @@ def test_a_watch_created_over_the_websocket_fires_once_on_real_footage(
     assert "closed" in start["text"].lower() and start["event_id"] == end["event_id"]
     assert 14.0 <= end["t_detected"] <= 20.0
     assert replies[-1]["type"] == "watch.deleted"
+    status, created_over_http = http_replies["created"]
+    assert status == 201 and created_over_http["stream_id"] == STREAM and created_over_http["checks"] == 0
+    status, refused = http_replies["unknown stream"]
+    assert status == 404 and refused["error"]["code"] == "unknown_stream"
+    logged = http_replies["events"]
+    assert [(e["watch_id"], e["phase"]) for e in logged["events"]] == [("closed", "start"), ("closed", "end")]
+    assert logged["last"] == logged["events"][-1]["number"]
+    [cat] = http_replies["watches"]["watches"]
+    assert cat["watch_id"] == created_over_http["watch_id"] and not cat["active"]
+    # Checked on clear frames and at least every 5 s: fewer checks than the ~27 frames, more than 27 / 5.
+    assert 5 <= cat["checks"] < 27
+    assert f'streamer_watch_checks_total{{stream="{STREAM}",watch="{cat["watch_id"]}"}}' in http_replies["metrics"]
+    assert http_replies["deleted twice"] == 404
+
+
+def test_a_config_file_gives_streams_their_watches() -> None:
+    from streamer.server.cli import open_initial_streams
+    from streamer.server.config import StreamerConfig
+
+    watch = {"id": "visitor", "text": "tell me when a person appears", "hold_s": 1.0}
+    config = StreamerConfig.model_validate({"sources": [{"id": "door", "url": "synthetic:bars", "watches": [watch]}]})
+    [stream] = open_initial_streams(config)
+    try:
+        assert list(stream.watches) == [("visitor", WatchSpec("tell me when a person appears", hold_s=1.0))]
+    finally:
+        stream.source.close()

@@ -48,8 +48,9 @@ from streamer.server.guards import (
 )
 from streamer.server.metrics import CONTENT_TYPE, ServerMetrics
 from streamer.server.streams import StreamExists, StreamHub, open_source
+from streamer.server.watching import add_watch_routes
 from streamer.server.websocket import CLOSE_GOING_AWAY, WebsocketEndpoint
-from streamer.watches import WatchEvent
+from streamer.watches import WatchEvent, WatchSpec
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class InitialStream:
     stream_id: str
     source: Source
     fps: float | None
+    watches: Sequence[tuple[str, WatchSpec]] = ()  # (watch id, spec): standing questions from the start
 
 
 class StreamRequest(BaseModel):
@@ -120,6 +122,8 @@ class ServerState:
                 while self.initial:
                     stream = self.initial.pop(0)
                     await hub.add(stream.stream_id, stream.source, stream.fps)
+                    for watch_id, spec in stream.watches:
+                        engine.add_watch(stream.stream_id, spec, watch_id)
             except BaseException:
                 await hub.close()
                 raise
@@ -202,6 +206,7 @@ def create_app(
     app.router.add_delete("/streams/{stream_id}", _remove_stream)
     app.router.add_get("/streams/{stream_id}/preview.jpg", _preview)
     app.router.add_get("/streams/{stream_id}/timeline", _timeline)
+    add_watch_routes(app.router, _ready_hub, config.server.max_watches_per_stream)
     app.router.add_get("/ws", state.websocket.handle)
     offers = OfferHandler(state.add_browser_stream, ice_servers=config.server.stun_servers)
     app.router.add_post("/webrtc/offer", offers.handle_offer)

@@ -145,11 +145,15 @@ def _demo_video() -> Path:
 def open_initial_streams(config: StreamerConfig) -> list[InitialStream]:
     from streamer.server.app import InitialStream
     from streamer.server.streams import open_source
+    from streamer.watches import WatchSpec
 
     opened: list[InitialStream] = []
     try:
         for source in config.sources:
-            opened.append(InitialStream(source.id, open_source(source.url, source.fps, source.loop), source.fps))
+            watches = [(w.id, WatchSpec(w.text, w.every_s, w.hold_s, w.cooldown_s)) for w in source.watches]
+            opened.append(
+                InitialStream(source.id, open_source(source.url, source.fps, source.loop), source.fps, watches)
+            )
     except BaseException:
         for stream in opened:
             stream.source.close()

@@ -2,7 +2,10 @@
 
 ```yaml
 sources:
-  - {id: door, url: rtsp://192.168.1.20/stream1, fps: 1}
+  - id: door
+    url: rtsp://192.168.1.20/stream1
+    fps: 1
+    watches: [{id: visitor, text: "tell me when a person appears"}]
   - {id: lobby, url: /videos/lobby.mp4, loop: true}
 memory: {budget_tokens: 4096, retrieval_top_k: 4}     # any streamer.engine_config.EngineConfig field
 model: {name: embedded, llm: /models/qwen2.5-0.5b-instruct}   # or model: /models/Qwen2.5-VL-7B-Instruct
@@ -40,6 +43,18 @@ STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
+class WatchConfig(BaseModel):
+    """A standing question a stream starts with (`streamer.watches`); its events go to attached clients."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="the watch's name in events and the API")
+    text: str = Field(min_length=1, description="e.g. 'tell me when the sign says CLOSED'")
+    every_s: float = Field(5.0, gt=0, description="longest stream time between checks (clear frames are all checked)")
+    hold_s: float = Field(0.0, ge=0, description="how long it must hold before an episode starts")
+    cooldown_s: float = Field(10.0, ge=0, description="no new episode this soon after one ended")
+
+
 class SourceConfig(BaseModel):
     """One stream the server opens at start."""
 
@@ -49,6 +64,7 @@ class SourceConfig(BaseModel):
     url: str = Field(min_length=1, description="rtsp://..., webcam:N, synthetic:..., or a video file path")
     fps: float = Field(DEFAULT_FPS, gt=0, le=60, description="frames ingested per second")
     loop: bool = Field(False, description="play a video file again from the start when it ends")
+    watches: list[WatchConfig] = Field(default_factory=list, description="standing questions on this stream")
 
 
 class MemoryConfig(EngineConfig):

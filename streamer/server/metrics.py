@@ -105,6 +105,16 @@ class StreamCollector(Collector):
         snapshot_failures = CounterMetricFamily(
             "streamer_snapshot_failures", "Snapshots that could not be written (ingest went on).", labels=labels
         )
+        watch_labels = ["stream", "watch"]
+        watch_checks = CounterMetricFamily(
+            "streamer_watch_checks", "Checks of a standing question.", labels=watch_labels
+        )
+        watch_events = CounterMetricFamily(
+            "streamer_watch_events", "Episode starts and ends of a standing question.", labels=watch_labels
+        )
+        watch_seconds = CounterMetricFamily(
+            "streamer_watch_check_seconds", "Time spent checking a standing question.", labels=watch_labels
+        )
         hub = self.hub()
         rows = [(stream_id, hosted, hub.engine) for stream_id, hosted in hub.streams.items()] if hub else []
         for stream_id, hosted, engine in rows:
@@ -126,4 +136,9 @@ class StreamCollector(Collector):
             budget.add_metric([stream_id], memory.budget_tokens)
             for (tier, location), count in sorted(memory.frames_by_place.items()):
                 frames.add_metric([stream_id, tier, location], count)
+        for info in hub.engine.watches() if hub else []:
+            watch_checks.add_metric([info.stream_id, info.watch_id], info.checks)
+            watch_events.add_metric([info.stream_id, info.watch_id], info.events)
+            watch_seconds.add_metric([info.stream_id, info.watch_id], info.check_ms / 1000)
         yield from (decoded, dropped, ingested, reconnects, up, lag, fps, resident, budget, frames, snapshot_failures)
+        yield from (watch_checks, watch_events, watch_seconds)

@@ -137,22 +137,34 @@ class StreamDetach(ClientMessage):
     type: Literal["stream.detach"]
 
 
-class WatchCreate(ClientMessage):
-    """A standing question on `stream_id` (`streamer.watches`); it belongs to the stream, not the connection."""
+class WatchFields(BaseModel):
+    """What a standing question looks for and how its checks become episodes (`streamer.watches.WatchSpec`)."""
 
-    type: Literal["watch.create"]
-    watch_id: str = Field(pattern=QUESTION_ID_PATTERN)
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
     text: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
     every_s: float = Field(5.0, gt=0, le=3600)
     hold_s: float = Field(0.0, ge=0, le=3600)
     cooldown_s: float = Field(10.0, ge=0, le=86400)
 
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, text: str) -> str:
+        if not text.strip():
+            raise ValueError("the watch's text is blank")
+        return text
+
+
+class WatchCreate(ClientMessage, WatchFields):
+    """A standing question on `stream_id` (`streamer.watches`); it belongs to the stream, not the connection."""
+
+    type: Literal["watch.create"]
+    watch_id: str = Field(pattern=QUESTION_ID_PATTERN)
+
     @model_validator(mode="after")
     def _names_a_stream(self) -> WatchCreate:
         if self.stream_id is None:
             raise ValueError("watch.create needs a stream_id")
-        if not self.text.strip():
-            raise ValueError("the watch's text is blank")
         return self
 
 

@@ -44,13 +44,13 @@ from streamer.server.protocol import (
     WatchEventMessage,
     WatchList,
     WatchListed,
-    WatchSummary,
     http_error,
     parse_client_message,
 )
 from streamer.server.session import Session
 from streamer.server.streams import StreamHub
-from streamer.watches import WatchEvent, WatchInfo, WatchSpec
+from streamer.server.watching import WatchRefused, create_watch, watch_summary
+from streamer.watches import WatchEvent
 
 if TYPE_CHECKING:
     from streamer.server.config import ServerConfig
@@ -263,18 +263,10 @@ class WebsocketEndpoint:
         else:
             stream_id = message.stream_id
             assert stream_id is not None  # checked when parsed
-            if hub.get(stream_id) is None:
-                raise ProtocolError(ErrorCode.UNKNOWN_STREAM, no_stream(stream_id))
-            if len(engine.watches(stream_id)) >= self.max_watches:
-                raise ProtocolError(
-                    ErrorCode.TOO_MANY_WATCHES,
-                    f"A stream holds at most {self.max_watches} watches; delete one first.",
-                )
-            spec = WatchSpec(message.text, message.every_s, message.hold_s, message.cooldown_s)
             try:
-                engine.add_watch(stream_id, spec, message.watch_id)
-            except ValueError as error:
-                raise ProtocolError(ErrorCode.DUPLICATE_WATCH, str(error)) from None
+                create_watch(hub, stream_id, message, message.watch_id, self.max_watches)
+            except WatchRefused as refused:
+                raise ProtocolError(refused.code, refused.message) from None
             session.attach(stream_id)  # the creator hears the watch's events
             session.send(WatchCreated(stream_id=stream_id, watch_id=message.watch_id, reply_to=message.id))
 
@@ -325,20 +317,6 @@ class WebsocketEndpoint:
 
     async def close_all(self, code: int, reason: str) -> None:
         await asyncio.gather(*(session.close(code, reason) for session in list(self.sessions)))
-
-
-def watch_summary(info: WatchInfo) -> WatchSummary:
-    spec = info.spec
-    return WatchSummary(
-        watch_id=info.watch_id,
-        stream_id=info.stream_id,
-        text=spec.text,
-        every_s=spec.every_s,
-        hold_s=spec.hold_s,
-        cooldown_s=spec.cooldown_s,
-        checks=info.checks,
-        active=info.active,
-    )
 
 
 def stream_status(hub: StreamHub, stream_id: str) -> StreamStatusMessage:

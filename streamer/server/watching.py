@@ -1,0 +1,120 @@
+"""Standing questions over HTTP, and the one way both HTTP and the websocket create a watch.
+
+`GET /watches` lists them (`?stream_id=` for one stream), `POST /watches` creates one
+(`{"stream_id", "text", "watch_id"?, "every_s"?, "hold_s"?, "cooldown_s"?}`, 201), `DELETE /watches/ID`
+removes one (204), and `GET /events?since=N` gives the recent watch events numbered after N (the engine
+keeps the newest `streamer.watches.EVENTS_KEPT`), with `last`, the number to pass next time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from pydantic import Field, ValidationError
+
+from streamer.server.config import STREAM_ID_PATTERN, validation_sentence
+from streamer.server.guards import ApiError
+from streamer.server.protocol import QUESTION_ID_PATTERN, ErrorCode, WatchFields, WatchSummary
+from streamer.server.streams import StreamHub
+from streamer.watches import WatchInfo, WatchSpec
+
+
+class WatchRequest(WatchFields):
+    """The body of `POST /watches`."""
+
+    stream_id: str = Field(pattern=STREAM_ID_PATTERN)
+    watch_id: str | None = Field(None, pattern=QUESTION_ID_PATTERN)
+
+
+class WatchRefused(Exception):
+    """A watch that cannot be created: an error code, the HTTP status that goes with it, and one sentence."""
+
+    def __init__(self, code: ErrorCode, status: int, message: str) -> None:
+        super().__init__(message)
+        self.code, self.status, self.message = code, status, message
+
+
+def create_watch(hub: StreamHub, stream_id: str, fields: WatchFields, watch_id: str, max_watches: int) -> WatchInfo:
+    """Add a watch to a hosted stream, or raise WatchRefused saying why not."""
+    if hub.get(stream_id) is None:
+        raise WatchRefused(ErrorCode.UNKNOWN_STREAM, 404, f"There is no stream '{stream_id}'; GET /streams lists them.")
+    engine = hub.engine
+    if len(engine.watches(stream_id)) >= max_watches:
+        raise WatchRefused(
+            ErrorCode.TOO_MANY_WATCHES, 429, f"A stream holds at most {max_watches} watches; delete one first."
+        )
+    spec = WatchSpec(fields.text, fields.every_s, fields.hold_s, fields.cooldown_s)
+    try:
+        return engine.add_watch(stream_id, spec, watch_id)
+    except ValueError as error:
+        raise WatchRefused(ErrorCode.DUPLICATE_WATCH, 409, str(error)) from None
+
+
+def watch_summary(info: WatchInfo) -> WatchSummary:
+    spec = info.spec
+    return WatchSummary(
+        watch_id=info.watch_id,
+        stream_id=info.stream_id,
+        text=spec.text,
+        every_s=spec.every_s,
+        hold_s=spec.hold_s,
+        cooldown_s=spec.cooldown_s,
+        checks=info.checks,
+        active=info.active,
+    )
+
+
+def add_watch_routes(
+    router: web.UrlDispatcher, ready_hub: Callable[[web.Request], StreamHub], max_watches: int
+) -> None:
+    """`/watches` and `/events` on `router`; `ready_hub` gives the hub or raises ApiError while loading."""
+
+    async def list_watches(request: web.Request) -> web.Response:
+        hub = ready_hub(request)
+        stream_id = request.query.get("stream_id")
+        watches = [watch_summary(info).model_dump() for info in hub.engine.watches(stream_id)]
+        return web.json_response({"watches": watches})
+
+    async def add(request: web.Request) -> web.Response:
+        hub = ready_hub(request)
+        try:
+            body = WatchRequest.model_validate(json.loads(await request.text()))
+        except ValidationError as error:
+            raise ApiError(400, "invalid_request", validation_sentence(error, "POST /watches")) from None
+        except (ValueError, RecursionError):
+            example = '{"stream_id": "door", "text": "tell me when a person appears"}'
+            raise ApiError(400, "invalid_request", f"POST /watches takes a JSON object like {example}.") from None
+        watch_id = body.watch_id or f"w{uuid.uuid4().hex[:10]}"
+        try:
+            info = create_watch(hub, body.stream_id, body, watch_id, max_watches)
+        except WatchRefused as refused:
+            raise ApiError(refused.status, refused.code.value, refused.message) from None
+        return web.json_response(watch_summary(info).model_dump(), status=201)
+
+    async def remove(request: web.Request) -> web.Response:
+        hub = ready_hub(request)
+        if not hub.engine.remove_watch(request.match_info["watch_id"]):
+            raise ApiError(404, "unknown_watch", "There is no such watch; GET /watches lists them.")
+        return web.Response(status=204)
+
+    async def events(request: web.Request) -> web.Response:
+        hub = ready_hub(request)
+        try:
+            since = int(request.query.get("since", "0"))
+        except ValueError:
+            raise ApiError(
+                400, "invalid_request", "since must be a whole number: the `last` of the previous call."
+            ) from None
+        found = hub.engine.watch_events(since)
+        listed: list[dict[str, Any]] = [{"number": number, **dataclasses.asdict(event)} for number, event in found]
+        return web.json_response({"events": listed, "last": found[-1][0] if found else since})
+
+    router.add_get("/watches", list_watches)
+    router.add_post("/watches", add)
+    router.add_delete("/watches/{watch_id}", remove)
+    router.add_get("/events", events)

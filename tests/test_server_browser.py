@@ -94,6 +94,13 @@ def test_the_page_shows_the_stream_and_streams_an_answer(server: ServerThread, p
     evidence.first.click()
     shown_time = evidence.first.inner_text().split("–")[0]
     assert shown_time in page.locator("#frame-info").inner_text(), "clicking evidence shows those frames"
+
+    # A standing question: every frame of the clip is described as grey, so its episode starts at the next check.
+    page.fill("#watch", "tell me when something grey is on screen")
+    page.click("#add-watch")
+    started = page.locator("#events li.watch-event.start")
+    started.wait_for(timeout=60_000)
+    assert "something grey" in started.first.inner_text() and "grey on screen since" in started.first.inner_text()
     screenshot(page, "server_page.png")
 
 

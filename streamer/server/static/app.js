@@ -14,6 +14,9 @@ const state = {
   socket: null,
   answers: new Map(),   // question_id -> {card, text}
   nextQuestion: 1,
+  watches: new Map(),   // watch_id -> its text
+  episodes: [],         // [[t_onset, t_end or null], ...] of watch events on the selected stream
+  nextWatch: 1,
 };
 
 async function startSession() {
@@ -175,6 +178,10 @@ function drawTimeline() {
       context.fill();
     }
   }
+  context.fillStyle = colour("watch");
+  for (const [t0, t1] of state.episodes) {
+    context.fillRect(x(t0), base + 2, Math.max(3, x(t1 === null ? end : t1) - x(t0)), 4);
+  }
   context.fillStyle = colour("muted");
   context.font = "11px system-ui, sans-serif";
   context.fillText(clock(start), 4, height - 4);
@@ -242,6 +249,9 @@ function receive(message) {
     case "answer.done":
       if (answer) finishAnswer(answer, message);
       break;
+    case "watch.event":
+      showWatchEvent(message);
+      break;
     case "error":
       if (answer) {
         answer.card.classList.add("error");
@@ -295,6 +305,36 @@ function ask(event) {
   $("question").value = "";
 }
 
+// Standing questions: created over the websocket, their events listed and marked on the timeline
+
+function addWatch(event) {
+  event.preventDefault();
+  const text = $("watch").value.trim();
+  if (!text || !state.selected || !state.socket || state.socket.readyState !== WebSocket.OPEN) return;
+  const watchId = "pw" + Date.now().toString(36) + state.nextWatch++;
+  state.watches.set(watchId, text);
+  send({ type: "watch.create", stream_id: state.selected, watch_id: watchId, text });
+  $("watch").value = "";
+}
+
+function showWatchEvent(event) {
+  if (event.stream_id !== state.selected) return;
+  const item = document.createElement("li");
+  item.className = "watch-event " + event.phase;
+  const name = state.watches.get(event.watch_id) || event.watch_id;
+  item.textContent = event.phase === "start"
+    ? `${clock(event.t_detected)} ${name}: ${event.text}`
+    : `${clock(event.t_detected)} ${name}: over`;
+  $("events").prepend(item);
+  if (event.phase === "start") {
+    state.episodes.push([event.t_onset, null]);
+  } else {
+    const open = state.episodes.find((episode) => episode[0] === event.t_onset && episode[1] === null);
+    if (open) open[1] = event.t_detected;
+  }
+  drawTimeline();
+}
+
 // A browser webcam as a new stream
 
 async function useWebcam() {
@@ -336,6 +376,7 @@ function iceGathered(peer) {
 async function start() {
   await startSession().catch(() => {});  // without a session the page shows the server's 401s
   $("ask-form").addEventListener("submit", ask);
+  $("watch-form").addEventListener("submit", addWatch);
   $("webcam").addEventListener("click", useWebcam);
   $("timeline").addEventListener("mousemove", (event) => {
     const frame = frameNear(event.clientX);

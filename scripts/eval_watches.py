@@ -127,6 +127,59 @@ def record_stream(adapter: EmbeddedAdapter, seed: int, minutes: float) -> Stream
     return record
 
 
+COST_WATCHES = (
+    "tell me when the sign says CLOSED",
+    "alert when a cat appears",
+    "tell me when the sign says OPEN",
+    "alert when a horse appears",
+    "tell me when a person appears",
+    "tell me when a red car appears",
+    'tell me when "Gate 7" is shown',
+    "alert when a motorcycle appears",
+    "tell me when the sign says EXIT",
+    "alert when a dog appears",
+)
+
+
+def measure_cost(adapter: EmbeddedAdapter, seed: int, minutes: float, frames: int, rounds: int) -> list[str]:
+    """Ingest rate of the first `frames` frames of the seed's stream with no watch and with ten, alternating
+    which goes first; the descriptions are cached by the first pass, so both time the same work."""
+    needles, _ = plan(seed, minutes * 60.0)
+    folder = cache_dir() / "watch-suites"
+    video = build_stream(folder / f"watches-{minutes:g}m-seed{seed}.mp4", needles, [], minutes * 60.0, fps=2.0).video
+
+    def rate(watches: int) -> float:
+        engine = Engine(adapter, EngineConfig())
+        engine.add_stream("s")
+        for index, text in enumerate(COST_WATCHES[:watches]):
+            engine.add_watch("s", WatchSpec(text), f"w{index}")
+
+        async def feed() -> float:
+            source = FileSource(video, fps=FPS)
+            started = time.perf_counter()
+            try:
+                for _ in range(frames):
+                    engine.push_frame("s", await source.recv())
+            finally:
+                source.close()
+            return frames / (time.perf_counter() - started)
+
+        return asyncio.run(feed())
+
+    rate(0)  # describe (and cache) the frames once, untimed
+    rates: dict[int, list[float]] = {0: [], 10: []}
+    for round_index in range(rounds):
+        for watches in (0, 10) if round_index % 2 == 0 else (10, 0):
+            rates[watches].append(rate(watches))
+    none, ten = statistics.median(rates[0]), statistics.median(rates[10])
+    return [
+        "| watches on the stream | frames ingested per second (median of rounds) |",
+        "|---|---:|",
+        f"| 0 | {none:.2f} |",
+        f"| 10 | {ten:.2f} ({ten / none:.0%} of the rate without) |",
+    ]
+
+
 def replay_checks(name: str, spec: WatchSpec, checks: list[Check]) -> list[WatchEvent]:
     """The events the engine's rules give for `checks` (the frames it would check, in order)."""
     state = WatchState(name, "s", spec, parse_condition(spec.text))
@@ -193,6 +246,8 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--calibrate", action="store_true", help="choose hold_s and cooldown_s on these streams")
     parser.add_argument("--out", type=Path, help="also write the table here (markdown)")
+    parser.add_argument("--cost", type=int, default=0, metavar="FRAMES",
+                        help="also time ingest of this many frames with 0 and 10 watches (first seed)")  # fmt: skip
     args = parser.parse_args()
     adapter = EmbeddedAdapter.load()
     adapter.describer = CachedDescriber(adapter.describer)
@@ -246,6 +301,9 @@ def main() -> int:
         f"Ingest {ingest:.0f} ms per frame; a watch check {check:.2f} ms (timeline read, no model pass). Live at "
         "1 fps, a start reaches the client about one ingest after the frame it fired on: add that to the latency.",
     ]
+    if args.cost:
+        lines += ["", f"Cost (seed {args.seeds[0]}, {args.cost} frames, 3 rounds alternating):", ""]
+        lines += measure_cost(adapter, args.seeds[0], args.minutes, args.cost, rounds=3)
     text = "\n".join(lines)
     print(text)
     if args.out is not None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from scripted import CAT, ScriptedDescriber, frame_at, sign
 from server_helpers import STREAM, Message, connect, frames_ingested, receive, receive_until, start_server, ws_url
 
@@ -146,13 +147,33 @@ def closed_sign_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_watch_created_over_the_websocket_fires_once_on_real_footage(
     embedded_adapter: EmbeddedAdapter, closed_sign_clip: Path
 ) -> None:
-    server = start_server(embedded_adapter, closed_sign_clip)
-
+    server = start_server(embedded_adapter, closed_sign_clip, webhook_urls=["http://127.0.0.1:"])
     http_replies: dict[str, Any] = {}
+    posted: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        posted.append(await request.json())
+        return web.Response(status=204)
 
     async def scenario() -> list[Message]:
+        receiver = web.Application()
+        receiver.router.add_post("/hook", hook)
+        runner = web.AppRunner(receiver)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            return await talk(f"http://127.0.0.1:{port}/hook")
+        finally:
+            await runner.cleanup()
+
+    async def talk(webhook: str) -> list[Message]:
         async with aiohttp.ClientSession() as http:
             base = server.url
+            outside = {"stream_id": STREAM, "text": "a cat", "webhook": "http://10.0.0.1/hook"}
+            async with http.post(f"{base}/watches", json=outside) as r:
+                http_replies["outside"] = (r.status, await r.json())
             async with http.post(
                 f"{base}/watches", json={"stream_id": STREAM, "text": "alert when a cat appears"}
             ) as r:
@@ -161,7 +182,7 @@ def test_a_watch_created_over_the_websocket_fires_once_on_real_footage(
                 http_replies["unknown stream"] = (r.status, await r.json())
             ws = await connect(http, ws_url(server))
             create = {"type": "watch.create", "stream_id": STREAM, "watch_id": "closed", "id": "c1"}
-            await ws.send_json({**create, "text": "tell me when the sign says CLOSED"})
+            await ws.send_json({**create, "text": "tell me when the sign says CLOSED", "webhook": webhook})
             replies = [await receive(ws)]
             await ws.send_json({**create, "text": "again"})  # the same watch_id
             replies.append(await receive(ws))
@@ -218,6 +239,11 @@ def test_a_watch_created_over_the_websocket_fires_once_on_real_footage(
     assert 5 <= cat["checks"] < 27
     assert f'streamer_watch_checks_total{{stream="{STREAM}",watch="{cat["watch_id"]}"}}' in http_replies["metrics"]
     assert http_replies["deleted twice"] == 404
+    status, outside = http_replies["outside"]
+    assert status == 403 and outside["error"]["code"] == "webhook_not_allowed"
+    assert [(p["watch_id"], p["phase"], p["event_id"]) for p in posted] == [
+        ("closed", e["phase"], e["event_id"]) for e in events
+    ], "each event POSTed to the watch's webhook"
 
 
 def test_a_config_file_gives_streams_their_watches() -> None:
@@ -228,6 +254,19 @@ def test_a_config_file_gives_streams_their_watches() -> None:
     config = StreamerConfig.model_validate({"sources": [{"id": "door", "url": "synthetic:bars", "watches": [watch]}]})
     [stream] = open_initial_streams(config)
     try:
-        assert list(stream.watches) == [("visitor", WatchSpec("tell me when a person appears", hold_s=1.0))]
+        assert list(stream.watches) == [("visitor", WatchSpec("tell me when a person appears", hold_s=1.0), None)]
     finally:
         stream.source.close()
+
+
+def test_a_configured_webhook_must_be_on_the_allow_list() -> None:
+    from pydantic import ValidationError
+
+    from streamer.server.config import StreamerConfig
+
+    watch = {"id": "visitor", "text": "tell me when a person appears", "webhook": "http://10.0.0.5/alert"}
+    source = {"id": "door", "url": "synthetic:bars", "watches": [watch]}
+    with pytest.raises(ValidationError, match="outside server.webhook_urls"):
+        StreamerConfig.model_validate({"sources": [source]})
+    allowed = StreamerConfig.model_validate({"sources": [source], "server": {"webhook_urls": ["http://10.0.0.5/"]}})
+    assert allowed.sources[0].watches[0].webhook == "http://10.0.0.5/alert"

@@ -68,7 +68,7 @@ class InitialStream:
     stream_id: str
     source: Source
     fps: float | None
-    watches: Sequence[tuple[str, WatchSpec]] = ()  # (watch id, spec): standing questions from the start
+    watches: Sequence[tuple[str, WatchSpec, str | None]] = ()  # (watch id, spec, webhook): from the start
 
 
 class StreamRequest(BaseModel):
@@ -122,8 +122,10 @@ class ServerState:
                 while self.initial:
                     stream = self.initial.pop(0)
                     await hub.add(stream.stream_id, stream.source, stream.fps)
-                    for watch_id, spec in stream.watches:
+                    for watch_id, spec, webhook in stream.watches:
                         engine.add_watch(stream.stream_id, spec, watch_id)
+                        if webhook is not None:
+                            self.websocket.webhooks.urls[watch_id] = webhook
             except BaseException:
                 await hub.close()
                 raise
@@ -165,6 +167,7 @@ class ServerState:
             for task in list(self.desk.tasks):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        await self.websocket.webhooks.close()
         if self.hub is not None:
             await self.hub.close()
         for stream in self.initial:
@@ -206,7 +209,7 @@ def create_app(
     app.router.add_delete("/streams/{stream_id}", _remove_stream)
     app.router.add_get("/streams/{stream_id}/preview.jpg", _preview)
     app.router.add_get("/streams/{stream_id}/timeline", _timeline)
-    add_watch_routes(app.router, _ready_hub, config.server.max_watches_per_stream)
+    add_watch_routes(app.router, _ready_hub, config.server.max_watches_per_stream, state.websocket.webhooks)
     app.router.add_get("/ws", state.websocket.handle)
     offers = OfferHandler(state.add_browser_stream, ice_servers=config.server.stun_servers)
     app.router.add_post("/webrtc/offer", offers.handle_offer)

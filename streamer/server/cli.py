@@ -150,7 +150,7 @@ def open_initial_streams(config: StreamerConfig) -> list[InitialStream]:
     opened: list[InitialStream] = []
     try:
         for source in config.sources:
-            watches = [(w.id, WatchSpec(w.text, w.every_s, w.hold_s, w.cooldown_s)) for w in source.watches]
+            watches = [(w.id, WatchSpec(w.text, w.every_s, w.hold_s, w.cooldown_s), w.webhook) for w in source.watches]
             opened.append(
                 InitialStream(source.id, open_source(source.url, source.fps, source.loop), source.fps, watches)
             )

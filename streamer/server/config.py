@@ -53,6 +53,9 @@ class WatchConfig(BaseModel):
     every_s: float = Field(5.0, gt=0, description="longest stream time between checks (clear frames are all checked)")
     hold_s: float = Field(0.0, ge=0, description="how long it must hold before an episode starts")
     cooldown_s: float = Field(10.0, ge=0, description="no new episode this soon after one ended")
+    webhook: str | None = Field(
+        None, description="POST each event as JSON here; must start with a server.webhook_urls entry"
+    )
 
 
 class SourceConfig(BaseModel):
@@ -134,6 +137,10 @@ class ServerConfig(BaseModel):
     message_burst: int = Field(100, ge=1, description="messages a connection may send at once before the rate applies")
     max_questions_per_connection: int = Field(8, ge=1)
     max_watches_per_stream: int = Field(32, ge=1, description="standing questions one stream may hold")
+    webhook_urls: list[str] = Field(
+        default_factory=list,
+        description="URL prefixes a watch may POST its events to, e.g. https://hooks.example.com/ (none: no webhooks)",
+    )
     max_connections: int = Field(64, ge=1, description="websocket connections open at once, server-wide")
     max_connections_per_address: int = Field(8, ge=1, description="websocket connections from one address")
     idle_timeout_s: float = Field(
@@ -221,6 +228,12 @@ class StreamerConfig(BaseModel):
             if source.id in seen:
                 raise ValueError(f"two sources are named '{source.id}'; give each its own id")
             seen.add(source.id)
+            allowed = tuple(self.server.webhook_urls)
+            for watch in source.watches:
+                if watch.webhook is not None and not (allowed and watch.webhook.startswith(allowed)):
+                    raise ValueError(
+                        f"watch '{watch.id}' posts to a URL outside server.webhook_urls; add its prefix there"
+                    )
         return self
 
     def engine_config(self) -> EngineConfig:

@@ -56,6 +56,7 @@ class ErrorCode(StrEnum):
     UNKNOWN_WATCH = "unknown_watch"
     DUPLICATE_WATCH = "duplicate_watch"
     TOO_MANY_WATCHES = "too_many_watches"
+    WEBHOOK_NOT_ALLOWED = "webhook_not_allowed"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -146,6 +147,7 @@ class WatchFields(BaseModel):
     every_s: float = Field(5.0, gt=0, le=3600)
     hold_s: float = Field(0.0, ge=0, le=3600)
     cooldown_s: float = Field(10.0, ge=0, le=86400)
+    webhook: str | None = Field(None, max_length=2000, description="POST each event here (server.webhook_urls)")
 
     @field_validator("text")
     @classmethod

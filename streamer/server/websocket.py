@@ -49,7 +49,7 @@ from streamer.server.protocol import (
 )
 from streamer.server.session import Session
 from streamer.server.streams import StreamHub
-from streamer.server.watching import WatchRefused, create_watch, watch_summary
+from streamer.server.watching import WatchRefused, Webhooks, create_watch, watch_summary
 from streamer.watches import WatchEvent
 
 if TYPE_CHECKING:
@@ -111,6 +111,7 @@ class WebsocketEndpoint:
         self.max_connections = settings.max_connections
         self.max_connections_per_address = settings.max_connections_per_address
         self.max_watches = settings.max_watches_per_stream
+        self.webhooks = Webhooks(settings.webhook_urls)
         self.idle_timeout_s = settings.idle_timeout_s
         self.sessions: set[Session] = set()
         self.per_address: Tally[str] = Tally()
@@ -259,12 +260,13 @@ class WebsocketEndpoint:
         elif isinstance(message, WatchDelete):
             if not engine.remove_watch(message.watch_id):
                 raise ProtocolError(ErrorCode.UNKNOWN_WATCH, "No watch has this watch_id; watch.list lists them.")
+            self.webhooks.urls.pop(message.watch_id, None)
             session.send(WatchDeleted(watch_id=message.watch_id, reply_to=message.id))
         else:
             stream_id = message.stream_id
             assert stream_id is not None  # checked when parsed
             try:
-                create_watch(hub, stream_id, message, message.watch_id, self.max_watches)
+                create_watch(hub, stream_id, message, message.watch_id, self.max_watches, self.webhooks)
             except WatchRefused as refused:
                 raise ProtocolError(refused.code, refused.message) from None
             session.attach(stream_id)  # the creator hears the watch's events
@@ -272,6 +274,7 @@ class WebsocketEndpoint:
 
     def watch_event(self, event: WatchEvent) -> None:
         """Send a watch's event to every connection attached to its stream (call on the event loop)."""
+        self.webhooks.send(event)
         message = WatchEventMessage.model_validate(dataclasses.asdict(event))
         for session in list(self.sessions):
             if event.stream_id in session.attached:

@@ -266,7 +266,7 @@ def test_a_configured_webhook_must_be_on_the_allow_list() -> None:
 
     watch = {"id": "visitor", "text": "tell me when a person appears", "webhook": "http://10.0.0.5/alert"}
     source = {"id": "door", "url": "synthetic:bars", "watches": [watch]}
-    with pytest.raises(ValidationError, match="outside server.webhook_urls"):
+    with pytest.raises(ValidationError, match=r"outside server\.webhook_urls"):
         StreamerConfig.model_validate({"sources": [source]})
     allowed = StreamerConfig.model_validate({"sources": [source], "server": {"webhook_urls": ["http://10.0.0.5/"]}})
     assert allowed.sources[0].watches[0].webhook == "http://10.0.0.5/alert"

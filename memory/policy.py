@@ -29,8 +29,8 @@ from memory.compression import compressed_length
 from memory.curvature import CurvatureConfig, CurvatureDecision, CurvatureScorer
 from memory.records import FrameRecord, ResidentBlock
 from memory.settings import POLICIES
+from memory.words import words
 
-_WORD = re.compile(r"[a-z0-9]+")
 _TIME = re.compile(r"\[[0-9:.]+\]")
 # Field names every description repeats ("scene: ...; objects: ...").
 _FIELD_NAMES = frozenset({"scene", "objects", "text", "colours"})
@@ -300,7 +300,7 @@ def least_informative_first(
 
 def description_words(text: str) -> set[str]:
     """The words of a frame's description that carry content: lower case, 3+ letters, no time stamp."""
-    return {w for w in _WORD.findall(_TIME.sub(" ", text.lower())) if len(w) > 2 and w not in _FIELD_NAMES}
+    return {w for w in words(_TIME.sub(" ", text)) if len(w) > 2 and w not in _FIELD_NAMES}
 
 
 def _unit(vector: np.ndarray | None) -> np.ndarray:

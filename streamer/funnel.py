@@ -19,10 +19,11 @@ separated by "|" ("espresso|cup|coffee"): any one of them is enough.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from memory.words import normal_words as normal_words
 
 if TYPE_CHECKING:
     from memory.stream_memory import StreamMemory
@@ -30,22 +31,9 @@ if TYPE_CHECKING:
 
 STEPS = ("perceived", "kept", "chosen", "answered")
 
-_RUN = re.compile(r"[a-z0-9]+")
-_LOOK_ALIKE = str.maketrans({"0": "o", "1": "l", "i": "l", "5": "s"})
 # Words of an answer that say nothing a frame description could show.
 _FILLER = frozenset({"a", "an", "the", "of", "and", "with", "in", "on", "at", "to", "it", "is", "was"})
 _JOINED_MIN = 5
-
-
-def normal_words(text: str) -> list[str]:
-    """`text` as normalised words (see the module docstring)."""
-    words = []
-    for run in _RUN.findall(text.lower()):
-        word = run.translate(_LOOK_ALIKE)
-        if len(word) >= 4 and word.endswith("s"):
-            word = word[:-1]
-        words.append(word)
-    return words
 
 
 def _phrase_words(phrase: str) -> list[str]:

@@ -15,13 +15,12 @@ report names the one it used. Two judges ship here:
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
+from memory.words import words
 from streamer.llm import load_llm, resolve_llm
 
-_WORD = re.compile(r"[a-z0-9]+")
 # Function words carry no content, so they neither earn nor cost a match.
 _FUNCTION_WORDS = frozenset(
     """a an and are as at be been by did do does for from had has have he her him his i in into is it its
@@ -136,4 +135,4 @@ class LocalLMJudge:
 
 
 def _content_words(text: str) -> set[str]:
-    return {word for word in _WORD.findall(text.lower()) if word not in _FUNCTION_WORDS}
+    return {word for word in words(text) if word not in _FUNCTION_WORDS}

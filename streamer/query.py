@@ -6,7 +6,6 @@ prefilled after them, then tokens are generated greedily and streamed as text de
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -18,6 +17,7 @@ from transformers import LogitsProcessorList, NoRepeatNGramLogitsProcessor, Repe
 
 from memory.kv_cache import StreamingCache, assemble
 from memory.stream_memory import Block, MemoryView
+from memory.words import words
 from streamer.adapters.base import ModelAdapter
 from streamer.clock import clock
 from streamer.engine_config import ChoiceScoring
@@ -40,7 +40,6 @@ TIMELINE_HEADER = "Events so far:\n"
 REPETITION_PENALTY = 1.3
 NO_REPEAT_NGRAM = 3
 
-_WORD = re.compile(r"[a-z0-9]+")
 _STOPWORDS = frozenset(
     """a an and are as at be by for from has have in is it its of on or that the this to was were what
     which who with word written sign shown shows seen see frame frames video screen there their they
@@ -65,7 +64,7 @@ class Answer:
 
 
 def content_words(text: str) -> set[str]:
-    return {w for w in _WORD.findall(text.lower()) if len(w) > 2 and w not in _STOPWORDS}
+    return {w for w in words(text) if len(w) > 2 and w not in _STOPWORDS}
 
 
 def evidence_spans(

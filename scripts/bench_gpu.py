@@ -44,6 +44,7 @@ from sources.frame import Frame
 from streamer.adapters.tiny import TINY_TEXT
 from streamer.adapters.vlm import VisionLanguageAdapter
 from streamer.engine import Engine, EngineConfig
+from streamer.engine_config import MemoryConfig
 from streamer.errors import UserError
 from streamer.llm import resolve_llm
 from streamer.query import Answer
@@ -619,7 +620,9 @@ def main() -> int:
         adapter = build_adapter(arch, device, args.dtype)
         weights = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
         progress(f"Built in {time.perf_counter() - started:.0f} s; warming up...")
-        engine = Engine(adapter, EngineConfig(budget_tokens=args.budget, host_budget_tokens=args.host_budget))
+        engine = Engine(
+            adapter, EngineConfig(memory=MemoryConfig(budget_tokens=args.budget, host_budget_tokens=args.host_budget))
+        )
         pictures = photos()
         warm_up(engine, pictures, device)
         points, samples = stream_and_measure(

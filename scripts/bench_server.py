@@ -295,7 +295,7 @@ def run_barrage(args: argparse.Namespace, adapter: EmbeddedAdapter) -> str:
     for rate in args.barrage:
         print(f"Barrage with at most {rate:g} messages/s per connection...", file=sys.stderr, flush=True)
         config = StreamerConfig.model_validate(
-            {"server": {"port": 0, "max_messages_per_s": rate}, "memory": {"max_new_tokens": args.max_new_tokens}}
+            {"server": {"port": 0, "max_messages_per_s": rate}, "answer": {"max_new_tokens": args.max_new_tokens}}
         )
         server = start_server(adapter, config)
         try:
@@ -342,7 +342,7 @@ def bikes_clip() -> Path:
 
 
 def run_clients(args: argparse.Namespace, adapter: EmbeddedAdapter) -> str:
-    config = StreamerConfig.model_validate({"server": {"port": 0}, "memory": {"max_new_tokens": args.max_new_tokens}})
+    config = StreamerConfig.model_validate({"server": {"port": 0}, "answer": {"max_new_tokens": args.max_new_tokens}})
     server = start_server(adapter, config)
     try:
         print(f"Quiet phase ({args.seconds:.0f} s, no clients)...", file=sys.stderr, flush=True)

@@ -36,6 +36,7 @@ from sources.file import FileSource
 from sources.frame import Frame, SourceEnded, SourceError
 from streamer.adapters.embedded import EmbeddedAdapter
 from streamer.engine import Engine, EngineConfig
+from streamer.engine_config import AnswerConfig, MemoryConfig
 from streamer.errors import UserError
 from streamer.llm import cache_dir
 from streamer.needles import build_demo_stream
@@ -211,7 +212,7 @@ def retrieval_context(engine: Engine, stream_id: str, question: str) -> tuple[in
 
 def measure(engine: Engine, adapter: EmbeddedAdapter, stream_id: str, point: Checkpoint, repeats: int) -> None:
     """Ask every question `repeats` times each way, interleaved so that noise hits all three alike."""
-    top_k = engine.config.retrieval_top_k
+    top_k = engine.config.retrieval.top_k
     # Warm-up, untimed; a re-prefill needs none, its seconds dwarf any first-call cost.
     ask_one_token(engine, stream_id, QUESTIONS[0])
     for question in QUESTIONS:
@@ -223,18 +224,18 @@ def measure(engine: Engine, adapter: EmbeddedAdapter, stream_id: str, point: Che
             answer, ask_ms = ask_one_token(engine, stream_id, question)
             point.retrieval_ttft_ms.append(answer.ttft_ms)
             point.retrieval_ask_ms.append(ask_ms)
-            engine.config.answer_from = "text"
+            engine.config.answer.source = "text"
             try:
                 reread, reread_ms = ask_one_token(engine, stream_id, question)
             finally:
-                engine.config.answer_from = "cache"
+                engine.config.answer.source = "cache"
             point.reread_ttft_ms.append(reread.ttft_ms)
             point.reread_ask_ms.append(reread_ms)
-            engine.config.retrieval_top_k = 0
+            engine.config.retrieval.top_k = 0
             try:
                 full, _ = ask_one_token(engine, stream_id, question)
             finally:
-                engine.config.retrieval_top_k = top_k
+                engine.config.retrieval.top_k = top_k
             point.full_ttft_ms.append(full.ttft_ms)
             ms, tokens, first = reprefill_first_token(adapter, engine, stream_id, question)
             point.reprefill_ttft_ms.append(ms)
@@ -430,7 +431,9 @@ def main() -> int:
     try:
         progress("Loading models...")
         adapter = EmbeddedAdapter.load()
-        engine = Engine(adapter, EngineConfig(budget_tokens=args.budget, answer_from="cache"))
+        engine = Engine(
+            adapter, EngineConfig(memory=MemoryConfig(budget_tokens=args.budget), answer=AnswerConfig(source="cache"))
+        )
         mean_ms, tokens_per_frame, descriptions = sample_ingest(engine, adapter, args.fps, args.sample_frames)
         points = build_and_measure(engine, adapter, descriptions, args.fps, args.minutes, args.repeats)
     except (UserError, SourceError) as exc:

@@ -40,7 +40,7 @@ from streamer.adapters.base import FrameLook, FrameTokens
 from streamer.adapters.embedded import EmbeddedAdapter
 from streamer.clock import clock
 from streamer.engine import Engine, EngineConfig
-from streamer.engine_config import AnswerSource
+from streamer.engine_config import AnswerSource, MemoryConfig
 from streamer.llm import cache_dir
 from streamer.needles import SIGN_WORDS, Needle, build_stream
 from streamer.query import Answer
@@ -140,10 +140,12 @@ def run_policy(
 ) -> dict[str, Any]:
     probe = EngineConfig()
     config = EngineConfig(
-        policy=policy,  # type: ignore[arg-type]
-        budget_tokens=frame_budget + probe.answer_reserve + sink_tokens(adapter),
-        host_budget_tokens=0,
-        evict_chunk=32,
+        memory=MemoryConfig(
+            policy=policy,
+            budget_tokens=frame_budget + probe.answer_reserve + sink_tokens(adapter),
+            host_budget_tokens=0,
+            evict_chunk=32,
+        )
     )
     engine = Engine(adapter, config)
     engine.add_stream("eval")
@@ -152,13 +154,13 @@ def run_policy(
         engine.push_frame("eval", frame)
     ingest_s = time.perf_counter() - started
     memory = engine.memory("eval")
-    assert memory.resident_tokens <= config.budget_tokens
+    assert memory.resident_tokens <= config.memory.budget_tokens
     answers = []
     for sign in signs:
         # The memory is the same for both ways of reading it: ask once from the cached KV, once re-reading.
         replies: dict[str, Answer | None] = {}
         for answer_from in ANSWER_FROM:
-            engine.config.answer_from = answer_from
+            engine.config.answer.source = answer_from
             replies[answer_from] = engine.ask("eval", sign.question).result() if ask else None
         answer, cached = replies["text"], replies["cache"]
         shown = [r for r in memory.records if sign.start <= r.stream_time < sign.end]

@@ -125,17 +125,17 @@ class Engine:
         """The settings every new stream's memory is built with, from the engine's config."""
         config = self.config
         return MemorySettings(
-            config.budget_tokens,
+            config.memory.budget_tokens,
             answer_reserve=config.answer_reserve,
-            evict_chunk=config.evict_chunk,
-            host_budget_tokens=config.host_budget_tokens,
-            policy=config.policy,
-            curvature=config.curvature,
-            window_seconds=config.window_seconds,
-            compression=config.compression,
-            compress_ratio=config.compress_ratio,
-            internal_weight=config.internal_weight,
-            text_weight=config.text_weight,
+            evict_chunk=config.memory.evict_chunk,
+            host_budget_tokens=config.memory.host_budget_tokens,
+            policy=config.memory.policy,
+            curvature=config.memory.curvature,
+            window_seconds=config.memory.window_seconds,
+            compression=config.memory.compression,
+            compress_ratio=config.memory.compress_ratio,
+            internal_weight=config.retrieval.internal_weight,
+            text_weight=config.retrieval.text_weight,
         )
 
     def _restore(self, stream: Stream) -> None:
@@ -169,14 +169,14 @@ class Engine:
     def check_budget(self, fps: float) -> None:
         """Raise BudgetError when the budget cannot hold the sink, the answer reserve and the short-term
         window at `fps` frames per second (estimated from the adapter's typical frame size)."""
-        config = self.config
+        config, memory = self.config, self.config.memory
         sink = int(self.adapter.system_embeds().shape[1])
-        window = int(config.window_seconds * fps * self.adapter.typical_frame_tokens)
+        window = int(memory.window_seconds * fps * self.adapter.typical_frame_tokens)
         needed = sink + config.answer_reserve + window
-        if config.budget_tokens < needed:
+        if memory.budget_tokens < needed:
             raise BudgetError(
-                f"Token budget {config.budget_tokens} is smaller than the system prompt ({sink}), the answer "
-                f"reserve ({config.answer_reserve}) and {config.window_seconds:g} s of recent frames at {fps:g} fps "
+                f"Token budget {memory.budget_tokens} is smaller than the system prompt ({sink}), the answer "
+                f"reserve ({config.answer_reserve}) and {memory.window_seconds:g} s of recent frames at {fps:g} fps "
                 f"(about {window}); raise --budget to at least {needed}."
             )
 
@@ -366,7 +366,7 @@ class Engine:
     # Snapshots.
 
     def snapshot_path(self, stream_id: str) -> Path | None:
-        directory = self.config.snapshot_dir
+        directory = self.config.snapshot.dir
         return directory / f"{stream_id}.memory.pt" if directory is not None else None
 
     def save_snapshot(self, stream_id: str) -> Path | None:
@@ -386,9 +386,9 @@ class Engine:
             self.save_snapshot(stream_id)
 
     def _snapshot_if_due(self, stream: Stream, stream_time: float) -> None:
-        if self.config.snapshot_dir is None:
+        if self.config.snapshot.dir is None:
             return
-        every = self.config.snapshot_every_s
+        every = self.config.snapshot.every_s
         if stream.last_snapshot is None or stream_time - stream.last_snapshot >= every:
             try:
                 self.save_snapshot(stream.stream_id)
@@ -468,14 +468,14 @@ class Engine:
                 reading,
                 question,
                 options=options or None,
-                max_new_tokens=config.max_new_tokens,
-                max_question_tokens=config.max_question_tokens,
+                max_new_tokens=config.answer.max_new_tokens,
+                max_question_tokens=config.answer.max_question_tokens,
                 cancel=cancel,
-                reread=config.answer_from == "text",
-                choice_scoring=config.choice_scoring,
-                controls=config.answer_controls,
-                grounded=config.grounded_answers,
-                anchor_seconds=config.anchor_seconds,
+                reread=config.answer.source == "text",
+                choice_scoring=config.answer.choice_scoring,
+                controls=config.answer.controls,
+                grounded=config.answer.grounded,
+                anchor_seconds=config.retrieval.anchor_seconds,
                 started=started,
             )
         )
@@ -484,20 +484,20 @@ class Engine:
         """What a question reads, blocks and timeline lines: see `streamer.retrieval.select_reading`."""
         config = self.config
         scores = None
-        if config.retrieval_top_k and view.index is not None:
+        if config.retrieval.top_k and view.index is not None:
             adapter = self.adapter
             query = None
-            if config.internal_weight:
+            if config.retrieval.internal_weight:
                 sink = assemble([view.cache.segment(0, view.sink_tokens)], adapter.rotate_keys)
-                embeds = adapter.question_embeds(question)[:, : config.max_question_tokens]
+                embeds = adapter.question_embeds(question)[:, : config.answer.max_question_tokens]
                 query = adapter.query_summary(embeds, sink)
             scores = view.index.scores(query, adapter.question_vector(question), upto=view.frames)
         selection = Selection(
-            config.retrieval_top_k,
-            config.window_seconds,
-            config.anchor_seconds,
-            config.lexical_weight,
-            config.coverage,
-            config.read_intent,
+            config.retrieval.top_k,
+            config.memory.window_seconds,
+            config.retrieval.anchor_seconds,
+            config.retrieval.lexical_weight,
+            config.retrieval.coverage,
+            config.retrieval.read_intent,
         )
         return select_reading(view, question, scores, selection, options)

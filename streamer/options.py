@@ -51,35 +51,35 @@ def _setting(flag: str, field: str, help: str, type: Callable[[str], Any] = str)
 
 ENGINE_OPTIONS: tuple[EngineOption, ...] = (
     EngineOption("--fps", None, DEFAULT_FPS, "frames sampled per second of video (default {default})", float),
-    _setting("--budget", "budget_tokens", "KV tokens resident per stream (default {default})", int),
+    _setting("--budget", "memory.budget_tokens", "KV tokens resident per stream (default {default})", int),
     _setting(
         "--top-k",
-        "retrieval_top_k",
-        f"frames a question reads by similarity, besides the last {_DEFAULTS.window_seconds:g} s "
+        "retrieval.top_k",
+        f"frames a question reads by similarity, besides the last {_DEFAULTS.memory.window_seconds:g} s "
         "(default {default}; 0 reads every resident frame)",
         int,
     ),
-    _setting("--max-new-tokens", "max_new_tokens", "longest answer in tokens (default {default})", int),
+    _setting("--max-new-tokens", "answer.max_new_tokens", "longest answer in tokens (default {default})", int),
     _setting(
         "--policy",
-        "policy",
+        "memory.policy",
         f"memory policy: {', '.join(POLICIES)} (default {{default}}; equal: tiers without curvature)",
     ),
-    _setting("--k", "curvature.k", "curvature threshold in standard deviations (default {default})", float),
+    _setting("--k", "memory.curvature.k", "curvature threshold in standard deviations (default {default})", float),
     _setting(
         "--curvature-window",
-        "curvature.window",
+        "memory.curvature.window",
         "frames the curvature threshold is computed over (default {default})",
         int,
     ),
     _setting(
         "--compression",
-        "compression",
+        "memory.compression",
         f"KV compression of demoted frames: {' or '.join(COMPRESSION_METHODS)} (default {{default}})",
     ),
     _setting(
         "--answer-from",
-        "answer_from",
+        "answer.source",
         "what a question reads for its chosen frames: cache (their KV from ingest) or text (their description "
         "lines again: better for questions about a named time after a long stream); default {default}",
     ),
@@ -104,7 +104,7 @@ def add_engine_options(
 
 def check_options(args: argparse.Namespace) -> None:
     """Refuse a budget, frame rate, top-k or model that cannot work, before anything loads."""
-    least = _least("budget_tokens")
+    least = _least("memory.budget_tokens")
     if args.budget < least:
         raise UserError(f"--budget {args.budget} is too small; give at least {least} tokens.")
     if args.fps <= 0:
@@ -115,19 +115,22 @@ def check_options(args: argparse.Namespace) -> None:
 
 
 def engine_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The EngineConfig fields the parser's engine options set (a nested field with its siblings' defaults)."""
+    """The EngineConfig settings the parser's engine options set, nested by section (a section or nested
+    field the options touch comes with its other fields' defaults)."""
     given = vars(args)
     settings: dict[str, Any] = {}
     for option in ENGINE_OPTIONS:
         if option.field is None or option.dest not in given:
             continue
         *parents, name = option.field.split(".")
-        branch = settings
+        branch, defaults = settings, _DEFAULTS
         for parent in parents:
-            branch = branch.setdefault(parent, getattr(_DEFAULTS, parent).model_dump())
+            defaults = getattr(defaults, parent)
+            branch = branch.setdefault(parent, defaults.model_dump())
         branch[name] = given[option.dest]
-    if "max_new_tokens" in settings:
-        settings["max_new_tokens"] = max(1, settings["max_new_tokens"])  # 0 asks for the shortest answer
+    answer = settings.get("answer")
+    if answer is not None:
+        answer["max_new_tokens"] = max(1, answer["max_new_tokens"])  # 0 asks for the shortest answer
     return settings
 
 
@@ -147,6 +150,8 @@ def config_error(error: ValidationError) -> str:
     return f"Invalid {name}: {first['msg'].rstrip('.')}; fix it and run again."
 
 
-def _least(name: str) -> int:
-    """The smallest value EngineConfig accepts for its field `name`."""
-    return int(next(bound.ge for bound in EngineConfig.model_fields[name].metadata if hasattr(bound, "ge")))
+def _least(path: str) -> int:
+    """The smallest value EngineConfig accepts for its field at `path` ("memory.budget_tokens")."""
+    section, name = path.split(".")
+    model = type(getattr(_DEFAULTS, section))
+    return int(next(bound.ge for bound in model.model_fields[name].metadata if hasattr(bound, "ge")))

@@ -37,7 +37,7 @@ def start_server(
 ) -> ServerThread:
     """A ready server ingesting `clip` as stream "bikes"; `server` sets ServerConfig fields."""
     config = StreamerConfig.model_validate(
-        {"server": {"host": host, "port": 0, **server}, "memory": {"max_new_tokens": max_new_tokens}}
+        {"server": {"host": host, "port": 0, **server}, "answer": {"max_new_tokens": max_new_tokens}}
     )
     source = open_source(str(clip), fps=1.0, loop=True)
     app = create_app(config, lambda: Engine(adapter, config.engine_config()), [InitialStream(STREAM, source, 1.0)])

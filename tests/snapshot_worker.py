@@ -10,10 +10,14 @@ from sources.file import FileSource
 from sources.frame import SourceEnded
 from streamer.adapters.embedded import EmbeddedAdapter
 from streamer.engine import Engine, EngineConfig
+from streamer.engine_config import MemoryConfig, SnapshotConfig
 
 
 async def main(video: Path, snapshots: Path) -> None:
-    engine = Engine(EmbeddedAdapter.load(), EngineConfig(snapshot_dir=snapshots, snapshot_every_s=5.0, policy="equal"))
+    engine = Engine(
+        EmbeddedAdapter.load(),
+        EngineConfig(snapshot=SnapshotConfig(dir=snapshots, every_s=5.0), memory=MemoryConfig(policy="equal")),
+    )
     engine.add_stream("cam")
     source = FileSource(video, fps=1.0)
     while True:

@@ -34,8 +34,10 @@ def scripted_adapter(embedded_adapter: EmbeddedAdapter) -> EmbeddedAdapter:
     return EmbeddedAdapter(ScriptedDescriber(SCRIPT), a.tokenizer, a.model, a.name, a.embedder)
 
 
-def _engine(adapter: EmbeddedAdapter, **settings: Any) -> Engine:
-    engine = Engine(adapter, EngineConfig(policy="fifo", **settings))
+def _engine(adapter: EmbeddedAdapter, **sections: Any) -> Engine:
+    """An engine (fifo memory, with `sections` as EngineConfig sections) that has read the whole script."""
+    memory = {"policy": "fifo", **sections.pop("memory", {})}
+    engine = Engine(adapter, EngineConfig.model_validate({"memory": memory, **sections}))
     engine.add_stream("cam")
     for second in range(SECONDS):
         engine.push_frame("cam", frame_at(second))
@@ -44,7 +46,7 @@ def _engine(adapter: EmbeddedAdapter, **settings: Any) -> Engine:
 
 @pytest.fixture(scope="module")
 def engine(scripted_adapter: EmbeddedAdapter) -> Engine:
-    return _engine(scripted_adapter, max_new_tokens=24)
+    return _engine(scripted_adapter, answer={"max_new_tokens": 24})
 
 
 def _read(engine: Engine, question: str) -> tuple[list[float], list[str]]:
@@ -79,7 +81,7 @@ def test_which_came_first_reads_both_lines(engine: Engine) -> None:
 
 
 def test_an_ocr_word_in_the_question_finds_its_frames_lexically(scripted_adapter: EmbeddedAdapter) -> None:
-    engine = _engine(scripted_adapter, read_intent=False, retrieval_top_k=2)
+    engine = _engine(scripted_adapter, retrieval={"read_intent": False, "top_k": 2})
     times, _ = _read(engine, "Was FALCON ever written anywhere?")
     assert {40.0, 41.0} <= set(times)
 
@@ -102,7 +104,7 @@ def test_free_answers_are_one_line_without_repeated_phrases(engine: Engine) -> N
 
 def test_a_gone_frame_is_still_kept_by_the_timeline(scripted_adapter: EmbeddedAdapter) -> None:
     # A budget for about 15 frames and no host tier: the first KESTREL showing leaves for good.
-    engine = _engine(scripted_adapter, budget_tokens=900, host_budget_tokens=0, evict_chunk=40)
+    engine = _engine(scripted_adapter, memory={"budget_tokens": 900, "host_budget_tokens": 0, "evict_chunk": 40})
     memory = engine.memory("cam")
     assert all(memory.records[t].location == "gone" for t in (10, 11, 12))
     question = "What word was written on the sign shown at 00:11?"

@@ -12,6 +12,7 @@ from sources.file import FileSource
 from sources.frame import Frame
 from streamer.adapters.embedded import EmbeddedAdapter
 from streamer.engine import Engine, EngineConfig
+from streamer.engine_config import AnswerConfig
 from streamer.query import Answer
 
 QUESTION = "What is on screen?"
@@ -30,7 +31,7 @@ def frames(bikes_clip: Path) -> list[Frame]:
 
 
 def test_frames_are_ingested_while_an_answer_is_open(embedded_adapter: EmbeddedAdapter, frames: list[Frame]) -> None:
-    engine = Engine(embedded_adapter, EngineConfig(max_new_tokens=16))
+    engine = Engine(embedded_adapter, EngineConfig(answer=AnswerConfig(max_new_tokens=16)))
     engine.add_stream("cam")
     for frame in frames[:6]:
         engine.push_frame("cam", frame)
@@ -59,7 +60,7 @@ def test_frames_are_ingested_while_an_answer_is_open(embedded_adapter: EmbeddedA
 
 
 def test_several_questions_in_flight_and_cancel(embedded_adapter: EmbeddedAdapter, frames: list[Frame]) -> None:
-    engine = Engine(embedded_adapter, EngineConfig(max_new_tokens=24))
+    engine = Engine(embedded_adapter, EngineConfig(answer=AnswerConfig(max_new_tokens=24)))
     engine.add_stream("cam")
     for frame in frames[:8]:
         engine.push_frame("cam", frame)

@@ -11,6 +11,7 @@ from engine_probes import choose_blocks
 from sources.file import FileSource
 from streamer.adapters.embedded import EmbeddedAdapter
 from streamer.engine import Engine, EngineConfig
+from streamer.engine_config import MemoryConfig
 from streamer.needles import Needle, Question, build_stream
 from streamer.replay import Replay, load_questions
 
@@ -26,7 +27,9 @@ def test_sign_word_is_recalled_a_minute_later(embedded_adapter: EmbeddedAdapter,
     # Every frame described in full: this is the recall path (KV cache, retrieval), not the tier routing,
     # which can leave a sign's onset fuzzy (see the memory evaluation).
     replay = Replay(
-        Engine(embedded_adapter, EngineConfig(policy="equal")), FileSource(stream.video, fps=1.0), questions
+        Engine(embedded_adapter, EngineConfig(memory=MemoryConfig(policy="equal"))),
+        FileSource(stream.video, fps=1.0),
+        questions,
     )
     [result] = asyncio.run(replay.run())
     assert word.lower() in result.answer.lower(), result.answer
@@ -45,7 +48,9 @@ def test_needle_retrieved_from_host_after_leaving_the_device_budget(
     needle = Needle("sign", 20.0, 24.0, "LANTERN")
     asked = Question("sign", 86.0, "What word was written on the sign?", "LANTERN")
     stream = build_stream(tmp_path / "needle.mp4", [needle], [asked], duration=90.0, fps=5.0, seed=5)
-    engine = Engine(embedded_adapter, EngineConfig(budget_tokens=700, evict_chunk=64, policy="fifo"))
+    engine = Engine(
+        embedded_adapter, EngineConfig(memory=MemoryConfig(budget_tokens=700, evict_chunk=64, policy="fifo"))
+    )
     replay = Replay(engine, FileSource(stream.video, fps=1.0), load_questions(stream.questions_path))
     asyncio.run(replay.run())
     memory = engine.memory(replay.stream_id)

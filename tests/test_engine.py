@@ -13,6 +13,7 @@ from sources.file import FileSource
 from sources.frame import Frame
 from streamer.adapters.embedded import EmbeddedAdapter
 from streamer.engine import Engine, EngineConfig
+from streamer.engine_config import AnswerConfig, MemoryConfig, RetrievalConfig
 from streamer.query import reread_context
 
 QUESTION = "What is on screen?"
@@ -43,7 +44,9 @@ def full_forward_logits(adapter: EmbeddedAdapter, lines: list[str], question: st
 
 
 def test_streaming_cache_equals_full_forward(embedded_adapter: EmbeddedAdapter, frames: list[Frame]) -> None:
-    engine = Engine(embedded_adapter, EngineConfig(budget_tokens=8192, retrieval_top_k=0))
+    engine = Engine(
+        embedded_adapter, EngineConfig(memory=MemoryConfig(budget_tokens=8192), retrieval=RetrievalConfig(top_k=0))
+    )
     engine.add_stream("cam")
     for frame in frames:
         engine.push_frame("cam", frame)
@@ -57,7 +60,7 @@ def test_streaming_cache_equals_full_forward(embedded_adapter: EmbeddedAdapter, 
 
 
 def test_answer_streams_text_and_reports_timing(embedded_adapter: EmbeddedAdapter, frames: list[Frame]) -> None:
-    engine = Engine(embedded_adapter, EngineConfig(max_new_tokens=12))
+    engine = Engine(embedded_adapter, EngineConfig(answer=AnswerConfig(max_new_tokens=12)))
     engine.add_stream("cam")
     for frame in frames[:6]:
         engine.push_frame("cam", frame)
@@ -73,13 +76,13 @@ def test_answer_streams_text_and_reports_timing(embedded_adapter: EmbeddedAdapte
 def test_budget_is_never_exceeded_and_records_survive_eviction(
     embedded_adapter: EmbeddedAdapter, frames: list[Frame]
 ) -> None:
-    config = EngineConfig(budget_tokens=400, evict_chunk=40, retrieval_top_k=0)
+    config = EngineConfig(memory=MemoryConfig(budget_tokens=400, evict_chunk=40), retrieval=RetrievalConfig(top_k=0))
     engine = Engine(embedded_adapter, config)
     engine.add_stream("cam")
     memory = engine.memory("cam")
     for frame in frames * 2:
         engine.push_frame("cam", frame)
-        assert memory.resident_tokens <= config.budget_tokens - config.answer_reserve
+        assert memory.resident_tokens <= config.memory.budget_tokens - config.answer_reserve
     assert memory.evicted_tokens > 0
     assert len(memory.records) == 2 * len(frames)
     assert not memory.records[0].resident and memory.records[-1].resident
@@ -92,7 +95,9 @@ def test_budget_is_never_exceeded_and_records_survive_eviction(
 def test_snapshot_is_unchanged_by_ingest_during_the_answer(
     embedded_adapter: EmbeddedAdapter, frames: list[Frame]
 ) -> None:
-    engine = Engine(embedded_adapter, EngineConfig(budget_tokens=8192, retrieval_top_k=0))
+    engine = Engine(
+        embedded_adapter, EngineConfig(memory=MemoryConfig(budget_tokens=8192), retrieval=RetrievalConfig(top_k=0))
+    )
     engine.add_stream("cam")
     for frame in frames[:5]:
         engine.push_frame("cam", frame)
@@ -113,7 +118,9 @@ def test_snapshot_is_unchanged_by_ingest_during_the_answer(
 def test_question_reads_recent_relevant_and_named_frames(
     embedded_adapter: EmbeddedAdapter, frames: list[Frame]
 ) -> None:
-    config = EngineConfig(retrieval_top_k=2, window_seconds=1.0, anchor_seconds=0.5)
+    config = EngineConfig(
+        retrieval=RetrievalConfig(top_k=2, anchor_seconds=0.5), memory=MemoryConfig(window_seconds=1.0)
+    )
     engine = Engine(embedded_adapter, config)
     engine.add_stream("cam")
     for frame in frames:
@@ -142,7 +149,10 @@ def test_question_reads_recent_relevant_and_named_frames(
 
 
 def test_offloaded_block_comes_back_for_a_question(embedded_adapter: EmbeddedAdapter, frames: list[Frame]) -> None:
-    config = EngineConfig(budget_tokens=400, evict_chunk=40, host_budget_tokens=10_000, retrieval_top_k=3)
+    config = EngineConfig(
+        memory=MemoryConfig(budget_tokens=400, evict_chunk=40, host_budget_tokens=10_000),
+        retrieval=RetrievalConfig(top_k=3),
+    )
     engine = Engine(embedded_adapter, config)
     engine.add_stream("cam")
     for frame in frames * 2:
@@ -162,13 +172,13 @@ def test_offloaded_block_comes_back_for_a_question(embedded_adapter: EmbeddedAda
 
 
 def test_host_tier_has_its_own_cap(embedded_adapter: EmbeddedAdapter, frames: list[Frame]) -> None:
-    config = EngineConfig(budget_tokens=400, evict_chunk=40, host_budget_tokens=100, policy="fifo")
+    config = EngineConfig(memory=MemoryConfig(budget_tokens=400, evict_chunk=40, host_budget_tokens=100, policy="fifo"))
     engine = Engine(embedded_adapter, config)
     engine.add_stream("cam")
     memory = engine.memory("cam")
     for frame in frames * 2:
         engine.push_frame("cam", frame)
-        assert memory.host_tokens <= config.host_budget_tokens
+        assert memory.host_tokens <= config.memory.host_budget_tokens
     assert memory.dropped_tokens > 0
     locations = [r.location for r in memory.records]
     assert locations[0] == "gone" and "host" in locations and locations[-1] == "device"
@@ -176,7 +186,9 @@ def test_host_tier_has_its_own_cap(embedded_adapter: EmbeddedAdapter, frames: li
 
 
 def test_curvature_tiers_route_cost_and_hold_the_budget(embedded_adapter: EmbeddedAdapter, frames: list[Frame]) -> None:
-    config = EngineConfig(budget_tokens=420, evict_chunk=20, host_budget_tokens=0, window_seconds=2.0)
+    config = EngineConfig(
+        memory=MemoryConfig(budget_tokens=420, evict_chunk=20, host_budget_tokens=0, window_seconds=2.0)
+    )
     engine = Engine(embedded_adapter, config)
     engine.add_stream("cam")
     memory = engine.memory("cam")
@@ -186,8 +198,8 @@ def test_curvature_tiers_route_cost_and_hold_the_budget(embedded_adapter: Embedd
         for frame in frames:
             later = Frame(frame.pixels, frame.stream_time + lap * span, frame.capture_time, len(records))
             records.append(engine.push_frame("cam", later))
-            assert memory.resident_tokens <= config.budget_tokens - config.answer_reserve
-    assert all(r.detail == "full" for r in records[: config.curvature.warmup]), "warm-up frames are clear"
+            assert memory.resident_tokens <= config.memory.budget_tokens - config.answer_reserve
+    assert all(r.detail == "full" for r in records[: config.memory.curvature.warmup]), "warm-up frames are clear"
     fuzzy = [r for r in records if r.detail == "terse"]
     assert fuzzy and all(r.score <= r.threshold for r in fuzzy), "a terse frame is one scored below its threshold"
     assert all("objects:" not in r.text and "text:" not in r.text for r in fuzzy)
@@ -205,7 +217,11 @@ def test_reread_answer_equals_a_fresh_pass_over_the_chosen_frames(
 ) -> None:
     # After evictions the cached blocks were computed beside frames that are gone; re-reading the chosen
     # frames gives exactly the context a plain forward pass over their lines would.
-    config = EngineConfig(budget_tokens=400, evict_chunk=40, retrieval_top_k=2, window_seconds=1.0, answer_from="text")
+    config = EngineConfig(
+        memory=MemoryConfig(budget_tokens=400, evict_chunk=40, window_seconds=1.0),
+        retrieval=RetrievalConfig(top_k=2),
+        answer=AnswerConfig(source="text"),
+    )
     engine = Engine(embedded_adapter, config)
     engine.add_stream("cam")
     for frame in frames * 2:
@@ -224,7 +240,7 @@ def test_reread_answer_equals_a_fresh_pass_over_the_chosen_frames(
     torch.testing.assert_close(logits, plain, atol=2e-4, rtol=1e-4)
     assert (cached_logits - plain).abs().max() > 1e-2, "the cached blocks' deeper layers saw other frames"
     answer = engine.ask("cam", QUESTION).result()
-    engine.config.answer_from = "cache"
+    engine.config.answer.source = "cache"
     assert answer.text and engine.ask("cam", QUESTION).result().text
 
 
@@ -233,7 +249,9 @@ def test_reread_reads_what_a_compressed_block_still_holds(
     embedded_adapter: EmbeddedAdapter, frames: list[Frame], method: str
 ) -> None:
     config = EngineConfig(
-        budget_tokens=420, evict_chunk=20, host_budget_tokens=0, window_seconds=2.0, compression=method
+        memory=MemoryConfig(
+            budget_tokens=420, evict_chunk=20, host_budget_tokens=0, window_seconds=2.0, compression=method
+        )
     )
     engine = Engine(embedded_adapter, config)
     engine.add_stream("cam")

@@ -12,6 +12,7 @@ from conftest import make_tiny_llama
 from tiny_adapter import HEAD_DIM, KV_HEADS, LAYERS, SyntheticFrames, synthetic_frame
 
 from streamer.engine import Engine, EngineConfig, UnknownStream
+from streamer.engine_config import SnapshotConfig
 from streamer.engine_data import FrameInfo, StreamStatus
 from streamer.watches import WatchSpec
 
@@ -31,8 +32,10 @@ def adapter() -> SyntheticFrames:
     return SyntheticFrames(model)
 
 
-def _engine(adapter: SyntheticFrames, **settings: object) -> Engine:
-    config = EngineConfig.model_validate({"budget_tokens": 512, "max_new_tokens": 4, **settings})
+def _engine(adapter: SyntheticFrames, **memory: object) -> Engine:
+    """An engine with a 512-token budget, answers of 4 tokens, and `memory` settings."""
+    memory_settings = {"budget_tokens": 512, **memory}
+    config = EngineConfig.model_validate({"memory": memory_settings, "answer": {"max_new_tokens": 4}})
     return Engine(adapter, config)
 
 
@@ -88,7 +91,7 @@ def test_cancel_by_id_and_close_without_running(adapter: SyntheticFrames) -> Non
 
 
 def test_remove_keeps_or_deletes_the_snapshot_file(adapter: SyntheticFrames, tmp_path: Path) -> None:
-    engine = _engine(adapter, snapshot_dir=tmp_path, snapshot_every_s=1000.0)
+    engine = Engine(adapter, EngineConfig(snapshot=SnapshotConfig(dir=tmp_path, every_s=1000.0)))
     engine.add_stream("cam")
     engine.push_frames([("cam", synthetic_frame(i)) for i in range(3)])
     path = engine.snapshot_path("cam")

@@ -23,6 +23,7 @@ import torch
 from memory.settings import MemoryPolicyName
 from streamer.cli import main
 from streamer.engine import Engine, EngineConfig
+from streamer.engine_config import AnswerConfig, MemoryConfig
 from streamer.errors import UserError
 from streamer.evaluation.descriptions import CachedDescriber, CachedTextEmbedder, descriptions_path
 from streamer.evaluation.evaluate import frames_at
@@ -185,7 +186,8 @@ def test_a_missing_suite_file_and_bad_questions_are_named(tmp_path: Path, capsys
         (["--via-websocket", "--url", "127.0.0.1:9"], "--url 127.0.0.1:9 is not a server address"),
         (["--llm", "/no/such/model"], "Unknown --llm '/no/such/model'"),
         (["--threads", "0"], "--threads 0 must be at least 1"),
-        (["--variant", "a", "lexical_weight=-1"], "--variant a: lexical_weight: Input should be greater than or equal"),
+        (["--variant", "a", "lexical_weight=-1"], "--variant a: retrieval.lexical_weight: Input should be greater than"),
+        (["--variant", "a", "retrieval.top_k=-1"], "--variant a: retrieval.top_k: Input should be greater than"),
         (["--variant", "a", "no_such_setting=1"], "--variant a: no_such_setting: Extra inputs are not permitted"),
         (["--variant", "a", "top_k"], "--variant a: 'top_k' is not KEY=VALUE"),
         (["--variant", "a", "--variant", "a", "coverage=true"], "--variant names must differ"),
@@ -298,7 +300,10 @@ def test_last60_cannot_read_a_needle_older_than_60_s_but_all_can(
     video = build_stream(
         tmp_path / "sign.mp4", [Needle("sign", 4.0, 9.0, word)], [], duration=76.0, fps=2.0, seed=0
     ).video
-    engine = Engine(embedded_adapter, EngineConfig(policy="fifo", budget_tokens=4096, max_new_tokens=16))
+    engine = Engine(
+        embedded_adapter,
+        EngineConfig(memory=MemoryConfig(policy="fifo", budget_tokens=4096), answer=AnswerConfig(max_new_tokens=16)),
+    )
     engine.add_stream("s")
     for frame in _frames(video, 0.5):
         engine.push_frame("s", frame)

@@ -26,6 +26,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from memory.stream_memory import StreamMemory
 from streamer.engine import Engine, EngineConfig
+from streamer.engine_config import AnswerConfig, MemoryConfig, RetrievalConfig
 
 BUDGET = 512
 HOST_CAP = 1536
@@ -95,14 +96,9 @@ def engine() -> Iterator[Engine]:
         head_dim=HEAD_DIM,
     )
     config = EngineConfig(
-        budget_tokens=BUDGET,
-        host_budget_tokens=HOST_CAP,
-        evict_chunk=256,
-        max_question_tokens=16,
-        max_new_tokens=2,
-        retrieval_top_k=4,
-        internal_weight=1.0,
-        window_seconds=8.0,
+        memory=MemoryConfig(budget_tokens=BUDGET, host_budget_tokens=HOST_CAP, evict_chunk=256, window_seconds=8.0),
+        answer=AnswerConfig(max_question_tokens=16, max_new_tokens=2),
+        retrieval=RetrievalConfig(top_k=4, internal_weight=1.0),
     )
     threads = torch.get_num_threads()
     # These tensors are too small to split between threads, and on a busy machine idle workers spin.
@@ -128,7 +124,7 @@ def test_host_tier_is_capped_and_process_memory_stays_flat(engine: Engine) -> No
     while first_drop is None or index <= first_drop + FRAMES_TO_SETTLE + FRAMES_MEASURED:
         on_device = [b.record.frame_id for b in memory.blocks]
         engine.push_frame("cam", synthetic_frame(index))
-        assert memory.resident_tokens <= config.budget_tokens - config.answer_reserve
+        assert memory.resident_tokens <= config.memory.budget_tokens - config.answer_reserve
 
         # The host tier against its definition: blocks arrive oldest first as they leave the device;
         # past the cap the least informative go, whenever they arrived.
@@ -148,7 +144,7 @@ def test_host_tier_is_capped_and_process_memory_stays_flat(engine: Engine) -> No
             chosen = choose_blocks(engine, snapshot, QUESTION)
             snapshot.close()
             questions_reading_host += any(b.record.frame_id in memory.offloaded for b in chosen)
-            assert engine.ask("cam", QUESTION).result().tokens == config.max_new_tokens
+            assert engine.ask("cam", QUESTION).result().tokens == config.answer.max_new_tokens
         if step >= 0 and step % MEASURE_EVERY == 0:
             device_bytes, host_bytes = kv_bytes(memory)
             assert host_bytes == memory.host_tokens * bytes_per_token, "a host block holds its own tokens only"
@@ -210,7 +206,8 @@ def test_positions_stay_exact_through_many_evictions_and_compressions() -> None:
     )  # fmt: skip
     adapter = SyntheticFrames(model)
     config = EngineConfig(
-        budget_tokens=512, host_budget_tokens=0, evict_chunk=16, retrieval_top_k=3, window_seconds=2.0
+        memory=MemoryConfig(budget_tokens=512, host_budget_tokens=0, evict_chunk=16, window_seconds=2.0),
+        retrieval=RetrievalConfig(top_k=3),
     )
     engine = Engine(adapter, config)
     engine.add_stream("cam")
@@ -242,5 +239,5 @@ def test_positions_stay_exact_through_many_evictions_and_compressions() -> None:
             at += block.length
         assert context.length == at
         snapshot.close()
-    assert memory.dropped_tokens > 4 * config.budget_tokens and memory.compressed_tokens > 0
+    assert memory.dropped_tokens > 4 * config.memory.budget_tokens and memory.compressed_tokens > 0
     assert checked > 50

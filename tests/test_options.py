@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from streamer.cli import build_parser
-from streamer.engine_config import DEFAULT_FPS, EngineConfig
+from streamer.engine_config import DEFAULT_FPS, AnswerConfig, EngineConfig
 from streamer.errors import UserError
 from streamer.evaluation.options import EVAL_MAX_NEW_TOKENS
 from streamer.options import engine_config, engine_settings
@@ -33,8 +33,8 @@ def test_left_out_options_are_the_engine_defaults(command: str) -> None:
 def test_eval_options_left_out_are_the_engine_defaults_but_its_answer_length() -> None:
     args = build_parser().parse_args(["eval"])
 
-    settings = engine_settings(args)
-    assert settings == {"retrieval_top_k": EngineConfig().retrieval_top_k, "max_new_tokens": EVAL_MAX_NEW_TOKENS}
+    assert engine_config(args) == EngineConfig(answer=AnswerConfig(max_new_tokens=EVAL_MAX_NEW_TOKENS))
+    assert set(engine_settings(args)) == {"retrieval", "answer"}, "only the sections its options touch"
     assert args.fps == [DEFAULT_FPS]
 
 
@@ -44,19 +44,19 @@ def test_help_shows_the_engine_defaults(capsys: pytest.CaptureFixture[str]) -> N
     help_text = " ".join(capsys.readouterr().out.split())
     defaults = EngineConfig()
 
-    assert f"longest answer in tokens (default {defaults.max_new_tokens})" in help_text
-    assert f"KV tokens resident per stream (default {defaults.budget_tokens})" in help_text
-    assert f"(default {defaults.curvature.k:g})" in help_text
-    assert f"(default {defaults.curvature.window})" in help_text
-    assert f"besides the last {defaults.window_seconds:g} s (default {defaults.retrieval_top_k};" in help_text
+    assert f"longest answer in tokens (default {defaults.answer.max_new_tokens})" in help_text
+    assert f"KV tokens resident per stream (default {defaults.memory.budget_tokens})" in help_text
+    assert f"(default {defaults.memory.curvature.k:g})" in help_text
+    assert f"(default {defaults.memory.curvature.window})" in help_text
+    assert f"besides the last {defaults.memory.window_seconds:g} s (default {defaults.retrieval.top_k};" in help_text
 
 
 def test_given_options_reach_the_config_and_bad_ones_are_named() -> None:
     argv = [*COMMANDS["replay"], "--budget", "2048", "--k", "1.2", "--policy", "fifo", "--max-new-tokens", "0"]
     config = engine_config(build_parser().parse_args(argv))
 
-    assert (config.budget_tokens, config.policy, config.max_new_tokens) == (2048, "fifo", 1)
-    assert config.curvature == EngineConfig().curvature.model_copy(update={"k": 1.2})
+    assert (config.memory.budget_tokens, config.memory.policy, config.answer.max_new_tokens) == (2048, "fifo", 1)
+    assert config.memory.curvature == EngineConfig().memory.curvature.model_copy(update={"k": 1.2})
     with pytest.raises(UserError, match=r"^Invalid --curvature-window: .*2; fix it and run again\.$"):
         engine_config(build_parser().parse_args([*COMMANDS["replay"], "--curvature-window", "1"]))
 

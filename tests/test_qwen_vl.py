@@ -22,6 +22,7 @@ from sources.frame import Frame
 from streamer.adapters.tiny import build_qwen2_5_vl
 from streamer.adapters.vlm import VisionLanguageAdapter, bgr_to_image
 from streamer.engine import Engine, EngineConfig
+from streamer.engine_config import AnswerConfig, MemoryConfig
 from streamer.rope import mrope_positions
 
 
@@ -115,11 +116,8 @@ def test_eviction_moves_the_remaining_frames_exactly(adapter: VisionLanguageAdap
     # Room for the last two frames beside the sink and the answer reserve, not for all three.
     budget = 256
     config = EngineConfig(
-        budget_tokens=budget,
-        max_question_tokens=budget - sink - lengths[1] - lengths[2] - 1,
-        max_new_tokens=1,
-        evict_chunk=1,
-        policy="fifo",
+        memory=MemoryConfig(budget_tokens=budget, evict_chunk=1, policy="fifo"),
+        answer=AnswerConfig(max_question_tokens=budget - sink - lengths[1] - lengths[2] - 1, max_new_tokens=1),
     )
     engine = Engine(adapter, config)
     engine.add_stream("cam")

@@ -178,14 +178,16 @@ def test_config_file_with_environment_references(tmp_path: Path) -> None:
     path.write_text(
         "sources:\n"
         "  - {id: door, url: 'rtsp://${CAMERA_HOST}/stream1', fps: 2}\n"
-        "memory: {budget_tokens: 2048, retrieval_top_k: 2}\n"
+        "memory: {budget_tokens: 2048}\n"
+        "retrieval: {top_k: 2}\n"
         "server: {host: 0.0.0.0, token: '${SECRET}', behind_tls_proxy: true}\n"
     )
     config = build_config(
         read_config_file(path, {"CAMERA_HOST": "10.0.0.5", "SECRET": "s3-long-enough-secret"}), str(path), {}
     )
     assert config.sources[0].url == "rtsp://10.0.0.5/stream1" and config.sources[0].fps == 2
-    assert config.engine_config().budget_tokens == 2048 and config.engine_config().retrieval_top_k == 2
+    engine = config.engine_config()
+    assert engine.memory.budget_tokens == 2048 and engine.retrieval.top_k == 2
     assert config.server.token is not None and config.server.token.get_secret_value() == "s3-long-enough-secret"
     assert "s3-long" not in repr(config), "the token must not show up in logs"
     config.check_exposure()
@@ -207,6 +209,7 @@ def test_the_token_comes_from_the_environment_when_the_file_has_none() -> None:
         ("server: {port: 99999}\n", "cfg.yaml: server.port: input should be less than or equal to 65535."),
         ("server: {prot: 80}\n", "cfg.yaml: 'server.prot' is not a known setting; check its spelling."),
         ("memory: {budget_tokens: 10}\n", "cfg.yaml: memory.budget_tokens: input should be greater than or equal"),
+        ("memory: {retrieval_top_k: 2}\n", "memory.retrieval_top_k is now retrieval.top_k: write it as `retrieval: {"),
         ("sources:\n  - {id: 'a b', url: x}\n", "cfg.yaml: sources.0.id: string should match pattern"),
         ("sources:\n  - {id: a, url: x}\n  - {id: a, url: y}\n", "two sources are named 'a'"),
         ("server: {token: '${NOT_SET_ANYWHERE}'}\n", "uses ${NOT_SET_ANYWHERE} at server.token"),

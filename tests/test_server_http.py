@@ -386,7 +386,7 @@ def test_a_bad_snapshot_file_never_fails_a_new_stream_with_a_500(
     snapshots = tmp_path / "snapshots"
     snapshots.mkdir()
     torch.save({"version": 2}, snapshots / "door.memory.pt")  # a torch file, but no snapshot
-    config = StreamerConfig.model_validate({"server": {"port": 0}, "memory": {"snapshot_dir": str(snapshots)}})
+    config = StreamerConfig.model_validate({"server": {"port": 0}, "snapshot": {"dir": str(snapshots)}})
     server = ServerThread(create_app(config, lambda: Engine(embedded_adapter, config.engine_config()))).start()
     try:
         base = f"{server.url}/streams"

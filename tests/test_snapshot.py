@@ -19,6 +19,7 @@ from sources.file import FileSource
 from sources.frame import Frame
 from streamer.adapters.embedded import EmbeddedAdapter
 from streamer.engine import Engine, EngineConfig
+from streamer.engine_config import MemoryConfig, SnapshotConfig
 from streamer.needles import Needle, build_stream
 from streamer.server.app import InitialStream, ServerThread, create_app
 from streamer.server.config import StreamerConfig
@@ -43,7 +44,8 @@ def test_restored_memory_answers_exactly_as_before(
 ) -> None:
     frames = read_frames(bikes_clip, 20)
     config = EngineConfig(
-        budget_tokens=360, evict_chunk=20, host_budget_tokens=200, window_seconds=2.0, snapshot_dir=tmp_path
+        memory=MemoryConfig(budget_tokens=360, evict_chunk=20, host_budget_tokens=200, window_seconds=2.0),
+        snapshot=SnapshotConfig(dir=tmp_path),
     )
     engine = Engine(embedded_adapter, config)
     engine.add_stream("cam")
@@ -70,7 +72,7 @@ def test_after_a_restore_the_clock_goes_on_and_snapshots_stay_due(
     embedded_adapter: EmbeddedAdapter, bikes_clip: Path, tmp_path: Path
 ) -> None:
     frames = read_frames(bikes_clip, 8)  # 0 to 3.5 s at 2 fps
-    config = EngineConfig(snapshot_dir=tmp_path, snapshot_every_s=3.0)
+    config = EngineConfig(snapshot=SnapshotConfig(dir=tmp_path, every_s=3.0))
     engine = Engine(embedded_adapter, config)
     engine.add_stream("cam")
     for frame in frames[:8]:
@@ -100,7 +102,7 @@ def test_a_snapshot_that_cannot_be_written_leaves_ingest_going_and_is_retried(
     frames = read_frames(bikes_clip, 8)  # 0 to 3.5 s at 2 fps
     blocked = tmp_path / "snapshots"
     blocked.write_text("a file where the snapshot folder should be")  # as a full disk would, makes writing fail
-    engine = Engine(embedded_adapter, EngineConfig(snapshot_dir=blocked, snapshot_every_s=2.0))
+    engine = Engine(embedded_adapter, EngineConfig(snapshot=SnapshotConfig(dir=blocked, every_s=2.0)))
     engine.add_stream("cam")
     for frame in frames[:2]:
         engine.push_frame("cam", frame)
@@ -118,7 +120,7 @@ def test_a_damaged_snapshot_is_set_aside_and_the_stream_starts_empty(
 ) -> None:
     (tmp_path / "cam.memory.pt").write_bytes(b"not a snapshot")
     (tmp_path / "cam.memory.pt.k2j4.partial").write_bytes(b"half written")
-    engine = Engine(embedded_adapter, EngineConfig(snapshot_dir=tmp_path))
+    engine = Engine(embedded_adapter, EngineConfig(snapshot=SnapshotConfig(dir=tmp_path)))
     with caplog.at_level("WARNING", logger="streamer.engine"):
         status = engine.add_stream("cam")
     assert status.frames == 0 and engine.memory("cam").records == []
@@ -134,7 +136,7 @@ def test_a_damaged_snapshot_is_set_aside_and_the_stream_starts_empty(
 def test_a_server_saves_every_stream_on_shutdown_and_forgets_a_deleted_one(
     embedded_adapter: EmbeddedAdapter, bikes_clip: Path, tmp_path: Path
 ) -> None:
-    config = StreamerConfig.model_validate({"server": {"port": 0}, "memory": {"snapshot_dir": str(tmp_path)}})
+    config = StreamerConfig.model_validate({"server": {"port": 0}, "snapshot": {"dir": str(tmp_path)}})
     initial = [InitialStream(name, open_source(str(bikes_clip), 2.0, loop=True), 2.0) for name in ("kept", "gone")]
     server = ServerThread(create_app(config, lambda: Engine(embedded_adapter, config.engine_config()), initial))
     server.start()
@@ -190,7 +192,10 @@ def test_kill_9_mid_stream_then_restart_restores_the_last_snapshot(
         worker.wait()
     assert 37.0 <= seen < 69.0, f"the worker was killed mid-stream (last frame at {seen} s)"
 
-    engine = Engine(embedded_adapter, EngineConfig(snapshot_dir=snapshots, snapshot_every_s=5.0, policy="equal"))
+    engine = Engine(
+        embedded_adapter,
+        EngineConfig(snapshot=SnapshotConfig(dir=snapshots, every_s=5.0), memory=MemoryConfig(policy="equal")),
+    )
     engine.add_stream("cam")
     records = engine.memory("cam").records
     # Snapshots come every 5 s of stream time: the last one is at most 5 frames behind the kill.

@@ -20,6 +20,7 @@ from sources.frame import Frame
 from streamer.adapters.tiny import build_llava_onevision, build_qwen2_5_vl, build_smolvlm
 from streamer.adapters.vlm import VisionLanguageAdapter
 from streamer.engine import Engine, EngineConfig
+from streamer.engine_config import AnswerConfig, MemoryConfig, RetrievalConfig
 from streamer.errors import UserError
 from streamer.llm import resolve_llm
 
@@ -70,7 +71,7 @@ def frames() -> list[Frame]:
 
 def test_streaming_cache_equals_full_forward(family: tuple[str, VisionLanguageAdapter], frames: list[Frame]) -> None:
     _, adapter = family
-    engine = Engine(adapter, EngineConfig(budget_tokens=4096, retrieval_top_k=0))
+    engine = Engine(adapter, EngineConfig(memory=MemoryConfig(budget_tokens=4096), retrieval=RetrievalConfig(top_k=0)))
     engine.add_stream("cam")
     details = ["terse" if i == 1 else "full" for i in range(len(frames))]
     for frame, detail in zip(frames, details, strict=True):
@@ -107,7 +108,7 @@ def test_terse_frames_pool_vision_tokens_over_2x2_cells(
 
 def test_answer_streams_text(family: tuple[str, VisionLanguageAdapter], frames: list[Frame]) -> None:
     _, adapter = family
-    engine = Engine(adapter, EngineConfig(max_new_tokens=8))
+    engine = Engine(adapter, EngineConfig(answer=AnswerConfig(max_new_tokens=8)))
     engine.add_stream("cam")
     for frame in frames[:2]:
         engine.push_frame("cam", frame)

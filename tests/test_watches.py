@@ -17,6 +17,7 @@ from server_helpers import STREAM, Message, connect, frames_ingested, receive, r
 from memory.events import EventTimeline
 from streamer.adapters.embedded import EmbeddedAdapter
 from streamer.engine import Engine, EngineConfig
+from streamer.engine_config import MemoryConfig
 from streamer.needles.building import build_stream
 from streamer.needles.content import Needle
 from streamer.watches import Reading, WatchEvent, WatchSpec, WatchState, parse_condition, read_timeline
@@ -105,7 +106,7 @@ def scripted_adapter(embedded_adapter: EmbeddedAdapter) -> EmbeddedAdapter:
 
 
 def test_a_watch_fires_once_per_episode_within_seconds_of_onset(scripted_adapter: EmbeddedAdapter) -> None:
-    engine = Engine(scripted_adapter, EngineConfig(policy="fifo"))
+    engine = Engine(scripted_adapter, EngineConfig(memory=MemoryConfig(policy="fifo")))
     engine.add_stream("cam")
     heard: list[WatchEvent] = []
     stop = engine.on_watch_event(heard.append)

@@ -234,8 +234,9 @@ def write_bench_report(
         "",
         f"Context: {context}.",
         "",
-        f"Engine: policy {options.engine.policy}, budget {options.engine.budget_tokens} tokens, {options.fps:g} fps, "
-        f"top-k {options.engine.retrieval_top_k}, model {options.model.name}.",
+        f"Engine: policy {options.engine.memory.policy}, budget {options.engine.memory.budget_tokens} tokens, "
+        f"{options.fps:g} fps, "
+        f"top-k {options.engine.retrieval.top_k}, model {options.model.name}.",
         "",
     ]
     if "judge" in report.notes:

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from memory.settings import POLICIES
 from sources.file import FileSource
 from sources.frame import SourceEnded
-from streamer.engine import EngineConfig
+from streamer.engine_config import AnswerConfig, EngineConfig, nested
 from streamer.errors import UserError
 from streamer.evaluation.descriptions import CachedDescriber, CachedTextEmbedder, descriptions_path
 from streamer.evaluation.options import EvalOptions, RunConfig
@@ -72,13 +72,13 @@ def check_options(options: EvalOptions) -> None:
         raise UserError("A running server ingests at the fps it is given once; with --url give one --fps.")
     for variant in options.variants:
         try:
-            EngineConfig.model_validate(dict(variant.settings))
+            EngineConfig.model_validate(nested(dict(variant.settings)))
         except ValidationError as error:
             first = error.errors()[0]
             field = ".".join(str(part) for part in first["loc"]) or "settings"
             raise UserError(
-                f"--variant {variant.name}: {field}: {str(first['msg']).rstrip('.')}; give EngineConfig fields as "
-                "KEY=VALUE."
+                f"--variant {variant.name}: {field}: {str(first['msg']).rstrip('.')}; give engine settings as "
+                "SECTION.KEY=VALUE (e.g. retrieval.top_k=2)."
             ) from None
     for model in options.models:
         check_choice(model)
@@ -153,17 +153,17 @@ def engine_config(adapter: Any, options: EvalOptions, config: RunConfig, frame_b
     """The engine settings of one run: `frame_budget` tokens for frames on top of the sink and the answer
     reserve; a full memory frees a tenth of the frame budget at once (the engine's fixed 256 tokens would
     be most of a small budget, and the policies would differ mostly in when they evict)."""
-    probe = EngineConfig(max_new_tokens=max(1, options.max_new_tokens))
+    probe = EngineConfig(answer=AnswerConfig(max_new_tokens=max(1, options.max_new_tokens)))
     sink = int(adapter.system_embeds().shape[1])
     settings: dict[str, Any] = {
-        "policy": config.policy,
-        "budget_tokens": frame_budget + sink + probe.answer_reserve,
-        "evict_chunk": max(16, frame_budget // EVICT_SHARE),
-        "host_budget_tokens": options.host_budget_tokens,
-        "retrieval_top_k": options.top_k,
-        "max_new_tokens": probe.max_new_tokens,
+        "memory.policy": config.policy,
+        "memory.budget_tokens": frame_budget + sink + probe.answer_reserve,
+        "memory.evict_chunk": max(16, frame_budget // EVICT_SHARE),
+        "memory.host_budget_tokens": options.host_budget_tokens,
+        "retrieval.top_k": options.top_k,
+        "answer.max_new_tokens": probe.answer.max_new_tokens,
     }
-    return EngineConfig.model_validate(settings | dict(config.variant.settings))
+    return EngineConfig.model_validate(nested(settings | dict(config.variant.settings)))
 
 
 def frame_budget_for(
@@ -172,7 +172,7 @@ def frame_budget_for(
     """Tokens for frame blocks at `config.budget_percent` of `total`; a UserError when that cannot hold the
     short-term window or does not fit the language model's context window."""
     frame_budget = int(total * config.budget_percent / 100)
-    window = EngineConfig().window_seconds
+    window = EngineConfig().memory.window_seconds
     frames = int(stream.duration * config.fps) + 1
     needed = int(window * config.fps * total / frames) + largest
     if frame_budget < needed:
@@ -182,7 +182,7 @@ def frame_budget_for(
             f"fewer than the last {window:g} s of frames need (about {needed}); give at least {least:.0f}%."
         )
     limit = getattr(adapter.model.config, "max_position_embeddings", None)
-    budget = engine_config(adapter, options, config, frame_budget).budget_tokens
+    budget = engine_config(adapter, options, config, frame_budget).memory.budget_tokens
     if isinstance(limit, int) and budget > limit:
         most = 100 * (limit - (budget - frame_budget)) / max(1, total)
         raise UserError(

@@ -80,7 +80,7 @@ async def replay_probes(
 
     until_last_probe: stop once the last probe is answered instead of playing the source to its end.
     """
-    run = StreamRun([], budget_tokens=engine.config.budget_tokens)
+    run = StreamRun([], budget_tokens=engine.config.memory.budget_tokens)
 
     def answer(probe: Probe) -> None:
         result = ask_within(engine, stream_id, probe).result()

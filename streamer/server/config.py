@@ -7,7 +7,10 @@ sources:
     fps: 1
     watches: [{id: visitor, text: "tell me when a person appears"}]
   - {id: lobby, url: /videos/lobby.mp4, loop: true}
-memory: {budget_tokens: 4096, retrieval_top_k: 4}     # any streamer.engine_config.EngineConfig field
+memory: {budget_tokens: 4096, policy: curvature}     # the sections of streamer.engine_config.EngineConfig
+retrieval: {top_k: 4}
+answer: {max_new_tokens: 48}
+snapshot: {dir: /var/lib/streamer, every_s: 60}
 model: {name: embedded, llm: /models/qwen2.5-0.5b-instruct}   # or model: /models/Qwen2.5-VL-7B-Instruct
 server: {host: 0.0.0.0, port: 8080, token: "${STREAMER_TOKEN}"}
 ```
@@ -29,7 +32,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from streamer.engine_config import DEFAULT_FPS, EngineConfig
+from streamer.engine_config import (
+    DEFAULT_FPS,
+    MOVED,
+    AnswerConfig,
+    EngineConfig,
+    MemoryConfig,
+    RetrievalConfig,
+    SnapshotConfig,
+)
 from streamer.errors import UserError, read_yaml_file
 from streamer.models import DEVICE_PATTERN, EMBEDDED, ModelChoice
 
@@ -68,12 +79,6 @@ class SourceConfig(BaseModel):
     fps: float = Field(DEFAULT_FPS, gt=0, le=60, description="frames ingested per second")
     loop: bool = Field(False, description="play a video file again from the start when it ends")
     watches: list[WatchConfig] = Field(default_factory=list, description="standing questions on this stream")
-
-
-class MemoryConfig(EngineConfig):
-    """The engine's token budget, retrieval and answer limits (see `streamer.engine_config.EngineConfig`)."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class ModelConfig(BaseModel):
@@ -218,8 +223,24 @@ class StreamerConfig(BaseModel):
 
     sources: list[SourceConfig] = Field(default_factory=list)
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    answer: AnswerConfig = Field(default_factory=AnswerConfig)
+    snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_settings(cls, value: Any) -> Any:
+        """A setting of the earlier flat `memory:` section that now lives in another section is named there."""
+        memory = value.get("memory") if isinstance(value, dict) else None
+        if isinstance(memory, dict):
+            for name in memory:
+                moved = MOVED.get(name) if isinstance(name, str) else None
+                if moved is not None and not moved.startswith("memory."):
+                    section, field = moved.split(".")
+                    raise ValueError(f"memory.{name} is now {moved}: write it as `{section}: {{{field}: ...}}`")
+        return value
 
     @model_validator(mode="after")
     def _unique_source_ids(self) -> StreamerConfig:
@@ -237,7 +258,7 @@ class StreamerConfig(BaseModel):
         return self
 
     def engine_config(self) -> EngineConfig:
-        return EngineConfig(**self.memory.model_dump())
+        return EngineConfig(memory=self.memory, retrieval=self.retrieval, answer=self.answer, snapshot=self.snapshot)
 
     def check_exposure(self, bound_host: str | None = None) -> None:
         """Refuse an address other machines can reach unless clients must present a token.
@@ -266,7 +287,10 @@ def read_config_file(path: Path, environ: Mapping[str, str] = os.environ) -> dic
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise UserError(f"Config file '{path}' must be a mapping with sources, memory, model and server sections.")
+        raise UserError(
+            f"Config file '{path}' must be a mapping with sources, memory, retrieval, answer, snapshot, model and "
+            "server sections."
+        )
     tree: dict[str, Any] = _interpolate(raw, environ, path, ())
     return tree
 

@@ -186,7 +186,10 @@ def test_a_missing_suite_file_and_bad_questions_are_named(tmp_path: Path, capsys
         (["--via-websocket", "--url", "127.0.0.1:9"], "--url 127.0.0.1:9 is not a server address"),
         (["--llm", "/no/such/model"], "Unknown --llm '/no/such/model'"),
         (["--threads", "0"], "--threads 0 must be at least 1"),
-        (["--variant", "a", "lexical_weight=-1"], "--variant a: retrieval.lexical_weight: Input should be greater than"),
+        (
+            ["--variant", "a", "lexical_weight=-1"],
+            "--variant a: retrieval.lexical_weight: Input should be greater than",
+        ),
         (["--variant", "a", "retrieval.top_k=-1"], "--variant a: retrieval.top_k: Input should be greater than"),
         (["--variant", "a", "no_such_setting=1"], "--variant a: no_such_setting: Extra inputs are not permitted"),
         (["--variant", "a", "top_k"], "--variant a: 'top_k' is not KEY=VALUE"),

@@ -35,7 +35,7 @@ from streamer.engine_config import EngineConfig as EngineConfig
 from streamer.engine_data import AnswerHandle, FrameInfo, StreamStatus
 from streamer.query import Answer, generate_answer
 from streamer.retrieval import Reading, Selection, select_reading
-from streamer.watches import EventListener, Watches, WatchEvent, WatchInfo, WatchSpec, read_model, read_timeline
+from streamer.watches import EventListener, Watches, WatchEvent, WatchInfo, WatchSpec
 
 log = logging.getLogger(__name__)
 # Seconds between the last restored frame and the first frame after a restart, on the stream's clock.
@@ -306,7 +306,7 @@ class Engine:
         timings = dict(tokens.timings_ms)
         timings["prefill"] = (time.perf_counter() - started) * 1000
         stream.stats.add(timings)
-        self._check_watches(stream, record)
+        self._watches.check(stream.stream_id, record, stream.memory, self.adapter)
         self._snapshot_if_due(stream, frame.stream_time)
         if evicted:
             log.debug(
@@ -336,32 +336,6 @@ class Engine:
     def on_watch_event(self, listener: EventListener) -> Callable[[], None]:
         """Call `listener(event)` for every new watch event, from the ingest thread; returns the unsubscriber."""
         return self._watches.subscribe(listener)
-
-    def _check_watches(self, stream: Stream, record: FrameRecord) -> None:
-        """Check the stream's watches that are due at the frame just stored: every watch on a clear frame
-        (one the policy scored clear), the others once their `every_s` has passed."""
-        due = self._watches.due(stream.stream_id, record.stream_time, clear=record.tier == "clear")
-        if not due:
-            return
-        memory = stream.memory
-        t = record.stream_time
-        if self.adapter.describes_frames:
-            started = time.perf_counter()
-            items = memory.timeline.view(t)
-            shared_ms = (time.perf_counter() - started) * 1000 / len(due)
-            for state in due:
-                started = time.perf_counter()
-                reading = read_timeline(state.condition, items)
-                self._watches.record(state, t, reading, shared_ms + (time.perf_counter() - started) * 1000)
-            return
-        view = memory.view()
-        try:
-            for state in due:
-                started = time.perf_counter()
-                reading = read_model(self.adapter, view, state.spec.text)
-                self._watches.record(state, t, reading, (time.perf_counter() - started) * 1000)
-        finally:
-            view.close()
 
     # Snapshots.
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
 
 from memory.errors import BudgetError, SnapshotError
 from sources.frame import SourceError
@@ -43,3 +46,24 @@ def read_yaml_file(path: Path, label: str, missing_fix: str = "check the path") 
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise UserError(f"{label} '{path}' is not valid YAML{where}; fix the syntax.") from None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """The first problem of a pydantic ValidationError, ready for one sentence: the field's dotted path ("" for
+    the whole object), whether the field is unknown, and the message starting in lower case, without its
+    "Value error, " prefix or final stop."""
+
+    field: str
+    unknown: bool
+    message: str
+
+
+def first_problem(error: ValidationError) -> Problem:
+    first = error.errors(include_url=False, include_input=False)[0]
+    message = str(first["msg"]).removeprefix("Value error, ").rstrip(".")
+    return Problem(
+        ".".join(str(part) for part in first["loc"]),
+        first["type"] == "extra_forbidden",
+        message[:1].lower() + message[1:],
+    )

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from memory.settings import COMPRESSION_METHODS, POLICIES
 from streamer.engine_config import DEFAULT_FPS, EngineConfig
-from streamer.errors import UserError
+from streamer.errors import UserError, first_problem
 from streamer.models import check_choice, choice_from_args
 
 _DEFAULTS = EngineConfig()
@@ -144,10 +144,9 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
 
 def config_error(error: ValidationError) -> str:
     """One sentence naming the option (or field) that is wrong and what it accepts."""
-    first = error.errors()[0]
-    field = str(first["loc"][-1]) if first["loc"] else "configuration"
-    name = _OPTION_OF_FIELD.get(field, field)
-    return f"Invalid {name}: {first['msg'].rstrip('.')}; fix it and run again."
+    problem = first_problem(error)
+    field = problem.field.split(".")[-1] or "configuration"
+    return f"Invalid {_OPTION_OF_FIELD.get(field, field)}: {problem.message}; fix it and run again."
 
 
 def _least(path: str) -> int:

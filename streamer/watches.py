@@ -27,6 +27,7 @@ from __future__ import annotations
 import itertools
 import re
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -36,7 +37,8 @@ from typing import Literal
 import torch
 
 from memory.events import TimelineItem
-from memory.stream_memory import MemoryView
+from memory.records import FrameRecord
+from memory.stream_memory import MemoryView, StreamMemory
 from streamer.adapters.base import ModelAdapter
 from streamer.clock import clock
 from streamer.funnel import normal_words
@@ -328,6 +330,31 @@ class Watches:
         """Call `listener` with every new event; returns the function that stops it."""
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def check(self, stream_id: str, record: FrameRecord, memory: StreamMemory, adapter: ModelAdapter) -> None:
+        """Check the stream's watches that are due at the frame just stored (`record`): every watch on a clear
+        frame (one the policy scored clear), the others once their `every_s` has passed."""
+        t = record.stream_time
+        due = self.due(stream_id, t, clear=record.tier == "clear")
+        if not due:
+            return
+        if adapter.describes_frames:
+            started = time.perf_counter()
+            items = memory.timeline.view(t)
+            shared_ms = (time.perf_counter() - started) * 1000 / len(due)
+            for state in due:
+                started = time.perf_counter()
+                reading = read_timeline(state.condition, items)
+                self.record(state, t, reading, shared_ms + (time.perf_counter() - started) * 1000)
+            return
+        view = memory.view()
+        try:
+            for state in due:
+                started = time.perf_counter()
+                reading = read_model(adapter, view, state.spec.text)
+                self.record(state, t, reading, (time.perf_counter() - started) * 1000)
+        finally:
+            view.close()
 
     def due(self, stream_id: str, stream_time: float, clear: bool) -> list[WatchState]:
         with self._lock:

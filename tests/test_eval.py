@@ -188,10 +188,10 @@ def test_a_missing_suite_file_and_bad_questions_are_named(tmp_path: Path, capsys
         (["--threads", "0"], "--threads 0 must be at least 1"),
         (
             ["--variant", "a", "lexical_weight=-1"],
-            "--variant a: retrieval.lexical_weight: Input should be greater than",
+            "--variant a: retrieval.lexical_weight: input should be greater than",
         ),
-        (["--variant", "a", "retrieval.top_k=-1"], "--variant a: retrieval.top_k: Input should be greater than"),
-        (["--variant", "a", "no_such_setting=1"], "--variant a: no_such_setting: Extra inputs are not permitted"),
+        (["--variant", "a", "retrieval.top_k=-1"], "--variant a: retrieval.top_k: input should be greater than"),
+        (["--variant", "a", "no_such_setting=1"], "--variant a: no_such_setting: extra inputs are not permitted"),
         (["--variant", "a", "top_k"], "--variant a: 'top_k' is not KEY=VALUE"),
         (["--variant", "a", "--variant", "a", "coverage=true"], "--variant names must differ"),
     ],

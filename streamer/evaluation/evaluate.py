@@ -25,7 +25,7 @@ from memory.settings import POLICIES
 from sources.file import FileSource
 from sources.frame import SourceEnded
 from streamer.engine_config import AnswerConfig, EngineConfig, nested
-from streamer.errors import UserError
+from streamer.errors import UserError, first_problem
 from streamer.evaluation.descriptions import CachedDescriber, CachedTextEmbedder, descriptions_path
 from streamer.evaluation.options import EvalOptions, RunConfig
 from streamer.evaluation.progress import Progress
@@ -74,10 +74,9 @@ def check_options(options: EvalOptions) -> None:
         try:
             EngineConfig.model_validate(nested(dict(variant.settings)))
         except ValidationError as error:
-            first = error.errors()[0]
-            field = ".".join(str(part) for part in first["loc"]) or "settings"
+            problem = first_problem(error)
             raise UserError(
-                f"--variant {variant.name}: {field}: {str(first['msg']).rstrip('.')}; give engine settings as "
+                f"--variant {variant.name}: {problem.field or 'settings'}: {problem.message}; give engine settings as "
                 "SECTION.KEY=VALUE (e.g. retrieval.top_k=2)."
             ) from None
     for model in options.models:

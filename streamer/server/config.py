@@ -41,7 +41,7 @@ from streamer.engine_config import (
     RetrievalConfig,
     SnapshotConfig,
 )
-from streamer.errors import UserError, read_yaml_file
+from streamer.errors import UserError, first_problem, read_yaml_file
 from streamer.models import DEVICE_PATTERN, EMBEDDED, ModelChoice
 
 TOKEN_ENV = "STREAMER_TOKEN"
@@ -313,13 +313,10 @@ def build_config(raw: Mapping[str, Any], where: str, environ: Mapping[str, str] 
 
 def validation_sentence(error: ValidationError, where: str) -> str:
     """The first problem of `error` as one sentence naming the field."""
-    first = error.errors(include_url=False, include_input=False)[0]
-    field = ".".join(str(part) for part in first["loc"])
-    if first["type"] == "extra_forbidden":
-        return f"{where}: '{field}' is not a known setting; check its spelling."
-    message = str(first["msg"]).removeprefix("Value error, ")
-    message = message[:1].lower() + message[1:]
-    return f"{where}: {field}: {message}." if field else f"{where}: {message}."
+    problem = first_problem(error)
+    if problem.unknown:
+        return f"{where}: '{problem.field}' is not a known setting; check its spelling."
+    return f"{where}: {problem.field}: {problem.message}." if problem.field else f"{where}: {problem.message}."
 
 
 def _interpolate(value: Any, environ: Mapping[str, str], path: Path, at: tuple[str, ...]) -> Any:

@@ -29,6 +29,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from streamer.errors import first_problem
 from streamer.server.config import STREAM_ID_PATTERN
 
 QUESTION_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
@@ -227,16 +228,14 @@ def parse_client_message(data: str, max_bytes: int) -> ClientMessage:
 
 
 def _field_sentence(kind: str, error: ValidationError) -> str:
-    first = error.errors(include_url=False, include_input=False)[0]
-    field = ".".join(str(part) for part in first["loc"])
-    if first["type"] == "extra_forbidden":
+    problem = first_problem(error)
+    if problem.unknown:
         # The name comes from the client: repeat it only when it is short and plain.
-        named = f"'{field}'" if _PLAIN_NAME.fullmatch(field) else "a field"
+        named = f"'{problem.field}'" if _PLAIN_NAME.fullmatch(problem.field) else "a field"
         return f"{kind}: {named} is not a field of this message."
-    message = str(first["msg"]).removeprefix("Value error, ")
-    if field:
-        return f"{kind}: field '{field}': {message[:1].lower()}{message[1:]}."
-    return f"{kind}: {message}."
+    if problem.field:
+        return f"{kind}: field '{problem.field}': {problem.message}."
+    return f"{kind}: {problem.message}."
 
 
 def _echoable(value: Any) -> str | None:

@@ -18,8 +18,9 @@ strongly the stream shows the condition now:
   `p_yes = P(yes) / (P(yes) + P(no))` of the first answer token.
 
 Hysteresis turns the checks into episodes: an episode starts when `p_yes >= on` has held for `hold_s`
-(from the first check that saw it), ends at the first check with `p_yes < off`, and after an end no
-episode starts for `cooldown_s`. Each episode has one `event_id`, a start event and an end event.
+(from the first check that saw it; while a start waits out its hold, every frame is checked), ends at
+the first check with `p_yes < off`, and after an end no episode starts for `cooldown_s`. Each episode
+has one `event_id`, a start event and an end event.
 """
 
 from __future__ import annotations
@@ -223,8 +224,11 @@ class WatchState:
     ended_at: float | None = None
 
     def due(self, stream_time: float, clear: bool) -> bool:
-        """Whether a frame at `stream_time` is checked: every clear frame, else once `every_s` has passed."""
-        return clear or self.last_check is None or stream_time - self.last_check >= self.spec.every_s
+        """Whether a frame at `stream_time` is checked: every clear frame, every frame while a start waits out
+        `hold_s` (the hold needs checks to hold over), else once `every_s` has passed."""
+        if clear or self.last_check is None or (self.high_since is not None and self.episode is None):
+            return True
+        return stream_time - self.last_check >= self.spec.every_s
 
     def update(self, stream_time: float, reading: Reading) -> WatchEvent | None:
         """Take one check's reading; the event it causes, if any."""

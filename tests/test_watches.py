@@ -271,3 +271,15 @@ def test_a_configured_webhook_must_be_on_the_allow_list() -> None:
         StreamerConfig.model_validate({"sources": [source]})
     allowed = StreamerConfig.model_validate({"sources": [source], "server": {"webhook_urls": ["http://10.0.0.5/"]}})
     assert allowed.sources[0].watches[0].webhook == "http://10.0.0.5/alert"
+
+
+def test_a_start_waiting_out_its_hold_is_checked_on_every_frame() -> None:
+    spec = WatchSpec("when a cat appears", every_s=5.0, hold_s=2.0)
+    state = WatchState("w", "cam", spec, parse_condition(spec.text))
+    assert state.due(0.0, clear=False)
+    state.update(0.0, Reading(1.0, onset=0.0))
+    assert state.due(1.0, clear=False), "pending: a fuzzy frame is checked too"
+    state.update(1.0, Reading(1.0, onset=0.0))
+    event = state.update(2.0, Reading(1.0, onset=0.0))
+    assert event is not None and event.phase == "start" and event.t_onset == 0.0
+    assert not state.due(3.0, clear=False), "in an episode: clear frames and heartbeats only"

@@ -59,8 +59,8 @@ from sources.webrtc import WebRTCSource, accept_offer
 from streamer.adapters.embedded import BATCHABLE_STAGES, BATCHED_STAGES, EmbeddedAdapter
 from streamer.batching import DEFAULT_MAX_BATCH, IngestScheduler
 from streamer.engine import Engine
+from streamer.evaluation.needles import footage_dir
 from streamer.ingest import StreamRunner
-from streamer.needles import footage_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from rtsp_server import RtspServer

@@ -38,8 +38,8 @@ from streamer.adapters.embedded import EmbeddedAdapter
 from streamer.engine import Engine, EngineConfig
 from streamer.engine_config import AnswerConfig, MemoryConfig
 from streamer.errors import UserError
+from streamer.evaluation.needles import build_demo_stream
 from streamer.llm import cache_dir
-from streamer.needles import build_demo_stream
 from streamer.query import Answer
 from streamer.vision import FrameDescriber, FrameDescription
 from streamer.vision.describer import Descriptions, Frames, Parts

@@ -41,8 +41,8 @@ from streamer.adapters.embedded import EmbeddedAdapter
 from streamer.clock import clock
 from streamer.engine import Engine, EngineConfig
 from streamer.engine_config import AnswerSource, MemoryConfig
+from streamer.evaluation.needles import SIGN_WORDS, Needle, build_stream
 from streamer.llm import cache_dir
-from streamer.needles import SIGN_WORDS, Needle, build_stream
 from streamer.query import Answer
 
 POLICIES = ("curvature", "equal", "uniform", "fifo")

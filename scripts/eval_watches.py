@@ -37,9 +37,9 @@ from sources.frame import SourceEnded
 from streamer.adapters.embedded import EmbeddedAdapter
 from streamer.engine import Engine, EngineConfig
 from streamer.evaluation.descriptions import CachedDescriber, descriptions_path
+from streamer.evaluation.needles.building import build_stream
+from streamer.evaluation.needles.content import SIGN_WORDS, Needle
 from streamer.llm import cache_dir
-from streamer.needles.building import build_stream
-from streamer.needles.content import SIGN_WORDS, Needle
 from streamer.watches import Reading, WatchEvent, WatchSpec, WatchState, parse_condition, read_timeline
 
 FPS = 1.0

@@ -158,8 +158,8 @@ def _engine(args: argparse.Namespace) -> Engine:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from streamer.evaluation.needles import build_demo_stream
     from streamer.llm import cache_dir
-    from streamer.needles import build_demo_stream
 
     if not args.quiet:
         print(

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from streamer.benchmarks import ovobench, rvs, streamingbench
-from streamer.benchmarks.common import (
+from streamer.errors import UserError
+from streamer.evaluation.benchmarks import ovobench, rvs, streamingbench
+from streamer.evaluation.benchmarks.common import (
     BenchmarkEvent,
     BenchmarkSession,
     parse_time_stamp,
@@ -23,9 +24,8 @@ from streamer.benchmarks.common import (
     replay_questions,
     write_replay_questions,
 )
-from streamer.errors import UserError
-from streamer.judge import TokenOverlapJudge
-from streamer.needles import footage_dir
+from streamer.evaluation.judge import TokenOverlapJudge
+from streamer.evaluation.needles import footage_dir
 from streamer.replay import ReplayResult, ReplaySummary, load_questions, write_results
 
 FIXTURES = Path(__file__).parent / "fixtures" / "benchmarks"

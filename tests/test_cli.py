@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from streamer.needles import footage_dir
+from streamer.evaluation.needles import footage_dir
 
 BIKES = footage_dir() / "bikes.mp4"
 ERROR_PREFIX = "streamer: error:"

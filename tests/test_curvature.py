@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from memory.curvature import ENGINE_DEFAULT_K, CurvatureConfig, CurvatureDecision, CurvatureScorer
 from sources.file import FileSource
 from sources.frame import SourceEnded
-from streamer.needles import Needle, NeedleStream, build_stream
+from streamer.evaluation.needles import Needle, NeedleStream, build_stream
 from streamer.vision import FrameFeatureExtractor
 
 DIM = 1280

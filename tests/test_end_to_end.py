@@ -12,7 +12,7 @@ from sources.file import FileSource
 from streamer.adapters.embedded import EmbeddedAdapter
 from streamer.engine import Engine, EngineConfig
 from streamer.engine_config import MemoryConfig
-from streamer.needles import Needle, Question, build_stream
+from streamer.evaluation.needles import Needle, Question, build_stream
 from streamer.replay import Replay, load_questions
 
 pytestmark = pytest.mark.slow

@@ -28,12 +28,12 @@ from streamer.errors import UserError
 from streamer.evaluation.descriptions import CachedDescriber, CachedTextEmbedder, descriptions_path
 from streamer.evaluation.evaluate import frames_at
 from streamer.evaluation.live import http_base
+from streamer.evaluation.needles import Needle, build_stream, footage_dir
 from streamer.evaluation.options import POLICIES
 from streamer.evaluation.progress import Progress
 from streamer.evaluation.replaying import Probe, ask_within
 from streamer.evaluation.suite import GenerateSpec, StreamSpec, SuiteSpec, read_suite_file, with_minutes
 from streamer.evaluation.tables import accuracy_of, funnel_cell, percentile
-from streamer.needles import Needle, build_stream, footage_dir
 
 BIKES = footage_dir() / "bikes.mp4"
 FIXTURES = Path(__file__).parent / "fixtures" / "benchmarks"

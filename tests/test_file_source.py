@@ -12,7 +12,7 @@ import pytest
 
 from sources.file import FileSource
 from sources.frame import Frame, SourceEnded, SourceError
-from streamer.needles import footage_dir
+from streamer.evaluation.needles import footage_dir
 
 BIKES = footage_dir() / "bikes.mp4"
 BIKES_FRAMES = 250

@@ -7,9 +7,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from streamer.benchmarks import rvs
-from streamer.benchmarks.common import BenchmarkEvent, BenchmarkSession
-from streamer.judge import SYSTEM_PROMPT, VERDICT_PROMPT, Judge, LocalLMJudge, TokenOverlapJudge, Verdict, overlap_f1
+from streamer.evaluation.benchmarks import rvs
+from streamer.evaluation.benchmarks.common import BenchmarkEvent, BenchmarkSession
+from streamer.evaluation.judge import (
+    SYSTEM_PROMPT,
+    VERDICT_PROMPT,
+    Judge,
+    LocalLMJudge,
+    TokenOverlapJudge,
+    Verdict,
+    overlap_f1,
+)
 
 
 @pytest.mark.parametrize(

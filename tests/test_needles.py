@@ -17,8 +17,7 @@ import pytest
 
 from streamer.clock import clock
 from streamer.errors import UserError
-from streamer.funnel import mentions
-from streamer.needles import (
+from streamer.evaluation.needles import (
     CLIP_SCENES,
     CLIP_SUBJECTS,
     PHOTO_SEEN,
@@ -36,6 +35,7 @@ from streamer.needles import (
     render_photo,
     sign_board_box,
 )
+from streamer.funnel import mentions
 from streamer.replay import load_questions
 
 WIDTH, HEIGHT, FPS, DURATION = 640, 360, 10.0, 20.0

@@ -14,8 +14,8 @@ import pytest
 from sources.file import FileSource
 from streamer.cli import Printer
 from streamer.errors import UserError
+from streamer.evaluation.needles import footage_dir
 from streamer.funnel import FunnelRow
-from streamer.needles import footage_dir
 from streamer.replay import (
     ReplayQuestion,
     ReplayResult,

@@ -20,7 +20,7 @@ from sources.frame import Frame
 from streamer.adapters.embedded import EmbeddedAdapter
 from streamer.engine import Engine, EngineConfig
 from streamer.engine_config import MemoryConfig, SnapshotConfig
-from streamer.needles import Needle, build_stream
+from streamer.evaluation.needles import Needle, build_stream
 from streamer.server.app import InitialStream, ServerThread, create_app
 from streamer.server.config import StreamerConfig
 from streamer.server.streams import open_source

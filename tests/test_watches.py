@@ -18,8 +18,8 @@ from memory.events import EventTimeline
 from streamer.adapters.embedded import EmbeddedAdapter
 from streamer.engine import Engine, EngineConfig
 from streamer.engine_config import MemoryConfig
-from streamer.needles.building import build_stream
-from streamer.needles.content import Needle
+from streamer.evaluation.needles.building import build_stream
+from streamer.evaluation.needles.content import Needle
 from streamer.watches import Reading, WatchEvent, WatchSpec, WatchState, parse_condition, read_timeline
 
 

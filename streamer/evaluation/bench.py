@@ -3,7 +3,7 @@
 The benchmark's file and its videos are given by path; nothing is downloaded. Each video is replayed
 as a stream (frames sampled at `fps`, fed as fast as they are ingested) and every question is sent at
 its stream time with the benchmark's own prompt, through the engine's query path; the answers are
-scored by the benchmark's module in `streamer.benchmarks`.
+scored by the benchmark's module in `streamer.evaluation.benchmarks`.
 
 Context policies: "all" lets a question read everything the memory kept from the start of the video;
 "last_60s" (StreamingBench's leaderboard setting) lets it read only the frames of the 60 s before it:
@@ -24,14 +24,14 @@ from typing import Any
 import torch
 
 from sources.file import FileSource
-from streamer.benchmarks import ovobench, rvs, streamingbench
-from streamer.benchmarks.common import BenchmarkEvent, BenchmarkReport, BenchmarkSession, ContextPolicy
 from streamer.clock import clock
 from streamer.engine_config import DEFAULT_FPS, EngineConfig
 from streamer.errors import UserError
+from streamer.evaluation.benchmarks import ovobench, rvs, streamingbench
+from streamer.evaluation.benchmarks.common import BenchmarkEvent, BenchmarkReport, BenchmarkSession, ContextPolicy
+from streamer.evaluation.judge import Judge, Verdict
 from streamer.evaluation.progress import Progress
 from streamer.evaluation.replaying import Probe, ProbeAnswer, replay_probes
-from streamer.judge import Judge, Verdict
 from streamer.models import ModelChoice
 from streamer.replay import ReplayQuestion, check_question_times
 
@@ -96,10 +96,10 @@ def make_judge(options: BenchOptions) -> Judge | None:
     if options.judge not in JUDGES:
         raise UserError(f"Unknown --judge '{options.judge}'; use local or overlap.")
     if options.judge == "overlap":
-        from streamer.judge import TokenOverlapJudge
+        from streamer.evaluation.judge import TokenOverlapJudge
 
         return TokenOverlapJudge()
-    from streamer.judge import LocalLMJudge
+    from streamer.evaluation.judge import LocalLMJudge
 
     return MemoJudge(LocalLMJudge.load(options.judge_llm))
 

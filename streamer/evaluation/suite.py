@@ -5,7 +5,7 @@ A suite is a YAML file:
 ```yaml
 name: lobby-and-needles                 # optional (default: the file's name); the report's title
 streams:
-  - generate: {minutes: 10, seed: 0}    # a needle stream from packaged footage (streamer.needles)
+  - generate: {minutes: 10, seed: 0}    # a needle stream from packaged footage (streamer.evaluation.needles)
   - generate: {minutes: 30, seed: 1, spacing_s: 60, shown_s: 4, choice_share: 0.5}
   - video: clips/lobby.mp4              # your own video (relative to this file) and its questions,
     questions: clips/lobby.jsonl        # in the `streamer replay` format
@@ -32,7 +32,7 @@ DEFAULT_SPACING_S = 30.0
 
 
 class GenerateSpec(BaseModel):
-    """A needle stream planned by `streamer.needles.plan_suite` (seconds unless the name says otherwise)."""
+    """A needle stream planned by `streamer.evaluation.needles.plan_suite` (seconds unless the name says otherwise)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -152,7 +152,7 @@ def with_minutes(spec: SuiteSpec, minutes: list[float]) -> SuiteSpec:
 def prepare_suite(spec: SuiteSpec, source: str, cache: Path, log: Any = None) -> Suite:
     """Render the generated streams (reused when already built) and check every video and question
     file, so a mistake is reported before any model loads."""
-    from streamer.needles import build_suite
+    from streamer.evaluation.needles import build_suite
 
     prepared: list[SuiteStream] = []
     for number, stream in enumerate(spec.streams):

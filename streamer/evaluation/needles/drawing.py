@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from streamer.errors import UserError
-from streamer.needles.content import FONT_PATH, PHOTO_SUBJECTS, SHAPE_COLOURS
+from streamer.evaluation.needles.content import FONT_PATH, PHOTO_SUBJECTS, SHAPE_COLOURS
 
 
 def sign_board_box(width: int, height: int) -> tuple[int, int, int, int]:

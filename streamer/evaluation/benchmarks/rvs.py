@@ -6,7 +6,7 @@ answer, start_time, end_time}]}`. Each conversation is asked once the stream rea
 the video folder (by default the file's own folder). The question is sent as it is: RVS prescribes
 no prompt of its own.
 
-Answers are free text, so a judge (see `streamer.judge`) decides for each whether it is right and
+Answers are free text, so a judge (see `streamer.evaluation.judge`) decides for each whether it is right and
 scores the match 0-5; the report gives the judge's yes-rate as accuracy and its mean score, per file
 (the task, e.g. `ego4d_oe`) and overall, and names the judge: numbers from different judges are not
 comparable.
@@ -18,7 +18,8 @@ import statistics
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from streamer.benchmarks.common import (
+from streamer.errors import UserError
+from streamer.evaluation.benchmarks.common import (
     BenchmarkEvent,
     BenchmarkReport,
     BenchmarkSession,
@@ -32,8 +33,7 @@ from streamer.benchmarks.common import (
     seconds_field,
     unanswered,
 )
-from streamer.errors import UserError
-from streamer.judge import Judge, Verdict
+from streamer.evaluation.judge import Judge, Verdict
 
 BENCHMARK = "RVS"
 CATEGORY = "open-ended"

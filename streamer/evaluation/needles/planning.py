@@ -12,7 +12,7 @@ from typing import Literal
 
 from streamer.clock import clock
 from streamer.errors import UserError
-from streamer.needles.content import (
+from streamer.evaluation.needles.content import (
     CLIP_SCENES,
     CLIP_SEEN,
     CLIP_SUBJECTS,
@@ -26,7 +26,7 @@ from streamer.needles.content import (
     Needle,
     Question,
 )
-from streamer.needles.footage import plan_footage, scene_at, segment_at
+from streamer.evaluation.needles.footage import plan_footage, scene_at, segment_at
 
 
 def plan_demo(seed: int = 0, duration: float = 180.0) -> tuple[list[Needle], list[Question]]:

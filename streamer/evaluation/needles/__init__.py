@@ -26,8 +26,8 @@ reuses the video while the plan is unchanged.
 
 from __future__ import annotations
 
-from streamer.needles.building import build_demo_stream, build_stream, build_suite
-from streamer.needles.content import (
+from streamer.evaluation.needles.building import build_demo_stream, build_stream, build_suite
+from streamer.evaluation.needles.content import (
     CLIP_SCENES,
     CLIP_SEEN,
     CLIP_SUBJECTS,
@@ -47,9 +47,9 @@ from streamer.needles.content import (
     questions_path_for,
     write_questions,
 )
-from streamer.needles.drawing import draw_shape, letterbox, render_photo, render_sign, sign_board_box
-from streamer.needles.footage import footage_dir, plan_footage, scene_at, segment_at
-from streamer.needles.planning import plan_demo, plan_suite
+from streamer.evaluation.needles.drawing import draw_shape, letterbox, render_photo, render_sign, sign_board_box
+from streamer.evaluation.needles.footage import footage_dir, plan_footage, scene_at, segment_at
+from streamer.evaluation.needles.planning import plan_demo, plan_suite
 
 __all__ = [
     "CLIP_SCENES",

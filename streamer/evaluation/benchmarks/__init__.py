@@ -7,7 +7,7 @@ and scores a mapping of event id -> answer into a `BenchmarkReport`. `replay_que
 its results files back.
 """
 
-from streamer.benchmarks.common import (
+from streamer.evaluation.benchmarks.common import (
     BenchmarkEvent,
     BenchmarkReport,
     BenchmarkSession,

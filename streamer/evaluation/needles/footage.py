@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 
 from streamer.errors import UserError
-from streamer.needles.content import CLIP_SCENES, FootageSegment
-from streamer.needles.drawing import letterbox
+from streamer.evaluation.needles.content import CLIP_SCENES, FootageSegment
+from streamer.evaluation.needles.drawing import letterbox
 
 # Footage plays at one of these speeds; 0.5 stretches a 5 s clip over 10 s of stream.
 _FOOTAGE_SPEEDS = (1.0, 0.5)

@@ -25,7 +25,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from streamer.benchmarks.common import (
+from streamer.errors import UserError
+from streamer.evaluation.benchmarks.common import (
     BenchmarkEvent,
     BenchmarkReport,
     BenchmarkSession,
@@ -41,7 +42,6 @@ from streamer.benchmarks.common import (
     task_scores,
     unanswered,
 )
-from streamer.errors import UserError
 
 BENCHMARK = "OVO-Bench"
 

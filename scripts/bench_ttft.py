@@ -161,21 +161,17 @@ def ask_one_token(engine: Engine, stream_id: str, question: str) -> tuple[Answer
     """Ask with generation stopped after the first token; the answer and ms from `ask` to that token.
 
     Answer.ttft_ms starts when generation starts, after the blocks were chosen; the wall time here
-    also counts the snapshot and the choice (with retrieval: an LM pass of the question over the
+    also counts the view of the memory and the choice (with retrieval: an LM pass of the question over the
     sink for its query summary, its MiniLM embedding, and the index scores).
     """
     stop_after_first = threading.Event()
     stop_after_first.set()
     started = time.perf_counter()
     first_token_at: float | None = None
-    deltas = engine.ask(stream_id, question, cancel=stop_after_first)
-    while True:
-        try:
-            next(deltas)
-        except StopIteration as finished:
-            answer: Answer = finished.value
-            break
+    handle = engine.ask(stream_id, question, cancel=stop_after_first)
+    for _ in handle:
         first_token_at = first_token_at or time.perf_counter()
+    answer: Answer = handle.result()
     return answer, ((first_token_at or time.perf_counter()) - started) * 1000
 
 

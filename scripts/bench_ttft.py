@@ -4,7 +4,7 @@ Part A ingests real frames of the demo stream through the embedded engine and re
 time goes per frame. Part B builds 1, 10 and 60 minutes of stream cheaply: the vision models are
 replaced by the descriptions part A produced, replayed in a cycle, so the text embedding and the
 LM prefill of every frame stay real. At each checkpoint it asks a few questions four ways:
-from the streaming cache with retrieval, re-reading the same chosen frames (`answer_from="text"`),
+from the streaming cache with retrieval, re-reading the same chosen frames (`answer.source = "text"`),
 from the streaming cache reading every resident frame, and by prefilling that same resident context
 from scratch.
 
@@ -384,9 +384,9 @@ def report(
         "  embedding, the index scores), context assembly, question prefill and the first token. The",
         "  `ask()` row is wall time from the call, which adds only the generator's start; the retrieval",
         "  ratio uses it. Retrieval may read blocks back from the host tier.",
-        "- Re-reading: the same block choice with `answer_from = 'text'`: the sink's KV is reused and the",
+        "- Re-reading: the same block choice with `answer.source = 'text'`: the sink's KV is reused and the",
         "  chosen frames' tokens are prefilled again.",
-        "- Whole resident context: `retrieval_top_k = 0` (no block choice, no copy). Re-prefill: a fresh",
+        "- Whole resident context: `retrieval.top_k = 0` (no block choice, no copy). Re-prefill: a fresh",
         "  cache, one forward over system prompt + every resident frame line + question, timed from",
         "  tokenisation to the first token.",
         "- Tokens since the stream start: what re-prefilling the whole history would read (the device",

@@ -100,10 +100,10 @@ def check_environment() -> None:
     """Everything the embedded stack needs, checked in well under a second: versions, APIs, model files."""
     check_versions()
     from streamer.llm import packaged_gguf
-    from streamer.retrieval import minilm_folder
     from streamer.vision.detector import check_detector
     from streamer.vision.efficientnet import efficientnet_weights
     from streamer.vision.ocr import check_ocr
+    from streamer.vision.text_embedder import minilm_folder
 
     check_detector()
     efficientnet_weights()

@@ -19,7 +19,7 @@ from sources.frame import Frame
 from streamer.adapters.base import FrameLook, FrameTokens, ModelAdapter
 from streamer.clock import clock
 from streamer.llm import load_llm, resolve_llm
-from streamer.retrieval import TextEmbedder
+from streamer.vision.text_embedder import TextEmbedder
 
 SYSTEM_PROMPT = (
     "You watch a live video. Each line below describes one video frame: [time] what was seen. "

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from streamer.retrieval import TextEmbedder
 from streamer.vision.describer import Descriptions, FrameDescription, Frames, Parts
 from streamer.vision.detector import DetectedObject
+from streamer.vision.text_embedder import TextEmbedder
 
 _TERSE_PARTS = ("features", "colours")
 
@@ -130,7 +130,8 @@ def vision_fingerprint() -> str:
     digest = hashlib.blake2b(digest_size=6)
     vision = Path(__file__).resolve().parent.parent / "vision"
     for source in sorted(vision.glob("*.py")):
-        digest.update(source.name.encode() + source.read_bytes())
+        if source.name != "text_embedder.py":  # embeds descriptions; does not make them
+            digest.update(source.name.encode() + source.read_bytes())
     for package in ("opencv-python", "rapidocr-onnxruntime", "onnxruntime", "numpy", "torch"):
         try:
             digest.update(f"{package}={metadata.version(package)}".encode())

@@ -102,8 +102,8 @@ def load_adapters(
     from streamer.adapters.embedded import EmbeddedAdapter
     from streamer.llm import load_llm, resolve_llm
     from streamer.models import load_adapter, placement
-    from streamer.retrieval import TextEmbedder
     from streamer.vision import FrameDescriber
+    from streamer.vision.text_embedder import TextEmbedder
 
     describer = CachedDescriber(FrameDescriber())
     embedder = CachedTextEmbedder(TextEmbedder())

@@ -75,27 +75,18 @@ def test_batched_detections_equal_per_frame_detections(
         np.testing.assert_allclose([o.score for o in together], [o.score for o in alone], atol=1e-4)
 
 
-def test_describe_batch_matches_describe_and_chooses_in_frame_order(
+def test_a_batched_look_then_finish_matches_describing_alone(
     embedded_adapter: EmbeddedAdapter, pictures: list[np.ndarray]
 ) -> None:
     describer = embedded_adapter.describer
-    asked: list[int] = []
-
-    def every_other(index: int) -> Callable[[np.ndarray], str]:
-        def choose(features: np.ndarray) -> str:
-            assert features.shape == (1280,)
-            asked.append(index)
-            return "full" if index % 2 == 0 else "terse"
-
-        return choose
-
-    together = describer.describe_batch(
-        pictures, [every_other(i) for i in range(len(pictures))], batched={"features", "detector"}
-    )
-    assert asked == list(range(len(pictures)))
-    for index, (pixels, description) in enumerate(zip(pictures, together, strict=True)):
-        alone = describer.describe(pixels, "full" if index % 2 == 0 else "terse")
-        assert description.detail == alone.detail
+    looks = describer.look_batch(pictures, batched={"features", "detector"})
+    assert [look.features.shape for look in looks] == [(1280,)] * len(pictures)
+    assert all(not look.objects and not look.text for look in looks), "the look runs the classifier only"
+    details = ["full" if index % 2 == 0 else "terse" for index in range(len(pictures))]
+    together = describer.finish_batch(pictures, looks, details, batched={"features", "detector"})
+    for pixels, detail, description in zip(pictures, details, together, strict=True):
+        alone = describer.describe(pixels, detail)
+        assert description.detail == alone.detail == detail
         assert description.render(description.detail) == alone.render(alone.detail)
         assert set(description.timings_ms) == set(alone.timings_ms)
     with pytest.raises(ValueError, match="Cannot batch ocr"):

@@ -192,13 +192,13 @@ def test_curvature_tiers_route_cost_and_hold_the_budget(embedded_adapter: Embedd
     engine = Engine(embedded_adapter, config)
     engine.add_stream("cam")
     memory = engine.memory("cam")
-    records = []
     span = frames[-1].stream_time + 0.5
     for lap in range(3):
         for frame in frames:
-            later = Frame(frame.pixels, frame.stream_time + lap * span, frame.capture_time, len(records))
-            records.append(engine.push_frame("cam", later))
+            later = Frame(frame.pixels, frame.stream_time + lap * span, frame.capture_time, len(memory.records))
+            engine.push_frame("cam", later)
             assert memory.resident_tokens <= config.memory.budget_tokens - config.answer_reserve
+    records = memory.records
     assert all(r.detail == "full" for r in records[: config.memory.curvature.warmup]), "warm-up frames are clear"
     fuzzy = [r for r in records if r.detail == "terse"]
     assert fuzzy and all(r.score <= r.threshold for r in fuzzy), "a terse frame is one scored below its threshold"

@@ -313,8 +313,8 @@ def test_last60_cannot_read_a_needle_older_than_60_s_but_all_can(
     chosen: list[list[float]] = []
     choose = engine.choose
 
-    def spy(stream_id: str, snapshot: Any, question: str, options: Any = ()) -> Any:
-        reading = choose(stream_id, snapshot, question, options)
+    def spy(view: Any, question: str, options: Any = ()) -> Any:
+        reading = choose(view, question, options)
         chosen.append([block.record.stream_time for block in reading.blocks])
         return reading
 

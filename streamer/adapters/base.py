@@ -105,7 +105,13 @@ class ModelAdapter(ABC):
         self.name = name
         self.shift = RotaryShift(model.get_decoder().rotary_emb)
         self.embedding = model.get_input_embeddings()
-        self.forward_lock = threading.RLock()
+        # One lock per model, not per adapter: adapters that share a model (an evaluation's cached describer
+        # beside the loaded one) must not run passes at once, or one pass's key summary hooks see the other's.
+        lock = getattr(model, "_streamer_forward_lock", None)
+        if lock is None:
+            lock = threading.RLock()
+            model._streamer_forward_lock = lock
+        self.forward_lock: threading.RLock = lock
 
     @property
     def num_layers(self) -> int:

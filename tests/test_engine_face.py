@@ -8,8 +8,7 @@ import pickle
 from pathlib import Path
 
 import pytest
-from conftest import make_tiny_llama
-from tiny_adapter import HEAD_DIM, KV_HEADS, LAYERS, SyntheticFrames, synthetic_frame
+from tiny_adapter import SyntheticFrames, synthetic_frame, tiny_model
 
 from streamer.engine import Engine, EngineConfig, UnknownStream
 from streamer.engine_config import SnapshotConfig
@@ -21,15 +20,7 @@ QUESTION = "What was the ball doing?"
 
 @pytest.fixture(scope="module")
 def adapter() -> SyntheticFrames:
-    model = make_tiny_llama(
-        num_hidden_layers=LAYERS,
-        hidden_size=KV_HEADS * HEAD_DIM,
-        intermediate_size=2 * KV_HEADS * HEAD_DIM,
-        num_attention_heads=KV_HEADS,
-        num_key_value_heads=KV_HEADS,
-        head_dim=HEAD_DIM,
-    )
-    return SyntheticFrames(model)
+    return SyntheticFrames(tiny_model())
 
 
 def _engine(adapter: SyntheticFrames, **memory: object) -> Engine:

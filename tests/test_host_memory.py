@@ -20,7 +20,7 @@ import pytest
 import torch
 from conftest import make_tiny_llama
 from engine_probes import choose_blocks
-from tiny_adapter import HEAD_DIM, KV_HEADS, LAYERS, SyntheticFrames, synthetic_frame
+from tiny_adapter import HEAD_DIM, KV_HEADS, LAYERS, SyntheticFrames, synthetic_frame, tiny_model
 from transformers import LlamaForCausalLM
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
@@ -87,14 +87,7 @@ def informativeness(memory: StreamMemory, frame_id: int) -> tuple[float, int]:
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[Engine]:
-    model = make_tiny_llama(
-        num_hidden_layers=LAYERS,
-        hidden_size=KV_HEADS * HEAD_DIM,
-        intermediate_size=2 * KV_HEADS * HEAD_DIM,
-        num_attention_heads=KV_HEADS,
-        num_key_value_heads=KV_HEADS,
-        head_dim=HEAD_DIM,
-    )
+    model = tiny_model()
     config = EngineConfig(
         memory=MemoryConfig(budget_tokens=BUDGET, host_budget_tokens=HOST_CAP, evict_chunk=256, window_seconds=8.0),
         answer=AnswerConfig(max_question_tokens=16, max_new_tokens=2),

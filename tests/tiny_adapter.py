@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from conftest import make_tiny_llama
 from transformers import LlamaForCausalLM
 
 from sources.frame import Frame
@@ -56,3 +57,16 @@ class SyntheticFrames(ModelAdapter):
 def synthetic_frame(index: int) -> Frame:
     """Frame `index` of a 1 fps stream of a bouncing ball (each second the ball is somewhere new)."""
     return Frame(render("ball", index, 1.0, 64, 48), float(index), 0.0, index)
+
+
+def tiny_model(**overrides: object) -> LlamaForCausalLM:
+    """A random Llama with the embedded default's KV geometry over LAYERS layers."""
+    geometry = {
+        "num_hidden_layers": LAYERS,
+        "hidden_size": KV_HEADS * HEAD_DIM,
+        "intermediate_size": 2 * KV_HEADS * HEAD_DIM,
+        "num_attention_heads": KV_HEADS,
+        "num_key_value_heads": KV_HEADS,
+        "head_dim": HEAD_DIM,
+    }
+    return make_tiny_llama(**{**geometry, **overrides})

@@ -40,7 +40,7 @@ from streamer.evaluation.descriptions import CachedDescriber, descriptions_path
 from streamer.evaluation.needles.building import build_stream
 from streamer.evaluation.needles.content import SIGN_WORDS, Needle
 from streamer.llm import cache_dir
-from streamer.watches import Reading, WatchEvent, WatchSpec, WatchState, parse_condition, read_timeline
+from streamer.watches import WatchEvent, WatchReading, WatchSpec, WatchState, parse_condition, read_timeline
 
 FPS = 1.0
 HIT_WITHIN_S = 5.0
@@ -52,7 +52,7 @@ GRID = {"hold_s": (0.0, 1.0, 2.0, 3.0), "cooldown_s": (0.0, 10.0, 30.0)}
 class Check:
     t: float
     clear: bool
-    reading: Reading
+    reading: WatchReading
 
 
 @dataclass

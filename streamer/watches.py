@@ -120,7 +120,7 @@ def parse_condition(text: str) -> Condition:
 
 
 @dataclass(frozen=True)
-class Reading:
+class WatchReading:
     """What one check found: `p_yes`, since when the condition has held (`onset`), and the frame times
     that show it (`evidence`, [t0, t1] spans) with a one-line account (`text`)."""
 
@@ -130,10 +130,10 @@ class Reading:
     text: str = ""
 
 
-def read_timeline(condition: Condition, items: Sequence[TimelineItem]) -> Reading:
+def read_timeline(condition: Condition, items: Sequence[TimelineItem]) -> WatchReading:
     """The condition against the event timeline as of a check: the share of its words showing now."""
     if not condition.words:
-        return Reading(0.0)
+        return WatchReading(0.0)
     showing: dict[str, tuple[TimelineItem, float, float]] = {}
     for item in items:
         current = item.showings[-1]
@@ -146,13 +146,13 @@ def read_timeline(condition: Condition, items: Sequence[TimelineItem]) -> Readin
             if word in named and (earlier is None or current.first < earlier[1]):
                 showing[word] = (item, current.first, current.last)
     if not showing:
-        return Reading(0.0)
+        return WatchReading(0.0)
     p_yes = len(showing) / len(condition.words)
     onset = max(first for _, first, _ in showing.values())
     spans = tuple(sorted({(first, last) for _, first, last in showing.values()}))
     seen = sorted({(item.kind, item.name) for item, _, _ in showing.values()})
     text = ", ".join(f'"{name}"' if kind == "text" else name for kind, name in seen)
-    return Reading(p_yes, onset, spans, f"{text} on screen since {clock(onset)}")
+    return WatchReading(p_yes, onset, spans, f"{text} on screen since {clock(onset)}")
 
 
 def yes_no_ids(adapter: ModelAdapter) -> tuple[list[int], list[int]]:
@@ -164,12 +164,12 @@ def yes_no_ids(adapter: ModelAdapter) -> tuple[list[int], list[int]]:
     return found[0], found[1]
 
 
-def read_model(adapter: ModelAdapter, view: MemoryView, condition: str, recent_s: float = RECENT_S) -> Reading:
+def read_model(adapter: ModelAdapter, view: MemoryView, condition: str, recent_s: float = RECENT_S) -> WatchReading:
     """The condition as a yes/no question over the sink and the frames of the last `recent_s` seconds: one
     forward pass, p_yes = P(yes) / (P(yes) + P(no)) of the first answer token."""
     recent = [block for block in view.blocks if block.record.stream_time > view.as_of - recent_s]
     if not recent:
-        return Reading(0.0)
+        return WatchReading(0.0)
     body = _LEAD.sub("", condition.strip(), count=1).rstrip(" ?.!")
     question = f"Is this true now: {body}? Answer yes or no."
     cache = view.context(recent, adapter.rotate_keys)
@@ -182,7 +182,7 @@ def read_model(adapter: ModelAdapter, view: MemoryView, condition: str, recent_s
     scores = torch.log_softmax(logits, -1)
     p_yes = float(torch.sigmoid(torch.logsumexp(scores[yes], 0) - torch.logsumexp(scores[no], 0)))
     first, last = recent[0].record.stream_time, recent[-1].record.stream_time
-    return Reading(p_yes, first, ((first, last),), f"{body} (the model says yes with p {p_yes:.2f})")
+    return WatchReading(p_yes, first, ((first, last),), f"{body} (the model says yes with p {p_yes:.2f})")
 
 
 @dataclass(frozen=True)
@@ -230,7 +230,7 @@ class WatchState:
             return True
         return stream_time - self.last_check >= self.spec.every_s
 
-    def update(self, stream_time: float, reading: Reading) -> WatchEvent | None:
+    def update(self, stream_time: float, reading: WatchReading) -> WatchEvent | None:
         """Take one check's reading; the event it causes, if any."""
         self.checks += 1
         self.last_check = stream_time
@@ -254,7 +254,9 @@ class WatchState:
         self.onset = reading.onset if reading.onset is not None else self.high_since
         return self._event("start", stream_time, reading, self.onset)
 
-    def _event(self, phase: Literal["start", "end"], stream_time: float, reading: Reading, onset: float) -> WatchEvent:
+    def _event(
+        self, phase: Literal["start", "end"], stream_time: float, reading: WatchReading, onset: float
+    ) -> WatchEvent:
         assert self.episode is not None
         return WatchEvent(
             self.watch_id,
@@ -364,7 +366,9 @@ class Watches:
         with self._lock:
             return [s for s in self._states.values() if s.stream_id == stream_id and s.due(stream_time, clear)]
 
-    def record(self, state: WatchState, stream_time: float, reading: Reading, ms: float = 0.0) -> WatchEvent | None:
+    def record(
+        self, state: WatchState, stream_time: float, reading: WatchReading, ms: float = 0.0
+    ) -> WatchEvent | None:
         """Feed one check (which took `ms` milliseconds) to its watch; a resulting event is kept and handed to the
         listeners."""
         with self._lock:

@@ -20,7 +20,7 @@ from streamer.engine import Engine, EngineConfig
 from streamer.engine_config import MemoryConfig
 from streamer.evaluation.needles.building import build_stream
 from streamer.evaluation.needles.content import Needle
-from streamer.watches import Reading, WatchEvent, WatchSpec, WatchState, parse_condition, read_timeline
+from streamer.watches import WatchEvent, WatchReading, WatchSpec, WatchState, parse_condition, read_timeline
 
 
 @pytest.mark.parametrize(
@@ -51,7 +51,7 @@ def _run(spec: WatchSpec, p_by_second: Sequence[float]) -> list[WatchEvent]:
     state = WatchState("w", "cam", spec, parse_condition(spec.text))
     events = []
     for second, p_yes in enumerate(p_by_second):
-        event = state.update(float(second), Reading(p_yes, onset=float(second)))
+        event = state.update(float(second), WatchReading(p_yes, onset=float(second)))
         if event is not None:
             events.append(event)
     return events
@@ -277,9 +277,9 @@ def test_a_start_waiting_out_its_hold_is_checked_on_every_frame() -> None:
     spec = WatchSpec("when a cat appears", every_s=5.0, hold_s=2.0)
     state = WatchState("w", "cam", spec, parse_condition(spec.text))
     assert state.due(0.0, clear=False)
-    state.update(0.0, Reading(1.0, onset=0.0))
+    state.update(0.0, WatchReading(1.0, onset=0.0))
     assert state.due(1.0, clear=False), "pending: a fuzzy frame is checked too"
-    state.update(1.0, Reading(1.0, onset=0.0))
-    event = state.update(2.0, Reading(1.0, onset=0.0))
+    state.update(1.0, WatchReading(1.0, onset=0.0))
+    event = state.update(2.0, WatchReading(1.0, onset=0.0))
     assert event is not None and event.phase == "start" and event.t_onset == 0.0
     assert not state.due(3.0, clear=False), "in an episode: clear frames and heartbeats only"

@@ -108,7 +108,7 @@ async def client(url: str, number: int, until: float, interval: float, phase: Ph
 def ingested(server: ServerThread) -> tuple[int, float]:
     hub = server.state.hub
     assert hub is not None
-    described = hub.describe(STREAM)
+    described = server.call(hub.report(STREAM)).as_json()
     return int(described["frames_ingested"]), float(described["lag_ms"])
 
 

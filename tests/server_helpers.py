@@ -22,7 +22,7 @@ from streamer.adapters.base import ModelAdapter
 from streamer.engine import Engine
 from streamer.server.app import InitialStream, ServerThread, create_app
 from streamer.server.config import StreamerConfig
-from streamer.server.streams import open_source
+from streamer.server.streams import LocalHub, open_source
 
 STREAM = "bikes"
 Message = dict[str, Any]
@@ -46,7 +46,7 @@ def start_server(
 
 def frames_ingested(server: ServerThread, stream_id: str = STREAM) -> int:
     hub = server.state.hub
-    assert hub is not None
+    assert isinstance(hub, LocalHub)
     hosted = hub.get(stream_id)
     assert hosted is not None
     return hosted.runner.frames_ingested

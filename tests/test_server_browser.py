@@ -116,7 +116,7 @@ def test_use_my_webcam_creates_a_stream_the_engine_ingests(server: ServerThread,
     wait_for_frames(server, 2, stream_id=stream_id, timeout=60)
     hub = server.state.hub
     assert hub is not None
-    described = hub.describe(stream_id)
+    described = server.call(hub.report(stream_id)).as_json()
     assert described["state"] == "live" and described["frames_in_memory"] >= 2
     page.locator(f"#stream-list li.selected[data-stream-id='{stream_id}']").wait_for()
     deadline = time.monotonic() + 10

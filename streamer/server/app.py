@@ -46,11 +46,12 @@ from streamer.server.guards import (
     token_check,
     unopenable_file,
 )
+from streamer.server.hub import Hub, StreamExists
 from streamer.server.metrics import CONTENT_TYPE, ServerMetrics
-from streamer.server.streams import StreamExists, StreamHub, open_source
+from streamer.server.streams import LocalHub
 from streamer.server.watching import add_watch_routes
 from streamer.server.websocket import CLOSE_GOING_AWAY, WebsocketEndpoint
-from streamer.watches import WatchEvent, WatchSpec
+from streamer.watches import WatchSpec
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +64,19 @@ T = TypeVar("T")
 
 @dataclass
 class InitialStream:
-    """A stream opened before the server starts (so a bad source fails before the model loads)."""
+    """A stream the server starts with: opened before the server starts (so a bad source fails before
+    the model loads), or, where the streams run in other processes, only named by `url` (opened there)."""
 
     stream_id: str
-    source: Source
+    source: Source | None
     fps: float | None
     watches: Sequence[tuple[str, WatchSpec, str | None]] = ()  # (watch id, spec, webhook): from the start
+    url: str = ""
+    loop: bool = False
+
+
+# Builds the hub once the server listens: the local engine's, or one that reaches other processes.
+HubFactory = Callable[[], Awaitable[Hub]]
 
 
 class StreamRequest(BaseModel):
@@ -86,18 +94,22 @@ class ServerState:
     """Everything one running server holds; the model side is None until loaded."""
 
     def __init__(
-        self, config: StreamerConfig, load_engine: Callable[[], Engine], initial: Sequence[InitialStream]
+        self,
+        config: StreamerConfig,
+        load_engine: Callable[[], Engine] | None,
+        initial: Sequence[InitialStream],
+        make_hub: HubFactory | None = None,
     ) -> None:
         self.config = config
         self.load_engine = load_engine
+        self.make_hub = make_hub or self._local_hub
         self.initial = list(initial)
         self.allowed_hosts = config.server.allowed_host_names()
-        self.engine: Engine | None = None
-        self.hub: StreamHub | None = None
+        self.hub: Hub | None = None
         self.desk: QuestionDesk | None = None
         self.failure: str | None = None
         self.started = asyncio.Event()
-        self.metrics = ServerMetrics(lambda: self.hub)
+        self.metrics = ServerMetrics()
         server = config.server
         self.answer_executor = ThreadPoolExecutor(server.answer_workers, thread_name_prefix="answer")
         # Opening a client's source may hang (a camera that never answers): never on the ingest threads.
@@ -105,36 +117,41 @@ class ServerState:
         self.websocket = WebsocketEndpoint(lambda: self.hub, lambda: self.desk, self.metrics, server)
         self.tasks: list[asyncio.Task[None]] = []
 
+    @property
+    def engine(self) -> Engine | None:
+        """The engine, when this process runs it (None while loading, or when workers elsewhere do)."""
+        return self.hub.engine if isinstance(self.hub, LocalHub) else None
+
+    async def _local_hub(self) -> Hub:
+        """Load and warm up the model in this process."""
+        assert self.load_engine is not None, "a server without a hub factory loads its own engine"
+        loop = asyncio.get_running_loop()
+        engine = await loop.run_in_executor(None, self.load_engine)
+        await loop.run_in_executor(None, warm_up, engine)
+        server = self.config.server
+        return LocalHub(engine, None, self.answer_executor, self.open_executor, server.source_open_timeout_s)
+
     async def start(self) -> None:
         """Load and warm up the model, then start the initial streams; records a failure instead of raising."""
-        loop = asyncio.get_running_loop()
         try:
-            engine = await loop.run_in_executor(None, self.load_engine)
-            await loop.run_in_executor(None, warm_up, engine)
-
-            # Watch events arise on ingest threads; sessions are served on the loop.
-            def hand_over(event: WatchEvent) -> None:
-                loop.call_soon_threadsafe(self.websocket.watch_event, event)
-
-            engine.on_watch_event(hand_over)
-            hub = StreamHub(engine)
+            hub = await self.make_hub()
+            hub.on_watch_event(self.websocket.watch_event)
             try:
                 while self.initial:
                     stream = self.initial.pop(0)
-                    await hub.add(stream.stream_id, stream.source, stream.fps)
-                    for watch_id, spec, webhook in stream.watches:
-                        engine.add_watch(stream.stream_id, spec, watch_id)
+                    watches = [(watch_id, spec) for watch_id, spec, _ in stream.watches]
+                    fps = stream.fps or DEFAULT_FPS
+                    await hub.add_stream(stream.stream_id, stream.url, fps, stream.loop, stream.source, watches)
+                    for watch_id, _, webhook in stream.watches:
                         if webhook is not None:
                             self.websocket.webhooks.urls[watch_id] = webhook
             except BaseException:
                 await hub.close()
                 raise
-            self.engine, self.hub = engine, hub
-            self.desk = QuestionDesk(
-                engine, self.answer_executor, self.metrics, self.config.server.max_pending_questions
-            )
+            self.hub = hub
+            self.desk = QuestionDesk(hub, self.metrics, self.config.server.max_pending_questions)
             self.metrics.ready.set(1)
-            log.info("model %s ready; serving %d stream(s)", engine.adapter.name, len(hub.streams))
+            log.info("model %s ready; serving %d stream(s)", hub.model_name, len(hub.stream_ids()))
         except Exception as error:
             self.failure = str(error) or error.__class__.__name__
             log.error("the server cannot start: %s", self.failure, exc_info=not isinstance(error, USER_ERRORS))
@@ -147,14 +164,17 @@ class ServerState:
             raise ValueError("The model is still loading; try again when /health/ready is 200.")
         if not re.fullmatch(STREAM_ID_PATTERN, stream_id):
             raise ValueError("A stream_id is 1-64 letters, digits, '_', '.' or '-'; pick another.")
-        if len(self.hub.streams) >= self.config.server.max_streams:
+        if len(self.hub.stream_ids()) >= self.config.server.max_streams:
             raise ValueError(f"This server ingests at most {self.config.server.max_streams} streams; remove one first.")
-        await self.hub.add(stream_id, source, DEFAULT_FPS)
+        await self.hub.add_stream(stream_id, source.name, DEFAULT_FPS, source=source)
 
     async def tick_status(self) -> None:
         while True:
             await asyncio.sleep(self.config.server.status_interval_s)
-            self.websocket.broadcast_status()
+            try:
+                await self.websocket.broadcast_status()
+            except Exception:  # a stream's process may be restarting: the next tick tries again
+                log.warning("stream status could not be read", exc_info=True)
 
     async def stop(self) -> None:
         for task in self.tasks:
@@ -171,7 +191,8 @@ class ServerState:
         if self.hub is not None:
             await self.hub.close()
         for stream in self.initial:
-            stream.source.close()
+            if stream.source is not None:
+                stream.source.close()
         self.answer_executor.shutdown(wait=False, cancel_futures=True)
         self.open_executor.shutdown(wait=False, cancel_futures=True)
 
@@ -180,11 +201,18 @@ STATE = web.AppKey("state", ServerState)
 
 
 def create_app(
-    config: StreamerConfig, load_engine: Callable[[], Engine], initial: Sequence[InitialStream] = ()
+    config: StreamerConfig,
+    load_engine: Callable[[], Engine] | None,
+    initial: Sequence[InitialStream] = (),
+    make_hub: HubFactory | None = None,
 ) -> web.Application:
-    """The application; `load_engine` runs on a worker thread once the server is listening."""
+    """The application; `load_engine` runs on a worker thread once the server is listening.
+
+    `make_hub`, when given, builds the hub instead (the streams then run where it says, e.g. on Ray
+    workers) and `load_engine` is not used.
+    """
     config.check_exposure()
-    state = ServerState(config, load_engine, initial)
+    state = ServerState(config, load_engine, initial, make_hub)
     app = web.Application(
         middlewares=[
             errors_as_json,
@@ -273,38 +301,40 @@ async def _ready(request: web.Request) -> web.Response:
     state = request.app[STATE]
     if state.failure is not None:
         return web.json_response({"status": "failed", "reason": state.failure}, status=503)
-    if state.hub is None or state.engine is None:
+    if state.hub is None:
         return web.json_response({"status": "loading"}, status=503)
-    return web.json_response({"status": "ready", "model": state.engine.adapter.name, "streams": len(state.hub.streams)})
+    return web.json_response({"status": "ready", "model": state.hub.model_name, "streams": len(state.hub.stream_ids())})
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    body = request.app[STATE].metrics.exposition()
+    state = request.app[STATE]
+    body = await state.metrics.scrape(state.hub)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
-def _ready_hub(request: web.Request) -> StreamHub:
+def _ready_hub(request: web.Request) -> Hub:
     hub = request.app[STATE].hub
     if hub is None:
         raise ApiError(503, "not_ready", "The model is still loading; try again when /health/ready is 200.")
     return hub
 
 
-def _hosted_id(request: web.Request, hub: StreamHub) -> str:
+def _hosted_id(request: web.Request, hub: Hub) -> str:
     stream_id = request.match_info["stream_id"]
-    if hub.get(stream_id) is None:
+    if not hub.has(stream_id):
         raise ApiError(404, "unknown_stream", "There is no such stream; GET /streams lists them.")
     return stream_id
 
 
 async def _list_streams(request: web.Request) -> web.Response:
     hub = _ready_hub(request)
-    return web.json_response({"streams": [hub.describe(stream_id) for stream_id in sorted(hub.streams)]})
+    reports = await hub.reports()
+    return web.json_response({"streams": [reports[stream_id].as_json() for stream_id in sorted(reports)]})
 
 
 async def _get_stream(request: web.Request) -> web.Response:
     hub = _ready_hub(request)
-    return web.json_response(hub.describe(_hosted_id(request, hub)))
+    return web.json_response((await hub.report(_hosted_id(request, hub))).as_json())
 
 
 async def _add_stream(request: web.Request) -> web.Response:
@@ -321,17 +351,14 @@ async def _add_stream(request: web.Request) -> web.Response:
         ) from None
     state = request.app[STATE]
     server = state.config.server
-    if len(hub.streams) >= server.max_streams:
+    if len(hub.stream_ids()) >= server.max_streams:
         raise ApiError(
             429, "too_many_streams", f"This server ingests at most {server.max_streams} streams; remove one first."
         )
     stream_id = body.stream_id or _free_stream_id(hub)
     check_api_source(body.source, server)
-    opening = asyncio.get_running_loop().run_in_executor(
-        state.open_executor, open_source, body.source, body.fps, body.loop
-    )
     try:
-        source = await asyncio.wait_for(opening, server.source_open_timeout_s)
+        report = await hub.add_stream(stream_id, body.source, body.fps, body.loop)
     except SourceError as error:
         if source_kind(body.source) == "file":  # one answer for every file: nothing about the disk leaks out
             raise ApiError(422, "source_error", unopenable_file(body.source, server)) from None
@@ -340,13 +367,11 @@ async def _add_stream(request: web.Request) -> web.Response:
         raise ApiError(
             504, "source_timeout", f"The source did not open within {server.source_open_timeout_s:g} s; check it."
         ) from None
-    try:
-        await hub.add(stream_id, source, body.fps)
     except StreamExists as error:
         raise ApiError(409, "stream_exists", str(error)) from None
     except USER_ERRORS as error:
         raise ApiError(422, "stream_error", str(error)) from None
-    return web.json_response(hub.describe(stream_id), status=201)
+    return web.json_response(report.as_json(), status=201)
 
 
 async def _remove_stream(request: web.Request) -> web.Response:
@@ -370,12 +395,13 @@ async def _timeline(request: web.Request) -> web.Response:
         limit = min(_TIMELINE_LIMIT, max(1, int(request.query.get("limit", _TIMELINE_LIMIT))))
     except ValueError:
         raise ApiError(400, "invalid_request", "limit must be a whole number of frames.") from None
-    return web.json_response(hub.timeline(stream_id, limit))
+    return web.json_response(await hub.timeline(stream_id, limit))
 
 
-def _free_stream_id(hub: StreamHub) -> str:
-    number = len(hub.streams) + 1
-    while f"stream{number}" in hub.streams:
+def _free_stream_id(hub: Hub) -> str:
+    taken = set(hub.stream_ids())
+    number = len(taken) + 1
+    while f"stream{number}" in taken:
         number += 1
     return f"stream{number}"
 

@@ -83,7 +83,8 @@ def serve(args: argparse.Namespace) -> int:
         app = create_app(config, lambda: load_engine(config), initial)
     except BaseException:
         for stream in initial:
-            stream.source.close()
+            if stream.source is not None:
+                stream.source.close()
         raise
     return asyncio.run(_run(app, config))
 
@@ -152,11 +153,19 @@ def open_initial_streams(config: StreamerConfig) -> list[InitialStream]:
         for source in config.sources:
             watches = [(w.id, WatchSpec(w.text, w.every_s, w.hold_s, w.cooldown_s), w.webhook) for w in source.watches]
             opened.append(
-                InitialStream(source.id, open_source(source.url, source.fps, source.loop), source.fps, watches)
+                InitialStream(
+                    source.id,
+                    open_source(source.url, source.fps, source.loop),
+                    source.fps,
+                    watches,
+                    source.url,
+                    source.loop,
+                )
             )
     except BaseException:
         for stream in opened:
-            stream.source.close()
+            if stream.source is not None:
+                stream.source.close()
         raise
     return opened
 

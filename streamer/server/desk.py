@@ -1,20 +1,20 @@
-"""The question desk: answers a client's questions on worker threads and streams them back to its session.
+"""The question desk: answers a client's questions through the hub and streams them back to its session.
 
-An answer runs in a thread of the server's executor through the engine's `ask` handle; each text delta
-is handed to the event loop, which queues it for its client (`streamer.server.session`), so a slow or
-vanished client never holds up generation, ingest or other clients. At most `max_pending` questions
-wait or run at once, server-wide; one more gets `server_busy`.
+An answer runs where the hub runs it (a worker thread, or the worker process holding the stream);
+each text delta reaches the event loop, which queues it for its client (`streamer.server.session`),
+so a slow or vanished client never holds up generation, ingest or other clients. At most
+`max_pending` questions wait or run at once, server-wide; one more gets `server_busy`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import Executor
 
-from streamer.engine import Engine, UnknownStream
+from streamer.engine import UnknownStream
 from streamer.intent import options_prompt
 from streamer.query import Answer
+from streamer.server.hub import Hub, StreamRestarting
 from streamer.server.metrics import ServerMetrics
 from streamer.server.protocol import (
     AnswerDelta,
@@ -31,11 +31,10 @@ log = logging.getLogger(__name__)
 
 
 class QuestionDesk:
-    """Runs questions on worker threads, at most `max_pending` queued or answering at once."""
+    """Runs questions through the hub, at most `max_pending` queued or answering at once."""
 
-    def __init__(self, engine: Engine, executor: Executor, metrics: ServerMetrics, max_pending: int) -> None:
-        self.engine = engine
-        self.executor = executor
+    def __init__(self, hub: Hub, metrics: ServerMetrics, max_pending: int) -> None:
+        self.hub = hub
         self.metrics = metrics
         self.max_pending = max_pending
         self.pending = 0
@@ -63,35 +62,25 @@ class QuestionDesk:
     async def _answer(
         self, session: Session, question: QuestionInFlight, text: str, options: list[str] | None = None
     ) -> None:
-        loop = asyncio.get_running_loop()
         question_id, stream_id = question.question_id, question.stream_id
         sequence = 0
-
-        def on_delta(delta: str) -> None:
-            nonlocal sequence
-            session.send(AnswerDelta(stream_id=stream_id, question_id=question_id, seq=sequence, text=delta))
-            sequence += 1
-
-        def on_started(as_of: float) -> None:
-            session.send(AnswerStarted(stream_id=stream_id, question_id=question_id, as_of=as_of))
-
-        def generate() -> Answer | None:
-            if question.cancel.is_set():
-                return None
-
-            def hand_over(delta: str) -> None:
-                loop.call_soon_threadsafe(on_delta, delta)
-
-            handle = self.engine.ask(stream_id, text, options=options, cancel=question.cancel)
-            # Both are handed over from this thread and the loop runs callbacks in order: started comes first.
-            loop.call_soon_threadsafe(on_started, handle.as_of)
-            return handle.result(hand_over)
-
+        answer: Answer | None = None
         try:
-            answer = await loop.run_in_executor(self.executor, generate)
+            async for item in self.hub.ask(stream_id, text, options, question.cancel):
+                if isinstance(item, str):
+                    session.send(AnswerDelta(stream_id=stream_id, question_id=question_id, seq=sequence, text=item))
+                    sequence += 1
+                elif isinstance(item, Answer):
+                    answer = item
+                else:
+                    session.send(AnswerStarted(stream_id=stream_id, question_id=question_id, as_of=item))
         except UnknownStream:
             self.metrics.questions.labels("failed").inc()
             send_error(session, self.metrics, ErrorCode.UNKNOWN_STREAM, no_stream(stream_id), question_id)
+        except StreamRestarting:
+            self.metrics.questions.labels("failed").inc()
+            message = f"The worker holding '{stream_id}' stopped; the stream is coming back, so ask again shortly."
+            send_error(session, self.metrics, ErrorCode.STREAM_RESTARTING, message, question_id)
         except Exception:
             log.exception("%s: answering question %s failed", stream_id, question_id)
             self.metrics.questions.labels("failed").inc()

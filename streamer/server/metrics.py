@@ -1,20 +1,21 @@
 """Prometheus metrics for `/metrics`: per stream, per question and per connection.
 
-Per-stream figures are read from the streams when Prometheus scrapes, so they can never drift from
-what `/streams` reports; question timings and connection counts are recorded as they happen. Each
+Per-stream figures are read from the hub when Prometheus scrapes (`ServerMetrics.scrape`), so they
+can never drift from what `/streams` reports; question timings and connection counts are recorded as they happen. Each
 server has its own registry, so several servers in one process (tests, benchmarks) do not mix.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from sources.base import SourceState
-from streamer.server.streams import StreamHub
+from streamer.server.hub import Hub, StreamReport
+from streamer.watches import WatchInfo
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -25,7 +26,7 @@ _TIMING_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0
 class ServerMetrics:
     """The server's registry and the metrics recorded as events happen."""
 
-    def __init__(self, hub: Callable[[], StreamHub | None]) -> None:
+    def __init__(self) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
         self.ttft = Histogram(
@@ -61,7 +62,8 @@ class ServerMetrics:
             "streamer_slow_clients_disconnected", "Clients disconnected for not reading fast enough.", registry=registry
         )
         self.ready = Gauge("streamer_ready", "1 once the model is loaded and warmed up.", registry=registry)
-        registry.register(StreamCollector(hub))
+        self.streams = StreamCollector()
+        registry.register(self.streams)
 
     def protocol_error(self, code: str) -> None:
         """Count one error reply with `code`."""
@@ -70,15 +72,21 @@ class ServerMetrics:
             counter = self._protocol_error_codes[code] = self.protocol_errors.labels(code)
         counter.inc()
 
-    def exposition(self) -> bytes:
+    async def scrape(self, hub: Hub | None) -> bytes:
+        """The exposition, with every stream and watch read from `hub` now (None: still loading)."""
+        if hub is None:
+            self.streams.reports, self.streams.watches = {}, []
+        else:
+            self.streams.reports, self.streams.watches = await hub.reports(), await hub.watches()
         return generate_latest(self.registry)
 
 
 class StreamCollector(Collector):
-    """Reads every hosted stream's counters and memory at scrape time."""
+    """Every served stream's counters and memory, and every watch's, as read for the scrape in progress."""
 
-    def __init__(self, hub: Callable[[], StreamHub | None]) -> None:
-        self.hub = hub
+    def __init__(self) -> None:
+        self.reports: dict[str, StreamReport] = {}
+        self.watches: list[WatchInfo] = []
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         labels = ["stream"]
@@ -115,28 +123,21 @@ class StreamCollector(Collector):
         watch_seconds = CounterMetricFamily(
             "streamer_watch_check_seconds", "Time spent checking a standing question.", labels=watch_labels
         )
-        hub = self.hub()
-        rows = [(stream_id, hosted, hub.engine) for stream_id, hosted in hub.streams.items()] if hub else []
-        for stream_id, hosted, engine in rows:
-            try:
-                memory = engine.status(stream_id)
-            except KeyError:  # removed while this scrape runs
-                continue
+        for stream_id, report in sorted(self.reports.items()):
+            memory = report.memory
             snapshot_failures.add_metric([stream_id], memory.snapshot_failures)
-            status = hosted.status()
-            source = status.source
-            decoded.add_metric([stream_id], source.frames_decoded)
-            dropped.add_metric([stream_id], source.frames_dropped)
-            ingested.add_metric([stream_id], status.frames_ingested)
-            reconnects.add_metric([stream_id], source.reconnects)
-            up.add_metric([stream_id], 1.0 if source.state == SourceState.LIVE else 0.0)
-            lag.add_metric([stream_id], status.lag_s)
-            fps.add_metric([stream_id], status.ingest_fps)
+            decoded.add_metric([stream_id], report.frames_decoded)
+            dropped.add_metric([stream_id], report.frames_dropped)
+            ingested.add_metric([stream_id], report.frames_ingested)
+            reconnects.add_metric([stream_id], report.reconnects)
+            up.add_metric([stream_id], 1.0 if report.state == SourceState.LIVE.value else 0.0)
+            lag.add_metric([stream_id], report.lag_s)
+            fps.add_metric([stream_id], report.ingest_fps)
             resident.add_metric([stream_id], memory.resident_tokens)
             budget.add_metric([stream_id], memory.budget_tokens)
             for (tier, location), count in sorted(memory.frames_by_place.items()):
                 frames.add_metric([stream_id, tier, location], count)
-        for info in hub.engine.watches() if hub else []:
+        for info in self.watches:
             watch_checks.add_metric([info.stream_id, info.watch_id], info.checks)
             watch_events.add_metric([info.stream_id, info.watch_id], info.events)
             watch_seconds.add_metric([info.stream_id, info.watch_id], info.check_ms / 1000)

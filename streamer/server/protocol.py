@@ -58,6 +58,7 @@ class ErrorCode(StrEnum):
     DUPLICATE_WATCH = "duplicate_watch"
     TOO_MANY_WATCHES = "too_many_watches"
     WEBHOOK_NOT_ALLOWED = "webhook_not_allowed"
+    STREAM_RESTARTING = "stream_restarting"
     INTERNAL_ERROR = "internal_error"
 
 

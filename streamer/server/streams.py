@@ -1,9 +1,11 @@
-"""The streams a server hosts: for each, its source, its ingest runner and the newest frame for previews.
+"""The streams of a server in one process: for each, its source, its ingest runner and the newest frame.
 
-The hub adds and removes streams at run time (from the config at start, from `POST /streams`, from
-a browser's WebRTC offer) and answers the read-only views the HTTP API and the page need: status,
-memory timeline and a JPEG of the newest frame. It reads the engine's memories without taking their
-locks, so a view never waits for a frame's prefill on the event loop.
+`LocalHub` is the `streamer.server.hub.Hub` of one engine: it adds and removes streams at run time
+(from the config at start, from `POST /streams`, from a browser's WebRTC offer), answers questions on
+worker threads and serves the read-only views the HTTP API and the page need (status, memory
+timeline, a JPEG of the newest frame). Views read the engine's memories without taking their locks,
+so a view never waits for a frame's prefill on the event loop. A Ray worker process holds one too
+(`streamer.cluster.worker`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import threading
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,18 +27,17 @@ from sources.base import Source
 from sources.frame import Frame, SourceError
 from sources.looping import LoopingFile
 from sources.preview import PreviewTap
-from streamer.engine import Engine
+from streamer.engine import Engine, UnknownStream
 from streamer.ingest import IngestStatus, StreamRunner
+from streamer.query import Answer
+from streamer.server.hub import AnswerItem, EventCallback, Hub, StreamExists, StreamReport
+from streamer.watches import WatchEvent, WatchInfo, WatchSpec
 
 log = logging.getLogger(__name__)
 
 PREVIEW_WIDTH = 640
 _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
 PREVIEW_QUALITY = 80
-
-
-class StreamExists(ValueError):
-    pass
 
 
 def open_source(url: str, fps: float, loop: bool = False) -> Source:
@@ -61,23 +64,74 @@ class HostedStream:
         return self.runner.status()
 
 
-class StreamHub:
-    """The engine's streams as the server runs them."""
+class LocalHub(Hub):
+    """An engine's streams as one server process runs them.
 
-    def __init__(self, engine: Engine, executor: Executor | None = None) -> None:
+    executor: where ingest runs (None: the loop's default executor); answer_executor: where answers
+    are generated; open_executor: where sources are opened (opening may hang: never on ingest threads).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        executor: Executor | None = None,
+        answer_executor: Executor | None = None,
+        open_executor: Executor | None = None,
+        open_timeout_s: float = 10.0,
+    ) -> None:
         self.engine = engine
+        self.model_name = engine.adapter.name
         self.executor = executor
+        self.answer_executor = answer_executor
+        self.open_executor = open_executor
+        self.open_timeout_s = open_timeout_s
         self.streams: dict[str, HostedStream] = {}
         self._reserved: set[str] = set()
+
+    def stream_ids(self) -> list[str]:
+        return sorted(self.streams)
+
+    def has(self, stream_id: str) -> bool:
+        return stream_id in self.streams
 
     def get(self, stream_id: str) -> HostedStream | None:
         return self.streams.get(stream_id)
 
+    def _hosted(self, stream_id: str) -> HostedStream:
+        hosted = self.streams.get(stream_id)
+        if hosted is None:
+            raise UnknownStream(stream_id)
+        return hosted
+
+    async def add_stream(
+        self,
+        stream_id: str,
+        url: str,
+        fps: float,
+        loop: bool = False,
+        source: Source | None = None,
+        watches: Sequence[tuple[str, WatchSpec]] = (),
+    ) -> StreamReport:
+        if source is None:
+            self._check_free(stream_id)
+            opening = asyncio.get_running_loop().run_in_executor(self.open_executor, open_source, url, fps, loop)
+            source = await asyncio.wait_for(opening, self.open_timeout_s)
+        await self.add(stream_id, source, fps)
+        for watch_id, spec in watches:
+            self.engine.add_watch(stream_id, spec, watch_id)
+        return await self.report(stream_id)
+
+    def _check_free(self, stream_id: str) -> None:
+        if stream_id in self.streams or stream_id in self._reserved or self.engine.has_stream(stream_id):
+            raise StreamExists(f"A stream named '{stream_id}' already exists; pick another stream_id.")
+
     async def add(self, stream_id: str, source: Source, fps: float | None = None) -> HostedStream:
         """Start ingesting `source` as `stream_id`; the hub owns the source from here on."""
-        if stream_id in self.streams or stream_id in self._reserved or self.engine.has_stream(stream_id):
+        try:
+            self._check_free(stream_id)
+        except StreamExists:
             source.close()
-            raise StreamExists(f"A stream named '{stream_id}' already exists; pick another stream_id.")
+            raise
         self._reserved.add(stream_id)
         try:
             # The sink prefill is a forward pass: keep it off the event loop.
@@ -118,31 +172,37 @@ class StreamHub:
         for stream_id in list(self.streams):
             await self.remove(stream_id, keep_snapshot=True)
 
-    def describe(self, stream_id: str) -> dict[str, Any]:
-        """Status, counters and memory use of one hosted stream, as JSON."""
-        hosted = self.streams[stream_id]
+    async def reports(self, stream_ids: Sequence[str] | None = None) -> dict[str, StreamReport]:
+        found: dict[str, StreamReport] = {}
+        for stream_id in self.stream_ids() if stream_ids is None else stream_ids:
+            try:
+                found[stream_id] = self.describe(stream_id)
+            except KeyError:  # not served, or removed meanwhile
+                continue
+        return found
+
+    def describe(self, stream_id: str) -> StreamReport:
+        """One hosted stream's source, ingest counters and memory use."""
+        hosted = self._hosted(stream_id)
         status = hosted.status()
         source = status.source
-        memory = self.engine.status(stream_id)
-        return {
-            "stream_id": stream_id,
-            "source": hosted.tap.name,
-            "state": source.state.value,
-            "reason": source.reason or status.error,
-            "ingest_fps": round(status.ingest_fps, 3),
-            "lag_ms": round(status.lag_s * 1000, 1),
-            "frames_ingested": status.frames_ingested,
-            "frames_decoded": source.frames_decoded,
-            "frames_dropped": source.frames_dropped,
-            "reconnects": source.reconnects,
-            "resident_tokens": memory.resident_tokens,
-            "budget_tokens": memory.budget_tokens,
-            "frames_in_memory": memory.frames,
-        }
+        return StreamReport(
+            stream_id=stream_id,
+            source=hosted.tap.name,
+            state=source.state.value,
+            reason=source.reason or status.error,
+            ingest_fps=status.ingest_fps,
+            lag_s=status.lag_s,
+            frames_ingested=status.frames_ingested,
+            frames_decoded=source.frames_decoded,
+            frames_dropped=source.frames_dropped,
+            reconnects=source.reconnects,
+            memory=self.engine.status(stream_id),
+        )
 
-    def timeline(self, stream_id: str, limit: int) -> dict[str, Any]:
+    async def timeline(self, stream_id: str, limit: int) -> dict[str, Any]:
         """The newest `limit` frame records: time, tier, where the KV block is, and the description."""
-        self.streams[stream_id]  # KeyError for a stream the hub does not host
+        self._hosted(stream_id)
         memory = self.engine.status(stream_id)
         frames = self.engine.frames(stream_id, last=limit)
         return {
@@ -167,7 +227,7 @@ class StreamHub:
 
     async def preview_jpeg(self, stream_id: str) -> bytes | None:
         """The newest frame as a JPEG at most PREVIEW_WIDTH wide; None before the first frame."""
-        hosted = self.streams[stream_id]
+        hosted = self._hosted(stream_id)
         frame = hosted.tap.latest
         if frame is None:
             return None
@@ -176,6 +236,54 @@ class StreamHub:
         jpeg = await asyncio.get_running_loop().run_in_executor(None, encode_jpeg, frame)
         hosted.preview = (frame.sequence, jpeg)
         return jpeg
+
+    async def ask(
+        self, stream_id: str, text: str, options: Sequence[str] | None, cancel: threading.Event
+    ) -> AsyncIterator[AnswerItem]:
+        """The answer runs on a worker thread; its deltas are handed to the event loop as they come."""
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[AnswerItem | None] = asyncio.Queue()
+
+        def hand_over(item: AnswerItem) -> None:
+            loop.call_soon_threadsafe(items.put_nowait, item)
+
+        def generate() -> Answer | None:
+            if cancel.is_set():
+                return None
+            handle = self.engine.ask(stream_id, text, options=list(options or ()), cancel=cancel)
+            hand_over(handle.as_of)
+            return handle.result(hand_over)
+
+        running = loop.run_in_executor(self.answer_executor, generate)
+        # Scheduled after every hand-over of the thread, so the end comes last.
+        running.add_done_callback(lambda _: items.put_nowait(None))
+        while (item := await items.get()) is not None:
+            yield item
+        answer = running.result()
+        if answer is not None:
+            yield answer
+
+    async def add_watch(self, stream_id: str, spec: WatchSpec, watch_id: str) -> WatchInfo:
+        self._hosted(stream_id)
+        return self.engine.add_watch(stream_id, spec, watch_id)
+
+    async def remove_watch(self, watch_id: str) -> bool:
+        return self.engine.remove_watch(watch_id)
+
+    async def watches(self, stream_id: str | None = None) -> list[WatchInfo]:
+        return self.engine.watches(stream_id)
+
+    async def watch_events(self, since: int = 0) -> list[tuple[int, WatchEvent]]:
+        return self.engine.watch_events(since)
+
+    def on_watch_event(self, callback: EventCallback) -> None:
+        loop = asyncio.get_running_loop()
+
+        # Watch events arise on ingest threads; the callback runs on the loop.
+        def hand_over(event: WatchEvent) -> None:
+            loop.call_soon_threadsafe(callback, event)
+
+        self.engine.on_watch_event(hand_over)
 
 
 def encode_jpeg(frame: Frame) -> bytes:

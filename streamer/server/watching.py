@@ -28,8 +28,8 @@ from pydantic import Field, ValidationError
 
 from streamer.server.config import STREAM_ID_PATTERN, validation_sentence
 from streamer.server.guards import ApiError
+from streamer.server.hub import Hub
 from streamer.server.protocol import QUESTION_ID_PATTERN, ErrorCode, WatchFields, WatchSummary
-from streamer.server.streams import StreamHub
 from streamer.watches import WatchEvent, WatchInfo, WatchSpec
 
 log = logging.getLogger(__name__)
@@ -105,22 +105,21 @@ class Webhooks:
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
-def create_watch(
-    hub: StreamHub, stream_id: str, fields: WatchFields, watch_id: str, max_watches: int, webhooks: Webhooks
+async def create_watch(
+    hub: Hub, stream_id: str, fields: WatchFields, watch_id: str, max_watches: int, webhooks: Webhooks
 ) -> WatchInfo:
     """Add a watch to a hosted stream, or raise WatchRefused saying why not."""
     if fields.webhook is not None:
         webhooks.check(fields.webhook)
-    if hub.get(stream_id) is None:
+    if not hub.has(stream_id):
         raise WatchRefused(ErrorCode.UNKNOWN_STREAM, 404, f"There is no stream '{stream_id}'; GET /streams lists them.")
-    engine = hub.engine
-    if len(engine.watches(stream_id)) >= max_watches:
+    if len(await hub.watches(stream_id)) >= max_watches:
         raise WatchRefused(
             ErrorCode.TOO_MANY_WATCHES, 429, f"A stream holds at most {max_watches} watches; delete one first."
         )
     spec = WatchSpec(fields.text, fields.every_s, fields.hold_s, fields.cooldown_s)
     try:
-        info = engine.add_watch(stream_id, spec, watch_id)
+        info = await hub.add_watch(stream_id, spec, watch_id)
     except ValueError as error:
         raise WatchRefused(ErrorCode.DUPLICATE_WATCH, 409, str(error)) from None
     if fields.webhook is not None:
@@ -143,14 +142,14 @@ def watch_summary(info: WatchInfo) -> WatchSummary:
 
 
 def add_watch_routes(
-    router: web.UrlDispatcher, ready_hub: Callable[[web.Request], StreamHub], max_watches: int, webhooks: Webhooks
+    router: web.UrlDispatcher, ready_hub: Callable[[web.Request], Hub], max_watches: int, webhooks: Webhooks
 ) -> None:
     """`/watches` and `/events` on `router`; `ready_hub` gives the hub or raises ApiError while loading."""
 
     async def list_watches(request: web.Request) -> web.Response:
         hub = ready_hub(request)
         stream_id = request.query.get("stream_id")
-        watches = [watch_summary(info).model_dump() for info in hub.engine.watches(stream_id)]
+        watches = [watch_summary(info).model_dump() for info in await hub.watches(stream_id)]
         return web.json_response({"watches": watches})
 
     async def add(request: web.Request) -> web.Response:
@@ -164,7 +163,7 @@ def add_watch_routes(
             raise ApiError(400, "invalid_request", f"POST /watches takes a JSON object like {example}.") from None
         watch_id = body.watch_id or f"w{uuid.uuid4().hex[:10]}"
         try:
-            info = create_watch(hub, body.stream_id, body, watch_id, max_watches, webhooks)
+            info = await create_watch(hub, body.stream_id, body, watch_id, max_watches, webhooks)
         except WatchRefused as refused:
             raise ApiError(refused.status, refused.code.value, refused.message) from None
         return web.json_response(watch_summary(info).model_dump(), status=201)
@@ -172,7 +171,7 @@ def add_watch_routes(
     async def remove(request: web.Request) -> web.Response:
         hub = ready_hub(request)
         watch_id = request.match_info["watch_id"]
-        if not hub.engine.remove_watch(watch_id):
+        if not await hub.remove_watch(watch_id):
             raise ApiError(404, "unknown_watch", "There is no such watch; GET /watches lists them.")
         webhooks.urls.pop(watch_id, None)
         return web.Response(status=204)
@@ -185,7 +184,7 @@ def add_watch_routes(
             raise ApiError(
                 400, "invalid_request", "since must be a whole number: the `last` of the previous call."
             ) from None
-        found = hub.engine.watch_events(since)
+        found = await hub.watch_events(since)
         listed: list[dict[str, Any]] = [{"number": number, **dataclasses.asdict(event)} for number, event in found]
         return web.json_response({"events": listed, "last": found[-1][0] if found else since})
 

@@ -14,6 +14,7 @@ is dropped and every message is still answered.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING
 from aiohttp import WSMsgType, web
 
 from streamer.server.desk import QuestionDesk, no_stream, send_error
+from streamer.server.hub import Hub, StreamReport
 from streamer.server.metrics import ServerMetrics
 from streamer.server.protocol import (
     ClientMessage,
@@ -48,7 +50,6 @@ from streamer.server.protocol import (
     parse_client_message,
 )
 from streamer.server.session import Session
-from streamer.server.streams import StreamHub
 from streamer.server.watching import WatchRefused, Webhooks, create_watch, watch_summary
 from streamer.watches import WatchEvent
 
@@ -95,7 +96,7 @@ class WebsocketEndpoint:
 
     def __init__(
         self,
-        hub: Callable[[], StreamHub | None],
+        hub: Callable[[], Hub | None],
         desk: Callable[[], QuestionDesk | None],
         metrics: ServerMetrics,
         settings: ServerConfig,
@@ -171,7 +172,7 @@ class WebsocketEndpoint:
         self.metrics.connections.inc()
         session.start()
         hub = self.hub()
-        session.send(SessionCreated(session_id=session.session_id, streams=sorted(hub.streams) if hub else []))
+        session.send(SessionCreated(session_id=session.session_id, streams=hub.stream_ids() if hub else []))
         budget = MessageBudget(self.max_messages_per_s, self.message_burst)
         try:
             while True:
@@ -187,7 +188,7 @@ class WebsocketEndpoint:
                 if not session.open:
                     break
                 if frame.type == WSMsgType.TEXT:
-                    self.receive(session, frame.data)
+                    await self.receive(session, frame.data)
                 elif frame.type == WSMsgType.BINARY:
                     send_error(
                         session, self.metrics, ErrorCode.BINARY_NOT_SUPPORTED, "Send messages as JSON text frames."
@@ -206,17 +207,17 @@ class WebsocketEndpoint:
             await session.close()
         return ws
 
-    def receive(self, session: Session, data: str) -> None:
+    async def receive(self, session: Session, data: str) -> None:
         """Carry out one text frame, answering a problem with an `error`."""
         message: ClientMessage | None = None
         try:
             message = parse_client_message(data, self.max_message_bytes)
-            self.dispatch(session, message)
+            await self.dispatch(session, message)
         except ProtocolError as error:
             reply_to = error.reply_to if message is None else message.id
             send_error(session, self.metrics, error.code, error.message, error.question_id, reply_to)
 
-    def dispatch(self, session: Session, message: ClientMessage) -> None:
+    async def dispatch(self, session: Session, message: ClientMessage) -> None:
         if isinstance(message, Ping):
             session.send(Pong(reply_to=message.id))
             return
@@ -231,10 +232,11 @@ class WebsocketEndpoint:
             )
         if isinstance(message, StreamAttach):
             assert message.stream_id is not None  # checked when parsed
-            if hub.get(message.stream_id) is None:
+            if not hub.has(message.stream_id):
                 raise ProtocolError(ErrorCode.UNKNOWN_STREAM, no_stream(message.stream_id))
             session.attach(message.stream_id)
-            session.send_status(stream_status(hub, message.stream_id))
+            with contextlib.suppress(KeyError):  # removed meanwhile: no status to send
+                session.send_status(stream_status(await hub.report(message.stream_id)))
         elif isinstance(message, QuestionCancel):
             question = session.questions.get(message.question_id)
             if question is None:
@@ -247,18 +249,17 @@ class WebsocketEndpoint:
         elif isinstance(message, QuestionAsk):
             self._ask(session, hub, desk, message)
         elif isinstance(message, WatchCreate | WatchDelete | WatchList):
-            self._watch(session, hub, message)
+            await self._watch(session, hub, message)
 
-    def _watch(self, session: Session, hub: StreamHub, message: WatchCreate | WatchDelete | WatchList) -> None:
-        """Watches are cheap to add and remove (no model pass): carried out on the loop."""
-        engine = hub.engine
+    async def _watch(self, session: Session, hub: Hub, message: WatchCreate | WatchDelete | WatchList) -> None:
+        """Watches are cheap to add and remove (no model pass): carried out before the next message is read."""
         if isinstance(message, WatchList):
-            if message.stream_id is not None and hub.get(message.stream_id) is None:
+            if message.stream_id is not None and not hub.has(message.stream_id):
                 raise ProtocolError(ErrorCode.UNKNOWN_STREAM, no_stream(message.stream_id))
-            watches = [watch_summary(info) for info in engine.watches(message.stream_id)]
+            watches = [watch_summary(info) for info in await hub.watches(message.stream_id)]
             session.send(WatchListed(stream_id=message.stream_id, watches=watches, reply_to=message.id))
         elif isinstance(message, WatchDelete):
-            if not engine.remove_watch(message.watch_id):
+            if not await hub.remove_watch(message.watch_id):
                 raise ProtocolError(ErrorCode.UNKNOWN_WATCH, "No watch has this watch_id; watch.list lists them.")
             self.webhooks.urls.pop(message.watch_id, None)
             session.send(WatchDeleted(watch_id=message.watch_id, reply_to=message.id))
@@ -266,7 +267,7 @@ class WebsocketEndpoint:
             stream_id = message.stream_id
             assert stream_id is not None  # checked when parsed
             try:
-                create_watch(hub, stream_id, message, message.watch_id, self.max_watches, self.webhooks)
+                await create_watch(hub, stream_id, message, message.watch_id, self.max_watches, self.webhooks)
             except WatchRefused as refused:
                 raise ProtocolError(refused.code, refused.message) from None
             session.attach(stream_id)  # the creator hears the watch's events
@@ -280,16 +281,17 @@ class WebsocketEndpoint:
             if event.stream_id in session.attached:
                 session.send(message)
 
-    def _ask(self, session: Session, hub: StreamHub, desk: QuestionDesk, message: QuestionAsk) -> None:
+    def _ask(self, session: Session, hub: Hub, desk: QuestionDesk, message: QuestionAsk) -> None:
         question_id = message.question_id
         stream_id = message.stream_id or (session.attached[-1] if session.attached else None)
-        if stream_id is None and len(hub.streams) == 1:
-            stream_id = next(iter(hub.streams))
+        streams = hub.stream_ids()
+        if stream_id is None and len(streams) == 1:
+            stream_id = streams[0]
         if stream_id is None:
             raise ProtocolError(
                 ErrorCode.NO_STREAM, "Say which stream the question is about: set stream_id.", question_id
             )
-        if hub.get(stream_id) is None:
+        if not hub.has(stream_id):
             raise ProtocolError(ErrorCode.UNKNOWN_STREAM, no_stream(stream_id), question_id)
         if question_id in session.questions:
             raise ProtocolError(
@@ -303,29 +305,29 @@ class WebsocketEndpoint:
             )
         desk.ask(session, message, stream_id)
 
-    def broadcast_status(self) -> None:
+    async def broadcast_status(self) -> None:
         """Send `stream.status` to every client for each stream it is attached to."""
         hub = self.hub()
         if hub is None:
             return
-        statuses: dict[str, StreamStatusMessage] = {}
+        attached = {stream_id for session in self.sessions for stream_id in session.attached}
+        if not attached:
+            return
+        reports = await hub.reports(sorted(attached))
+        statuses = {stream_id: stream_status(report) for stream_id, report in reports.items()}
         for session in list(self.sessions):
             for stream_id in session.attached:
-                if hub.get(stream_id) is None:
-                    continue
-                if stream_id not in statuses:
-                    statuses[stream_id] = stream_status(hub, stream_id)
-                if not session.send_status(statuses[stream_id]):
+                if stream_id in statuses and not session.send_status(statuses[stream_id]):
                     self.metrics.status_dropped.inc()
 
     async def close_all(self, code: int, reason: str) -> None:
         await asyncio.gather(*(session.close(code, reason) for session in list(self.sessions)))
 
 
-def stream_status(hub: StreamHub, stream_id: str) -> StreamStatusMessage:
-    described = hub.describe(stream_id)
+def stream_status(report: StreamReport) -> StreamStatusMessage:
+    described = report.as_json()
     return StreamStatusMessage(
-        stream_id=stream_id,
+        stream_id=report.stream_id,
         state=described["state"],
         reason=described["reason"],
         fps=described["ingest_fps"],

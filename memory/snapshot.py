@@ -13,7 +13,9 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import torch
 
@@ -24,11 +26,16 @@ from memory.stream_memory import StreamMemory
 def save_snapshot(memory: StreamMemory, path: Path) -> int:
     """Write `memory` to `path` atomically; returns the bytes written. Hold `memory.lock` or pause ingest."""
     state = memory.state_dict()
+    return write_atomically(path, lambda out: torch.save(state, out))
+
+
+def write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> int:
+    """Have `write` fill a staging file beside `path`, sync it, rename it over `path`; returns its size."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, staging = tempfile.mkstemp(prefix=path.name + ".", suffix=".partial", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as out:
-            torch.save(state, out)
+            write(out)
             out.flush()
             os.fsync(out.fileno())
         os.replace(staging, path)

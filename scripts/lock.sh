@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The lock: every Python package the project installs, pinned exactly, for CPython 3.11 on x86-64
-# Linux, resolved by uv from pyproject.toml and scripts/requirements/{torch.txt,wheels.in}; gpu.txt is
-# the GPU environment's lock (PyPI's CUDA build of torch, faiss-gpu-cu12; from gpu.in).
+# Linux, resolved by uv from pyproject.toml and scripts/requirements/{torch.txt,wheels.in}; ray.txt adds
+# the `ray` extra (serving on Ray), test.txt the `dev` and `ray` extras; gpu.txt is the GPU environment's
+# lock (PyPI's CUDA build of torch, faiss-gpu-cu12; from gpu.in).
 #   bash scripts/lock.sh              bring the lock in line with pyproject.toml, keeping every pin that
 #                                     still fits, then prove it (below)
 #   bash scripts/lock.sh --upgrade    move every package to the newest version pyproject.toml allows,
@@ -67,12 +68,13 @@ compile_gpu() {  # compile_gpu OUTPUT: the GPU lock, torch and its CUDA librarie
 if [ "$mode" = check ]; then
     # uv keeps the pins of an existing output file where they still fit: a lock that matches
     # pyproject.toml comes back unchanged.
-    cp "$dir/run.txt" "$dir/test.txt" "$dir/gpu.txt" "$work/"
+    cp "$dir/run.txt" "$dir/ray.txt" "$dir/test.txt" "$dir/gpu.txt" "$work/"
     compile "$work/run.txt"
-    compile "$work/test.txt" --extra dev -c "$dir/run.txt"
+    compile "$work/ray.txt" --extra ray -c "$dir/run.txt"
+    compile "$work/test.txt" --extra dev --extra ray -c "$dir/run.txt"
     compile_gpu "$work/gpu.txt"
-    if ! diff -u "$dir/run.txt" "$work/run.txt" || ! diff -u "$dir/test.txt" "$work/test.txt" \
-        || ! diff -u "$dir/gpu.txt" "$work/gpu.txt"; then
+    if ! diff -u "$dir/run.txt" "$work/run.txt" || ! diff -u "$dir/ray.txt" "$work/ray.txt" \
+        || ! diff -u "$dir/test.txt" "$work/test.txt" || ! diff -u "$dir/gpu.txt" "$work/gpu.txt"; then
         echo "lock: scripts/requirements/ does not match pyproject.toml (differences above); run \`bash scripts/lock.sh\` and commit the result." >&2
         exit 1
     fi
@@ -82,7 +84,8 @@ fi
 
 started=$SECONDS
 compile "$dir/run.txt"
-compile "$dir/test.txt" --extra dev -c "$dir/run.txt"
+compile "$dir/ray.txt" --extra ray -c "$dir/run.txt"
+compile "$dir/test.txt" --extra dev --extra ray -c "$dir/run.txt"
 compile_gpu "$dir/gpu.txt"
 git --no-pager diff --stat -- "$dir" || true
 echo "lock: resolved; proving it in a throw-away environment (install, fast tests, demo with an empty cache)"

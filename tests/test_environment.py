@@ -91,7 +91,9 @@ def test_setup_never_puts_the_gpu_build_into_a_cpu_environment() -> None:
 def test_setup_names_its_options(tmp_path: Path) -> None:
     result = _setup("--cuda", venv=tmp_path / "venv")
     assert result.returncode == 2
-    assert "unknown option '--cuda'; use no option, --test for the test tools too, or --gpu" in result.stderr
+    assert "unknown option '--cuda'; use no option, --ray for Ray too, --test for the test tools too, or --gpu" in (
+        result.stderr
+    )
     assert not (tmp_path / "venv").exists()
 
 

@@ -141,7 +141,10 @@ class ServerState:
                     stream = self.initial.pop(0)
                     watches = [(watch_id, spec) for watch_id, spec, _ in stream.watches]
                     fps = stream.fps or DEFAULT_FPS
-                    await hub.add_stream(stream.stream_id, stream.url, fps, stream.loop, stream.source, watches)
+                    try:
+                        await hub.add_stream(stream.stream_id, stream.url, fps, stream.loop, stream.source, watches)
+                    except StreamExists:  # a cluster that kept serving it while this server was down
+                        log.info("%s: already served; kept as it is", stream.stream_id)
                     for watch_id, _, webhook in stream.watches:
                         if webhook is not None:
                             self.websocket.webhooks.urls[watch_id] = webhook

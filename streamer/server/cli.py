@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
     from streamer.engine import Engine
     from streamer.server.app import InitialStream
-    from streamer.server.config import StreamerConfig
+    from streamer.server.config import SourceConfig, StreamerConfig
+    from streamer.watches import WatchSpec
 
 SERVER_COMMANDS = ("serve", "ask")
 DEFAULT_WS_URL = "ws://127.0.0.1:8080/ws"
@@ -55,6 +56,14 @@ def add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     serve.add_argument("--loop", action="store_true", help="play --source video files again when they end")
     serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve HTTPS and WSS (with --tls-key)")
     serve.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    serve.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run the streams on Ray workers; ADDRESS joins a cluster (e.g. auto), none starts one here",
+    )
+    serve.add_argument("--workers", type=int, help="Ray worker processes, one GPU or streamer_worker slot each")
     add_model_options(serve, defaults=False)
 
     ask = commands.add_parser("ask", help="ask a running server a question and print the streamed answer")
@@ -78,6 +87,8 @@ def serve(args: argparse.Namespace) -> int:
     from streamer.server.app import create_app
 
     config = serve_config(args)
+    if config.cluster.ray:
+        return _serve_on_ray(config)
     initial = open_initial_streams(config)
     try:
         app = create_app(config, lambda: load_engine(config), initial)
@@ -116,6 +127,10 @@ def serve_config(args: argparse.Namespace) -> StreamerConfig:
             tree["model"][field] = getattr(args, option)
     if args.download:
         tree["model"]["download"] = True
+    if args.ray is not None:
+        tree["cluster"].update(ray=True, address=args.ray or None)
+    if args.workers is not None:
+        tree["cluster"]["workers"] = args.workers
     config = build_config(tree, "streamer serve")
     config.check_exposure()
     config.server.ssl_context()  # a bad certificate or key is named before anything loads
@@ -146,18 +161,16 @@ def _demo_video() -> Path:
 def open_initial_streams(config: StreamerConfig) -> list[InitialStream]:
     from streamer.server.app import InitialStream
     from streamer.server.streams import open_source
-    from streamer.watches import WatchSpec
 
     opened: list[InitialStream] = []
     try:
         for source in config.sources:
-            watches = [(w.id, WatchSpec(w.text, w.every_s, w.hold_s, w.cooldown_s), w.webhook) for w in source.watches]
             opened.append(
                 InitialStream(
                     source.id,
                     open_source(source.url, source.fps, source.loop),
                     source.fps,
-                    watches,
+                    initial_watches(source),
                     source.url,
                     source.loop,
                 )
@@ -168,6 +181,47 @@ def open_initial_streams(config: StreamerConfig) -> list[InitialStream]:
                 stream.source.close()
         raise
     return opened
+
+
+def _serve_on_ray(config: StreamerConfig) -> int:
+    """Serve with the streams on Ray workers: the sources open on the workers, the server is their gateway."""
+    from streamer.cluster import require_ray
+    from streamer.cluster.gateway import ClusterSettings, RayHub
+    from streamer.cluster.worker import engine_loader
+    from streamer.llm import cache_dir
+    from streamer.server.app import InitialStream, create_app
+
+    require_ray()
+    cluster = config.cluster
+    if config.snapshot.dir is None:
+        if cluster.address is not None:
+            raise UserError(
+                "Joining a Ray cluster needs snapshot.dir in the config: a folder every node reads and writes "
+                "(a shared mount), where streams are saved and found again after a worker or node fails."
+            )
+        config.snapshot.dir = cache_dir() / "ray-snapshots"
+    settings = ClusterSettings(
+        cluster.address,
+        cluster.workers,
+        config.snapshot.dir,
+        cluster.gpus_per_worker,
+        cluster.failover_after_s,
+        config.server.source_open_timeout_s,
+    )
+    loader = engine_loader(config)
+    initial = [
+        InitialStream(source.id, None, source.fps, initial_watches(source), source.url, source.loop)
+        for source in config.sources
+    ]
+    app = create_app(config, None, initial, make_hub=lambda: RayHub.start(settings, loader))
+    return asyncio.run(_run(app, config))
+
+
+def initial_watches(source: SourceConfig) -> list[tuple[str, WatchSpec, str | None]]:
+    """A configured stream's watches: (watch id, spec, webhook)."""
+    from streamer.watches import WatchSpec
+
+    return [(w.id, WatchSpec(w.text, w.every_s, w.hold_s, w.cooldown_s), w.webhook) for w in source.watches]
 
 
 def load_engine(config: StreamerConfig) -> Engine:

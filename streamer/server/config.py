@@ -218,6 +218,20 @@ def is_loopback(host: str) -> bool:
         return False  # a host name other than localhost may resolve to anything
 
 
+class ClusterConfig(BaseModel):
+    """`cluster:` serve the streams from Ray worker processes (`streamer.cluster`) instead of this one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ray: bool = Field(False, description="run the streams on Ray workers (needs `bash scripts/setup.sh --ray`)")
+    address: str | None = Field(None, description="a Ray cluster to join (e.g. auto, host:6379); none: start one here")
+    workers: int = Field(2, ge=1, le=1024, description="worker processes, one GPU (or streamer_worker slot) each")
+    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs each worker takes (0: a streamer_worker slot instead)")
+    failover_after_s: float = Field(
+        10.0, gt=0, description="how long a worker may stay unreachable before its streams move to the others"
+    )
+
+
 class StreamerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -228,6 +242,7 @@ class StreamerConfig(BaseModel):
     snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     @model_validator(mode="before")
     @classmethod
@@ -288,8 +303,8 @@ def read_config_file(path: Path, environ: Mapping[str, str] = os.environ) -> dic
         return {}
     if not isinstance(raw, dict):
         raise UserError(
-            f"Config file '{path}' must be a mapping with sources, memory, retrieval, answer, snapshot, model and "
-            "server sections."
+            f"Config file '{path}' must be a mapping with sources, memory, retrieval, answer, snapshot, model, "
+            "server and cluster sections."
         )
     tree: dict[str, Any] = _interpolate(raw, environ, path, ())
     return tree

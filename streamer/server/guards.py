@@ -22,7 +22,9 @@ from pydantic import SecretStr
 
 from sources.frame import SourceError
 from sources.open import file_path, source_kind
+from streamer.engine import UnknownStream
 from streamer.server.config import ServerConfig
+from streamer.server.hub import StreamRestarting
 from streamer.server.protocol import http_error
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,12 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         return await handler(request)
     except ApiError as error:
         return http_error(error.status, error.code, error.message)
+    except StreamRestarting as error:
+        return http_error(
+            503, "stream_restarting", f"The worker holding '{error}' stopped; the stream is coming back, retry shortly."
+        )
+    except UnknownStream:  # removed while the request ran
+        return http_error(404, "unknown_stream", "There is no such stream; GET /streams lists them.")
     except web.HTTPException as error:
         if error.status < 400:
             raise

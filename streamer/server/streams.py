@@ -149,12 +149,12 @@ class LocalHub(Hub):
         log.info("%s: ingesting %s", stream_id, source.name)
         return hosted
 
-    async def remove(self, stream_id: str, keep_snapshot: bool = False) -> bool:
+    async def remove(self, stream_id: str, keep_snapshot: bool = False, leave_snapshot: bool = False) -> bool:
         """Stop the stream; False when there is no such stream.
 
         With snapshots on, `keep_snapshot` writes the memory to its snapshot first (a shutdown: the
         next start restores it); otherwise the snapshot is deleted with the stream (a client removed
-        it: a new stream of the same name starts empty).
+        it: a new stream of the same name starts empty); `leave_snapshot` leaves the file as it is.
         """
         hosted = self.streams.pop(stream_id, None)
         if hosted is None:
@@ -162,7 +162,7 @@ class LocalHub(Hub):
         await hosted.runner.stop()
         # Writing the snapshot is disk work: never on the event loop.
         await asyncio.get_running_loop().run_in_executor(
-            self.executor, self.engine.remove_stream, stream_id, keep_snapshot
+            self.executor, self.engine.remove_stream, stream_id, keep_snapshot, leave_snapshot
         )
         log.info("%s: removed", stream_id)
         return True

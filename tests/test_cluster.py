@@ -162,8 +162,10 @@ def test_the_directory_and_the_gateway_restart_without_losing_a_stream(
     directory = ray.get_actor(DIRECTORY_NAME, namespace=NAMESPACE)
     placed = ray.get(directory.placements.remote())
     assert set(placed) == {"sign", "bikes"}
+    pid = ray.get(directory.process_id.remote())
     ray.kill(directory, no_restart=False)
-    wait_until(lambda: _placements() == placed, 60, "the directory coming back with its map")
+    wait_until(lambda: _directory_process() not in (None, pid), 60, "the directory restarting")
+    assert ray.get(directory.placements.remote()) == placed, "the restarted directory read its map back"
 
     server.stop()  # a gateway stopping leaves a cluster it joined running
     again = gateway(snapshots, videos)
@@ -181,11 +183,9 @@ def test_the_directory_and_the_gateway_restart_without_losing_a_stream(
         again.stop()
 
 
-def _placements() -> dict[str, str] | None:
+def _directory_process() -> int | None:
     try:
-        found: dict[str, str] = ray.get(
-            ray.get_actor(DIRECTORY_NAME, namespace=NAMESPACE).placements.remote(), timeout=5
-        )
-    except Exception:
+        found: int = ray.get(ray.get_actor(DIRECTORY_NAME, namespace=NAMESPACE).process_id.remote(), timeout=5)
+    except Exception:  # restarting
         return None
     return found

@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +101,10 @@ class StreamDirectory:
         """stream id -> worker name."""
         self._ensure_monitor()
         return {stream_id: placement.worker for stream_id, placement in self.streams.items()}
+
+    async def process_id(self) -> int:
+        """This incarnation's process id (a restarted directory has a new one)."""
+        return os.getpid()
 
     async def recovered(self) -> list[dict[str, Any]]:
         """Streams given back or moved after a worker stopped: stream, worker, kind, when (wall time)."""

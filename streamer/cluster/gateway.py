@@ -17,7 +17,7 @@ import os
 import threading
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,9 +163,9 @@ class RayHub(Hub):
         names = await loop.run_in_executor(None, start_workers, settings, load_engine)
         hub = cls(settings, directory, names, owns)
         try:
-            infos = await asyncio.wait_for(
-                asyncio.gather(*(hub._worker(n).ping.remote() for n in names)), ready_timeout_s
-            )
+            pings = asyncio.gather(*(_when_up(hub._worker(name).ping.remote) for name in names))
+            infos = await asyncio.wait_for(pings, ready_timeout_s)
+            await asyncio.wait_for(_when_up(directory.set_workers.remote, names), ready_timeout_s)
         except TimeoutError:
             raise UserError(
                 f"The {len(names)} Ray worker(s) did not start within {ready_timeout_s:.0f} s; the cluster needs "
@@ -174,7 +174,6 @@ class RayHub(Hub):
         except Exception as error:
             raise unwrap(error) from None
         hub.model_name = infos[0]["model"]
-        await directory.set_workers.remote(names)
         await hub.refresh()
         hub._tasks.append(asyncio.create_task(hub._follow_directory(), name="follow directory"))
         for name in names:
@@ -392,6 +391,17 @@ class RayHub(Hub):
                 self._events.append((self._event_number, event))
                 for listener in self._listeners:
                     listener(event)
+
+
+async def _when_up(method: Callable[..., Any], *args: Any) -> Any:
+    """Call an actor's remote `method`, again while the actor is restarting (e.g. a worker reloading its model)."""
+    import ray.exceptions
+
+    while True:
+        try:
+            return await method(*args)
+        except ray.exceptions.ActorUnavailableError:
+            await asyncio.sleep(0.5)
 
 
 def _is_ray_error(error: BaseException) -> bool:

@@ -87,12 +87,15 @@ class EngineWorker:
         return self._new_event
 
     async def ping(self) -> dict[str, Any]:
-        """Who this is: name, incarnation, process id, model, and the streams it ingests."""
+        """Who this is: name, incarnation, process id, Ray node id, model, and the streams it ingests."""
+        import ray
+
         self._events_signal()
         return {
             "name": self.name,
             "incarnation": self.incarnation,
             "pid": os.getpid(),
+            "node": ray.get_runtime_context().get_node_id(),
             "model": self.model_name,
             "streams": self.hub.stream_ids(),
         }

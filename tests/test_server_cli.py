@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rtsp_server import free_port
 from server_helpers import start_server, wait_for_frames, ws_url
 
 from streamer.adapters.embedded import EmbeddedAdapter
@@ -41,12 +41,6 @@ def streamer(*args: str, env: dict[str, str] | None = None, timeout: float = 120
         check=False,
         env={**os.environ, **(env or {})},
     )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def one_error_line(stderr: str) -> str:

@@ -14,6 +14,7 @@ Ray is an optional dependency (`bash scripts/setup.sh --ray`); nothing here impo
 
 from __future__ import annotations
 
+import os
 from types import ModuleType
 
 from streamer.errors import UserError
@@ -30,6 +31,8 @@ def worker_name(index: int) -> str:
 
 def require_ray() -> ModuleType:
     """The `ray` module, or a UserError naming the install command."""
+    # The server stops on SIGTERM by saving every stream; Ray's crash handler would print a stack dump for it.
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     try:
         import ray
     except ImportError:

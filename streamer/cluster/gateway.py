@@ -247,17 +247,17 @@ class RayHub(Hub):
                 await task
         if not self.owns_cluster:
             return
-        import ray
-
-        for name in self.worker_names:
+        workers = [self._worker(name) for name in self.worker_names if name in self._handles]
+        for worker in workers:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._worker(name).close.remote(), 60)
+                await asyncio.wait_for(worker.close.remote(), 60)
         with contextlib.suppress(Exception):
-            await self.directory.forget_all.remote()
-        for name in [*self.worker_names, DIRECTORY_NAME]:
-            with contextlib.suppress(Exception):
-                ray.kill(ray.get_actor(name, namespace=NAMESPACE))
-        ray.shutdown()
+            await asyncio.wait_for(self.directory.forget_all.remote(), 10)
+        stopping = asyncio.get_running_loop().run_in_executor(None, _stop_cluster, [*workers, self.directory])
+        try:
+            await asyncio.wait_for(stopping, 30)
+        except TimeoutError:
+            log.warning("the local Ray cluster did not stop within 30 s")
 
     async def reports(self, stream_ids: Sequence[str] | None = None) -> dict[str, StreamReport]:
         wanted = self.stream_ids() if stream_ids is None else [s for s in stream_ids if s in self.placements]
@@ -402,6 +402,15 @@ async def _when_up(method: Callable[..., Any], *args: Any) -> Any:
             return await method(*args)
         except ray.exceptions.ActorUnavailableError:
             await asyncio.sleep(0.5)
+
+
+def _stop_cluster(actors: list[Any]) -> None:
+    import ray
+
+    for actor in actors:
+        with contextlib.suppress(Exception):
+            ray.kill(actor)
+    ray.shutdown()
 
 
 def _is_ray_error(error: BaseException) -> bool:

@@ -22,7 +22,7 @@ from streamer.adapters.base import ModelAdapter
 from streamer.engine import Engine
 from streamer.server.app import InitialStream, ServerThread, create_app
 from streamer.server.config import StreamerConfig
-from streamer.server.streams import LocalHub, open_source
+from streamer.server.streams import open_source
 
 STREAM = "bikes"
 Message = dict[str, Any]
@@ -44,12 +44,25 @@ def start_server(
     return ServerThread(app, host).start()
 
 
+def start_ray_gateway(clip: Path, snapshots: Path, max_new_tokens: int = 12) -> ServerThread:
+    """The same as `start_server`, with the stream on one Ray worker (a local cluster the server starts and
+    stops) running the embedded default model."""
+    from streamer.cluster.gateway import ClusterSettings, RayHub
+    from streamer.cluster.worker import engine_loader
+
+    config = StreamerConfig.model_validate(
+        {"server": {"port": 0}, "answer": {"max_new_tokens": max_new_tokens}, "snapshot": {"dir": str(snapshots)}}
+    )
+    settings = ClusterSettings(None, 1, snapshots)
+    initial = [InitialStream(STREAM, None, 1.0, url=str(clip), loop=True)]
+    app = create_app(config, None, initial, make_hub=lambda: RayHub.start(settings, engine_loader(config)))
+    return ServerThread(app).start(ready_timeout=300)
+
+
 def frames_ingested(server: ServerThread, stream_id: str = STREAM) -> int:
     hub = server.state.hub
-    assert isinstance(hub, LocalHub)
-    hosted = hub.get(stream_id)
-    assert hosted is not None
-    return hosted.runner.frames_ingested
+    assert hub is not None
+    return server.call(hub.report(stream_id)).frames_ingested
 
 
 def wait_for_frames(server: ServerThread, count: int, stream_id: str = STREAM, timeout: float = 60.0) -> None:

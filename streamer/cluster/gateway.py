@@ -56,13 +56,14 @@ class ClusterSettings:
     address: an existing Ray cluster to join ("auto", "ray://..." or host:port); None starts a local one
     for this server (stopped with it). workers: worker actors (each needs one GPU, or on a machine
     without GPUs one `streamer_worker` resource slot). state_dir: the snapshot folder, which every node
-    must read and write (the directory's map is kept there too).
+    must read and write (the directory's map is kept there too). gpus_per_worker: None takes one GPU per
+    worker when the cluster has GPUs, otherwise a `streamer_worker` slot.
     """
 
     address: str | None
     workers: int
     state_dir: Path
-    gpus_per_worker: float = 0.0
+    gpus_per_worker: float | None = None
     failover_after_s: float = 10.0
     open_timeout_s: float = 10.0
 
@@ -118,7 +119,10 @@ def start_workers(settings: ClusterSettings, load_engine: EngineLoader) -> list[
     """Create the worker actors that do not exist yet (restarted by Ray when they crash); their names."""
     ray = require_ray()
     actor = ray.remote(EngineWorker)
-    resources = {} if settings.gpus_per_worker > 0 else {WORKER_RESOURCE: 1}
+    gpus = settings.gpus_per_worker
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    resources = {} if gpus > 0 else {WORKER_RESOURCE: 1}
     names = [worker_name(index) for index in range(settings.workers)]
     threads = _cpu_share(settings.workers) if settings.address is None else 0
     for name in names:
@@ -129,7 +133,7 @@ def start_workers(settings: ClusterSettings, load_engine: EngineLoader) -> list[
             get_if_exists=True,
             max_restarts=-1,
             num_cpus=0,
-            num_gpus=settings.gpus_per_worker,
+            num_gpus=gpus,
             resources=resources,
         ).remote(name, load_engine, threads, settings.open_timeout_s)
     return names

@@ -226,7 +226,11 @@ class ClusterConfig(BaseModel):
     ray: bool = Field(False, description="run the streams on Ray workers (needs `bash scripts/setup.sh --ray`)")
     address: str | None = Field(None, description="a Ray cluster to join (e.g. auto, host:6379); none: start one here")
     workers: int = Field(2, ge=1, le=1024, description="worker processes, one GPU (or streamer_worker slot) each")
-    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs each worker takes (0: a streamer_worker slot instead)")
+    gpus_per_worker: float | None = Field(
+        None,
+        ge=0,
+        description="GPUs each worker takes (0: a streamer_worker slot instead; none: 1 if the cluster has GPUs)",
+    )
     failover_after_s: float = Field(
         10.0, gt=0, description="how long a worker may stay unreachable before its streams move to the others"
     )

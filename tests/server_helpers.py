@@ -9,8 +9,11 @@ client for another process, so that its CPU work does not share the server's int
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
+import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -160,3 +163,26 @@ async def _barrage(url: str, payloads: Sequence[str | bytes], control: Connectio
         result.pong_after = await receive(ws, timeout=30)
         await ws.close()
     control.send(result)
+
+
+@contextlib.contextmanager
+def serve_process(
+    command: list[str], env: dict[str, str] | None = None, ready_timeout: float = 120, stop_timeout: float = 30
+) -> Iterator[subprocess.Popen[str]]:
+    """`streamer serve` as a user runs it: yields the process once it says Ready; Ctrl-C must then stop it
+    with exit status 0."""
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert process.stderr is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + ready_timeout
+        while not any(line.startswith("Ready") for line in lines):
+            assert time.monotonic() < deadline and process.poll() is None, "".join(lines)
+            lines.append(process.stderr.readline())
+        yield process
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=stop_timeout) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from rtsp_server import free_port
+from server_helpers import serve_process
 
 from streamer.adapters.tiny import save_tiny_vlm
 from streamer.cli import main
@@ -52,14 +52,7 @@ def test_serve_on_ray_with_two_workers(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "streamer.cli", "serve", "--ray", "--workers", "2", "--port", str(port)]
     command += ["--model", str(model), "--source", "a=synthetic:ball", "--source", "b=synthetic:bars"]
     env = {**os.environ, "STREAMER_CACHE": str(tmp_path / "cache")}
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        assert process.stderr is not None
-        lines: list[str] = []
-        deadline = time.monotonic() + 180
-        while not any(line.startswith("Ready") for line in lines):
-            assert time.monotonic() < deadline and process.poll() is None, "".join(lines)
-            lines.append(process.stderr.readline())
+    with serve_process(command, env, ready_timeout=180, stop_timeout=60):
         time.sleep(2)  # a few frames
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/streams", timeout=10) as reply:
             streams = {stream["stream_id"]: stream for stream in json.loads(reply.read())["streams"]}
@@ -74,12 +67,6 @@ def test_serve_on_ray_with_two_workers(tmp_path: Path) -> None:
         )
         assert asked.returncode == 0, asked.stderr
         assert asked.stdout.strip().splitlines()[-1].startswith("TTFT"), asked.stdout
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     snapshots = tmp_path / "cache" / "ray-snapshots"
     assert (snapshots / "a.memory.pt").exists() and (snapshots / "b.memory.pt").exists(), "saved on shutdown"
     assert json.loads((snapshots / "directory.json").read_text())["streams"] == {}

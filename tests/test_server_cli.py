@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from rtsp_server import free_port
-from server_helpers import start_server, wait_for_frames, ws_url
+from server_helpers import serve_process, start_server, wait_for_frames, ws_url
 
 from streamer.adapters.embedded import EmbeddedAdapter
 from streamer.cli import main
@@ -140,28 +139,11 @@ def test_serve_runs_until_interrupted(bikes_clip: Path, tmp_path: Path) -> None:
     port = free_port()
     config = tmp_path / "serve.yaml"
     config.write_text(f"sources:\n  - {{id: street, url: '{bikes_clip}', loop: true}}\nserver: {{port: {port}}}\n")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamer.cli", "serve", "--config", str(config)],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stderr is not None
-        lines = []
-        deadline = time.monotonic() + 120
-        while not any(line.startswith("Ready") for line in lines):
-            assert time.monotonic() < deadline and process.poll() is None, "".join(lines)
-            lines.append(process.stderr.readline())
+    with serve_process([sys.executable, "-m", "streamer.cli", "serve", "--config", str(config)]):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=10) as reply:
             assert reply.status == 200
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/streams", timeout=10) as reply:
             assert b'"street"' in reply.read()
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 # The config file

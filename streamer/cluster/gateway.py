@@ -103,22 +103,13 @@ def connect_directory(settings: ClusterSettings) -> Any:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-    actor = ray.remote(StreamDirectory)
-    return actor.options(
-        name=DIRECTORY_NAME,
-        namespace=NAMESPACE,
-        lifetime="detached",
-        get_if_exists=True,
-        max_restarts=-1,
-        num_cpus=0,
-        scheduling_strategy=here,
-    ).remote(str(settings.state_dir), failover_after_s=settings.failover_after_s)
+    directory = _detached(StreamDirectory, DIRECTORY_NAME, scheduling_strategy=here)
+    return directory.remote(str(settings.state_dir), failover_after_s=settings.failover_after_s)
 
 
 def start_workers(settings: ClusterSettings, load_engine: EngineLoader) -> list[str]:
     """Create the worker actors that do not exist yet (restarted by Ray when they crash); their names."""
     ray = require_ray()
-    actor = ray.remote(EngineWorker)
     gpus = settings.gpus_per_worker
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
@@ -126,17 +117,24 @@ def start_workers(settings: ClusterSettings, load_engine: EngineLoader) -> list[
     names = [worker_name(index) for index in range(settings.workers)]
     threads = _cpu_share(settings.workers) if settings.address is None else 0
     for name in names:
-        actor.options(
-            name=name,
-            namespace=NAMESPACE,
-            lifetime="detached",
-            get_if_exists=True,
-            max_restarts=-1,
-            num_cpus=0,
-            num_gpus=gpus,
-            resources=resources,
-        ).remote(name, load_engine, threads, settings.open_timeout_s)
+        worker = _detached(EngineWorker, name, num_gpus=gpus, resources=resources)
+        worker.remote(name, load_engine, threads, settings.open_timeout_s)
     return names
+
+
+def _detached(cls: type, name: str, **options: Any) -> Any:
+    """`cls` as a named actor outliving its creator, restarted whenever it dies; an existing one is reused."""
+    import ray
+
+    return ray.remote(cls).options(
+        name=name,
+        namespace=NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        max_restarts=-1,
+        num_cpus=0,
+        **options,
+    )
 
 
 class RayHub(Hub):

@@ -17,8 +17,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiortc import RTCPeerConnection, RTCSessionDescription
 from server_helpers import answer_done, ask, connect, receive_until, ws_url
 
+from sources.synthetic import SyntheticSource, SyntheticTrack
 from streamer.cluster import DIRECTORY_NAME, NAMESPACE, WORKER_RESOURCE
 from streamer.cluster.gateway import ClusterSettings, RayHub
 from streamer.cluster.worker import engine_loader
@@ -155,6 +157,38 @@ def test_a_killed_worker_gets_its_streams_back_from_its_snapshots(server: Server
     answer = messages[-1]["text"]
     assert WORD.lower() in answer.lower(), answer
     print(f"recovered in {recovery_s:.1f} s")
+
+
+def test_a_browser_webcam_is_relayed_to_a_worker(server: ServerThread) -> None:
+    """WebRTC ends at the gateway; its frames go on to the worker holding the stream."""
+
+    async def send_camera() -> dict[str, Any]:
+        peer = RTCPeerConnection()
+        peer.addTrack(SyntheticTrack(SyntheticSource(fps=15.0)))
+        try:
+            await peer.setLocalDescription(await peer.createOffer())
+            offer = {"sdp": peer.localDescription.sdp, "type": peer.localDescription.type, "stream_id": "browser"}
+            async with aiohttp.ClientSession() as session, session.post(f"{server.url}/webrtc/offer", json=offer) as r:
+                answer = await r.json()
+                assert r.status == 200, answer
+            await peer.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+            deadline = time.monotonic() + 60
+            while (await server.state.hub.report("browser")).frames_ingested < 3:  # type: ignore[union-attr]
+                assert time.monotonic() < deadline, "the webcam's frames did not reach its worker"
+                await asyncio.sleep(0.2)
+            async with aiohttp.ClientSession() as session:
+                ws = await connect(session, ws_url(server))
+                messages = await ask(ws, "cam", "What is in the video?", stream_id="browser")
+            report = (await server.state.hub.report("browser")).as_json()  # type: ignore[union-attr]
+            return {"answer": messages[-1], "report": report}
+        finally:
+            await peer.close()
+
+    seen = server.call(send_camera(), timeout=240)
+    assert seen["report"]["worker"].startswith("streamer-worker-") and seen["report"]["state"] == "live"
+    assert seen["answer"]["type"] == "answer.done" and seen["answer"]["as_of"] > 0
+    hub = server.state.hub
+    assert hub is not None and server.call(hub.remove("browser"))
 
 
 def test_the_directory_and_the_gateway_restart_without_losing_a_stream(

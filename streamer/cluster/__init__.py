@@ -23,6 +23,8 @@ NAMESPACE = "streamer"
 DIRECTORY_NAME = "streamer-directory"
 WORKER_RESOURCE = "streamer_worker"
 INSTALL_HINT = "bash scripts/setup.sh --ray"
+# The source "URL" of a stream whose frames the gateway relays to its worker (a browser's webcam).
+RELAYED = "relayed:"
 
 
 def worker_name(index: int) -> str:

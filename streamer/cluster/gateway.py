@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -23,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from sources.base import Source
+from sources.frame import SourceEnded, SourceError
 from streamer.cluster import (
     DIRECTORY_NAME,
     NAMESPACE,
+    RELAYED,
     WORKER_RESOURCE,
     require_ray,
     unwrap,
@@ -152,6 +155,7 @@ class RayHub(Hub):
         self._event_number = 0
         self._listeners: list[EventCallback] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._relays: dict[str, asyncio.Task[None]] = {}
 
     @classmethod
     async def start(
@@ -221,30 +225,60 @@ class RayHub(Hub):
         source: Source | None = None,
         watches: Sequence[tuple[str, WatchSpec]] = (),
     ) -> StreamReport:
-        if source is not None:
-            source.close()
-            raise ValueError(
-                "A source opened by the server cannot be sent to a Ray worker (browser webcams are served "
-                "without --ray); add a camera by URL instead."
-            )
+        if source is not None:  # opened here (a browser's webcam): its frames are relayed to the worker
+            url = f"{RELAYED}{source.name}"
         try:
             report: StreamReport = await self.directory.add_stream.remote(stream_id, url, fps, loop, list(watches))
         except Exception as error:
+            if source is not None:
+                source.close()
             raise unwrap(error) from None
         self.placements[stream_id] = report.worker or ""
+        if source is not None:
+            self._relays[stream_id] = asyncio.create_task(
+                self._relay(stream_id, source, fps), name=f"relay {stream_id}"
+            )
         return report
+
+    async def _relay(self, stream_id: str, source: Source, fps: float) -> None:
+        """Send the newest frame of `source` to whichever worker holds the stream, `fps` times a second at most."""
+        interval, sent_at = 1.0 / fps, float("-inf")
+        reason = "the sender stopped"
+        try:
+            while stream_id in self.placements:
+                try:
+                    frame = await source.recv()
+                except (SourceEnded, SourceError) as error:
+                    reason = str(error)
+                    break
+                if time.monotonic() - sent_at < interval:
+                    continue
+                sent_at = time.monotonic()
+                name = self.placements.get(stream_id)
+                with contextlib.suppress(Exception):  # its worker is restarting: the next frame goes to it
+                    await asyncio.wait_for(self._worker(name or "").relay.remote(stream_id, frame), READ_TIMEOUT_S)
+            name = self.placements.get(stream_id)
+            if name is not None:
+                with contextlib.suppress(Exception):
+                    await self._worker(name).end_relay.remote(stream_id, reason)
+        finally:
+            source.close()
 
     async def remove(self, stream_id: str, keep_snapshot: bool = False) -> bool:
         removed = bool(await self.directory.remove_stream.remote(stream_id, keep_snapshot))
         self.placements.pop(stream_id, None)
+        relay = self._relays.pop(stream_id, None)
+        if relay is not None:
+            relay.cancel()
         return removed
 
     async def close(self) -> None:
         """Stop following the cluster. A local cluster this server started is stopped, every stream's
         memory saved; a joined cluster keeps ingesting (a gateway started again finds its streams)."""
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._relays.values()]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if not self.owns_cluster:

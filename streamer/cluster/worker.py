@@ -20,6 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from sources.frame import Frame
+from sources.relayed import RelayedSource
+from streamer.cluster import RELAYED
 from streamer.server.hub import AnswerItem, StreamReport
 from streamer.server.streams import LocalHub
 from streamer.watches import WatchEvent, WatchInfo, WatchSpec
@@ -73,6 +76,7 @@ class EngineWorker:
         )
         self.model_name = engine.adapter.name
         self._answers: dict[str, threading.Event] = {}
+        self._relayed: dict[str, RelayedSource] = {}
         self._new_event: asyncio.Event | None = None
 
     def _events_signal(self) -> asyncio.Event:
@@ -103,12 +107,30 @@ class EngineWorker:
     async def add_stream(
         self, stream_id: str, url: str, fps: float, loop: bool, watches: Sequence[tuple[str, WatchSpec]] = ()
     ) -> StreamReport:
-        """Open `url` here and ingest it, from its snapshot when there is one."""
+        """Open `url` here and ingest it, from its snapshot when there is one. A `RELAYED` url takes frames
+        from `relay` calls instead."""
         self._events_signal()
-        report = await self.hub.add_stream(stream_id, url, fps, loop, watches=watches)
+        source = None
+        if url.startswith(RELAYED):
+            source = self._relayed[stream_id] = RelayedSource(url.removeprefix(RELAYED))
+        report = await self.hub.add_stream(stream_id, url, fps, loop, source, watches)
         return dataclasses.replace(report, worker=self.name)
 
+    async def relay(self, stream_id: str, frame: Frame) -> bool:
+        """The newest frame of a relayed stream; False when this worker does not hold it."""
+        source = self._relayed.get(stream_id)
+        if source is None or not self.hub.has(stream_id):
+            return False
+        source.put(frame)
+        return True
+
+    async def end_relay(self, stream_id: str, reason: str) -> None:
+        source = self._relayed.pop(stream_id, None)
+        if source is not None:
+            source.end(reason)
+
     async def remove(self, stream_id: str, keep_snapshot: bool = False, leave_snapshot: bool = False) -> bool:
+        self._relayed.pop(stream_id, None)
         return await self.hub.remove(stream_id, keep_snapshot, leave_snapshot)
 
     async def close(self) -> None:

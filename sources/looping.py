@@ -7,7 +7,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from sources.base import SourceStatus
+from sources.base import SourceState, SourceStatus
 from sources.file import FileSource
 from sources.frame import Frame, SourceEnded
 
@@ -52,6 +52,10 @@ class LoopingFile:
 
     def status(self) -> SourceStatus:
         status = self.current.status()
+        between_passes = status.state in (SourceState.ENDED, SourceState.CONNECTING)
+        if between_passes and not self._closed and self._sequence_offset + status.frames_delivered > 0:
+            # One pass ended and the next has not delivered yet: the stream itself goes on.
+            status = dataclasses.replace(status, state=SourceState.LIVE, reason=None)
         return dataclasses.replace(
             status,
             frames_decoded=status.frames_decoded + self._earlier_decoded,

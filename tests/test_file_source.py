@@ -7,11 +7,16 @@ import itertools
 import os
 import time
 from pathlib import Path
+from typing import Any
 
+import cv2
+import numpy as np
 import pytest
 
+import sources.looping
 from sources.file import FileSource
 from sources.frame import Frame, SourceEnded, SourceError
+from sources.looping import LoopingFile
 from streamer.evaluation.needles import footage_dir
 
 BIKES = footage_dir() / "bikes.mp4"
@@ -132,3 +137,35 @@ def test_unreadable_file_is_reported(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="permission") as error:
         FileSource(path)
     assert str(path) in str(error.value)
+
+
+def test_a_looping_file_stays_live_between_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clip = tmp_path / "short.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (64, 48))
+    for number in range(10):  # one second
+        writer.write(np.full((48, 64, 3), number * 20, np.uint8))
+    writer.release()
+    looping: list[LoopingFile] = []
+    between: list[str] = []
+
+    class NextPass(FileSource):
+        """Opened when a pass has ended: records what the looping source says right then."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            if looping:
+                between.append(looping[0].status().state.value)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(sources.looping, "FileSource", NextPass)
+
+    async def two_passes() -> list[float]:
+        looping.append(LoopingFile(clip, fps=10.0))
+        times = [(await looping[0].recv()).stream_time]
+        while times[-1] < 1.5:  # into the second pass
+            times.append((await looping[0].recv()).stream_time)
+        looping[0].close()
+        return times
+
+    times = asyncio.run(two_passes())
+    assert times == sorted(times) and times[-1] >= 1.5, "stream time runs on across passes"
+    assert between == ["live"], "a looping file is live while it starts its next pass"

@@ -168,7 +168,7 @@ def test_attached_clients_get_periodic_stream_status(server: ServerThread) -> No
 
     statuses = asyncio.run(scenario())
     assert [s["type"] for s in statuses] == ["stream.status"] * 6
-    assert all(s["stream_id"] == STREAM and s["state"] == "live" for s in statuses)
+    assert all(s["stream_id"] == STREAM and s["state"] == "live" for s in statuses), statuses
     assert statuses[-1]["ts"] - statuses[0]["ts"] >= 4.0
     ingested = [s["frames_ingested"] for s in statuses]
     dropped = [s["frames_dropped"] for s in statuses]

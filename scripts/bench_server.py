@@ -342,7 +342,12 @@ def bikes_clip() -> Path:
 
 
 def run_clients(args: argparse.Namespace, adapter: EmbeddedAdapter) -> str:
-    config = StreamerConfig.model_validate({"server": {"port": 0}, "answer": {"max_new_tokens": args.max_new_tokens}})
+    # Every client connects from this machine: the per-address connection limit must let them all in.
+    most = max(args.clients)
+    server_settings = {"port": 0, "max_connections_per_address": most, "max_connections": max(64, most)}
+    config = StreamerConfig.model_validate(
+        {"server": server_settings, "answer": {"max_new_tokens": args.max_new_tokens}}
+    )
     server = start_server(adapter, config)
     try:
         print(f"Quiet phase ({args.seconds:.0f} s, no clients)...", file=sys.stderr, flush=True)

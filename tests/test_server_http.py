@@ -275,6 +275,8 @@ def test_streams_are_added_previewed_and_removed(server: ServerThread, videos: P
         assert frame["tier"] in ("clear", "fuzzy") and frame["location"] in ("device", "host", "gone")
         assert frame["text"] and frame["tokens"] > 0 and frame["t"] >= 0
 
+    refused = http("DELETE", f"{base}/{STREAM}", AUTH)  # the operator's stream, from the server's config
+    assert refused.status == 403 and refused.json()["error"]["code"] == "operator_stream", refused.body
     assert http("DELETE", f"{base}/second", AUTH).status == 204
     assert http("GET", f"{base}/second", AUTH).status == 404
     assert http("DELETE", f"{base}/second", AUTH).status == 404

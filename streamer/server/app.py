@@ -106,6 +106,8 @@ class ServerState:
         self.initial = list(initial)
         self.allowed_hosts = config.server.allowed_host_names()
         self.hub: Hub | None = None
+        # The streams the operator configured (command line, config file): clients may not remove them.
+        self.operator_streams = {stream.stream_id for stream in initial}
         self.desk: QuestionDesk | None = None
         self.failure: str | None = None
         self.started = asyncio.Event()
@@ -379,7 +381,14 @@ async def _add_stream(request: web.Request) -> web.Response:
 
 async def _remove_stream(request: web.Request) -> web.Response:
     hub = _ready_hub(request)
-    await hub.remove(_hosted_id(request, hub))
+    stream_id = _hosted_id(request, hub)
+    if stream_id in request.app[STATE].operator_streams:
+        raise ApiError(
+            403,
+            "operator_stream",
+            f"'{stream_id}' is one of the server's configured streams; the operator removes it from the config.",
+        )
+    await hub.remove(stream_id)
     return web.Response(status=204)
 
 

@@ -85,7 +85,6 @@ class StreamDirectory:
             log.info("directory: %d stream(s) on %d worker(s) from %s", len(self.streams), len(self.workers), self.path)
         self.busy: set[str] = set()  # streams being added, moved or removed: the checks leave them alone
         self.unreachable_since: dict[str, float] = {}
-        self.recoveries: list[dict[str, Any]] = []
         self._handles: dict[str, Any] = {}
         self._monitor: asyncio.Task[None] | None = None
 
@@ -105,10 +104,6 @@ class StreamDirectory:
     async def process_id(self) -> int:
         """This incarnation's process id (a restarted directory has a new one)."""
         return os.getpid()
-
-    async def recovered(self) -> list[dict[str, Any]]:
-        """Streams given back or moved after a worker stopped: stream, worker, kind, when (wall time)."""
-        return list(self.recoveries)
 
     async def add_stream(
         self, stream_id: str, url: str, fps: float, loop: bool, watches: list[tuple[str, WatchSpec]]
@@ -216,7 +211,6 @@ class StreamDirectory:
             await self._handle(worker).add_stream.remote(
                 stream_id, placement.url, placement.fps, placement.loop, watches
             )
-            self.recoveries.append({"stream": stream_id, "worker": worker, "kind": kind, "at": time.time()})
             log.warning("directory: %s %s on %s from its snapshot", stream_id, kind, worker)
         except Exception as error:
             log.error("directory: %s could not start on %s: %s", stream_id, worker, unwrap(error))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sources.base import Source
+from streamer.engine import UnknownStream
 from streamer.engine_data import StreamStatus
 from streamer.query import Answer
 from streamer.watches import WatchEvent, WatchInfo, WatchSpec
@@ -119,8 +120,6 @@ class Hub(ABC):
         """The named streams' reports (all when None); streams gone meanwhile are left out."""
 
     async def report(self, stream_id: str) -> StreamReport:
-        from streamer.engine import UnknownStream
-
         found = await self.reports([stream_id])
         if stream_id not in found:
             raise UnknownStream(stream_id)

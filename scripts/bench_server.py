@@ -9,7 +9,13 @@ queueing included) and by the engine (its own TTFT), full latency, and the inges
 against the quiet phase.
 
     python scripts/bench_server.py [--clients 1 10 50] [--seconds 40] [--interval 5]
-                                   [--max-new-tokens 16] [--out scripts/results/bench_server.md]
+                                   [--max-new-tokens 16] [--modes sequential batched]
+                                   [--out scripts/results/bench_server.md]
+
+Each mode is a fresh server in the same run, so the two are measured side by side: "sequential"
+answers each question pass by pass in its own thread (answer.batched false, 2 answer threads, the
+server before answers were decoded together); "batched" is the default (every answer decoded in one
+batch by the model scheduler, 16 answer threads).
 
 With --barrage RATE [RATE ...] it measures instead what a client sending malformed messages as
 fast as the server answers them costs ingest: for each per-connection message rate limit (the
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib.util
 import multiprocessing
 import os
@@ -43,6 +50,7 @@ import aiohttp
 import torch
 
 from streamer.adapters.embedded import EmbeddedAdapter
+from streamer.decoding import SchedulerStats
 from streamer.engine import Engine
 from streamer.server.app import InitialStream, ServerThread, create_app
 from streamer.server.config import StreamerConfig
@@ -62,6 +70,10 @@ class Phase:
     engine_ttft_ms: list[float] = field(default_factory=list)
     latency_ms: list[float] = field(default_factory=list)
     refused: dict[str, int] = field(default_factory=dict)
+    mean_batch: float = float("nan")  # rows per decode step (batched mode)
+    pass_wait_ms: float = float("nan")  # mean wait of a model pass for its turn (batched mode)
+    pass_ms: float = float("nan")  # mean time a model pass ran
+    step_ms: float = float("nan")  # mean time of a decode step
 
     @property
     def ingest_fps(self) -> float:
@@ -116,6 +128,7 @@ async def run_phase(server: ServerThread, clients: int, seconds: float, interval
     phase = Phase(clients)
     url = server.url.replace("http://", "ws://") + "/ws"
     frames_before, _ = ingested(server)
+    before = scheduler_stats(server)
     started = time.monotonic()
     until = started + seconds
     await asyncio.gather(*(client(url, n, until, interval, phase) for n in range(clients)))
@@ -124,25 +137,50 @@ async def run_phase(server: ServerThread, clients: int, seconds: float, interval
     phase.seconds = time.monotonic() - started
     frames_after, phase.lag_ms = ingested(server)
     phase.frames = frames_after - frames_before
+    after = scheduler_stats(server)
+    if before is not None and after is not None:
+        if after.steps > before.steps:
+            phase.mean_batch = (after.step_rows - before.step_rows) / (after.steps - before.steps)
+            phase.step_ms = 1000 * (after.step_s - before.step_s) / (after.steps - before.steps)
+        if after.passes > before.passes:
+            phase.pass_wait_ms = 1000 * (after.pass_wait_s - before.pass_wait_s) / (after.passes - before.passes)
+            phase.pass_ms = 1000 * (after.pass_s - before.pass_s) / (after.passes - before.passes)
     return phase
 
 
-def table(phases: Sequence[Phase], quiet: Phase) -> str:
+def scheduler_stats(server: ServerThread) -> SchedulerStats | None:
+    """A copy of the model scheduler's counters now (None when answers are not batched)."""
+    engine = server.state.engine
+    scheduler = None if engine is None else engine.adapter.scheduler
+    return None if scheduler is None else dataclasses.replace(scheduler.stats)
+
+
+def table(runs: Sequence[tuple[str, Phase, Sequence[Phase]]]) -> str:
+    """One row per (mode, client count); `runs` holds each mode's quiet phase and client phases."""
     lines = [
-        "| clients | answers | refused | client TTFT p50 / p95 (ms) | engine TTFT p50 (ms) "
-        f"| latency p50 / p95 (ms) | ingest fps (quiet: {quiet.ingest_fps:.2f}) | held | lag at end (ms) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| mode | clients | answers | answers/s | refused | client TTFT p50 / p95 (ms) | engine TTFT p50 (ms) "
+        "| latency p50 / p95 (ms) | ingest fps (quiet) | held | lag at end (ms) | mean batch | step (ms) "
+        "| pass wait / run (ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for phase in phases:
-        refused = sum(phase.refused.values())
-        lines.append(
-            f"| {phase.clients} | {len(phase.latency_ms)} | {refused} "
-            f"| {percentile(phase.client_ttft_ms, 0.5):.0f} / {percentile(phase.client_ttft_ms, 0.95):.0f} "
-            f"| {percentile(phase.engine_ttft_ms, 0.5):.0f} "
-            f"| {percentile(phase.latency_ms, 0.5):.0f} / {percentile(phase.latency_ms, 0.95):.0f} "
-            f"| {phase.ingest_fps:.2f} | {phase.ingest_fps / max(1e-9, quiet.ingest_fps):.0%} | {phase.lag_ms:.0f} |"
-        )
+    for mode, quiet, phases in runs:
+        for phase in phases:
+            lines.append(row(mode, phase, quiet))
     return "\n".join(lines)
+
+
+def row(mode: str, phase: Phase, quiet: Phase) -> str:
+    refused = sum(phase.refused.values())
+    return (
+        f"| {mode} | {phase.clients} | {len(phase.latency_ms)} | {len(phase.latency_ms) / phase.seconds:.2f} "
+        f"| {refused} "
+        f"| {percentile(phase.client_ttft_ms, 0.5):.0f} / {percentile(phase.client_ttft_ms, 0.95):.0f} "
+        f"| {percentile(phase.engine_ttft_ms, 0.5):.0f} "
+        f"| {percentile(phase.latency_ms, 0.5):.0f} / {percentile(phase.latency_ms, 0.95):.0f} "
+        f"| {phase.ingest_fps:.2f} ({quiet.ingest_fps:.2f}) | {phase.ingest_fps / max(1e-9, quiet.ingest_fps):.0%} "
+        f"| {phase.lag_ms:.0f} | {phase.mean_batch:.1f} | {phase.step_ms:.0f} "
+        f"| {phase.pass_wait_ms:.0f} / {phase.pass_ms:.0f} |"
+    )
 
 
 # What the barrage client sends in turn: one of each kind of mistake the server answers with an error.
@@ -341,37 +379,57 @@ def bikes_clip() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "bikes.mp4"
 
 
+MODES = {
+    "sequential": {"answer": {"batched": False}, "server": {"answer_workers": 2}},
+    "batched": {},
+}
+
+
 def run_clients(args: argparse.Namespace, adapter: EmbeddedAdapter) -> str:
     # Every client connects from this machine: the per-address connection limit must let them all in.
     most = max(args.clients)
-    server_settings = {"port": 0, "max_connections_per_address": most, "max_connections": max(64, most)}
-    config = StreamerConfig.model_validate(
-        {"server": server_settings, "answer": {"max_new_tokens": args.max_new_tokens}}
-    )
-    server = start_server(adapter, config)
-    try:
-        print(f"Quiet phase ({args.seconds:.0f} s, no clients)...", file=sys.stderr, flush=True)
-        quiet = asyncio.run(run_phase(server, 0, args.seconds, args.interval))
-        phases = []
-        for clients in args.clients:
-            print(f"{clients} client(s) for {args.seconds:.0f} s...", file=sys.stderr, flush=True)
-            phases.append(asyncio.run(run_phase(server, clients, args.seconds, args.interval)))
-    finally:
-        server.stop()
+    runs = []
+    config = StreamerConfig()
+    for mode in args.modes:
+        overrides = MODES[mode]
+        server_settings = {
+            "port": 0,
+            "max_connections_per_address": most,
+            "max_connections": max(64, most),
+            **overrides.get("server", {}),
+        }
+        answer = {"max_new_tokens": args.max_new_tokens, **overrides.get("answer", {})}
+        config = StreamerConfig.model_validate({"server": server_settings, "answer": answer})
+        server = start_server(adapter, config)
+        try:
+            print(f"{mode}: quiet phase ({args.seconds:.0f} s, no clients)...", file=sys.stderr, flush=True)
+            quiet = asyncio.run(run_phase(server, 0, args.seconds, args.interval))
+            phases = []
+            for clients in args.clients:
+                print(f"{mode}: {clients} client(s) for {args.seconds:.0f} s...", file=sys.stderr, flush=True)
+                phases.append(asyncio.run(run_phase(server, clients, args.seconds, args.interval)))
+        finally:
+            server.stop()
+            if adapter.scheduler is not None:  # the next mode starts without it
+                adapter.scheduler.close()
+                adapter.scheduler = None
+        runs.append((mode, quiet, phases))
     return "\n".join(
         [
             "# Server under concurrent websocket clients",
             "",
             f"{header()} One stream (bikes.mp4 looping, 1 fps real time); each client "
             f"asks every {args.interval:g} s after its previous answer; answers up to {args.max_new_tokens} tokens; "
-            f"server defaults: {config.server.answer_workers} answer threads, "
-            f"{config.server.max_pending_questions} questions pending at most.",
+            f"{config.server.max_pending_questions} questions pending at most. Modes: 'sequential' answers each "
+            "question pass by pass in its own thread (2 answer threads); 'batched' (the default) decodes every "
+            f"answer in flight together, one token per step for all ({config.answer.max_rows} rows at most, "
+            f"{config.server.answer_workers} answer threads).",
             "",
-            table(phases, quiet),
+            table(runs),
             "",
             "Client TTFT counts from sending the question to its first delta, so it includes waiting for an "
             "answer thread; engine TTFT is the engine's own, from the start of generation. 'held' is the "
-            "ingest rate during the phase relative to the quiet phase.",
+            "ingest rate during the phase relative to the mode's quiet phase.",
             "",
         ]
     )
@@ -383,6 +441,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=40.0, help="length of each phase")
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between one client's questions")
     parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     parser.add_argument(
         "--barrage", type=float, nargs="+", metavar="RATE", help="measure ingest under malformed messages instead"
     )

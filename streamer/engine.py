@@ -10,6 +10,7 @@ written only by its `append` verb, under its own lock, and an answer works on a 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -31,6 +32,7 @@ from memory.stream_memory import MemorySettings, MemoryView, StreamMemory
 from sources.frame import Frame
 from streamer.adapters.base import FrameTokens, ModelAdapter
 from streamer.batching import IngestScheduler
+from streamer.decoding import SchedulerLimits, attach_scheduler, ingest_passes
 from streamer.engine_config import EngineConfig as EngineConfig
 from streamer.engine_data import AnswerHandle, FrameInfo, StreamStatus
 from streamer.query import Answer, generate_answer
@@ -105,6 +107,9 @@ class Engine:
         self._answers: weakref.WeakValueDictionary[str, AnswerHandle] = weakref.WeakValueDictionary()
         self._scheduler: IngestScheduler | None = None
         self._watches = Watches()
+        answer = self.config.answer
+        if answer.batched:
+            attach_scheduler(adapter, SchedulerLimits(answer.max_rows, answer.max_step_tokens, answer.hold_s))
 
     # Streams.
 
@@ -114,7 +119,8 @@ class Engine:
         if stream_id in self._streams:
             raise ValueError(f"stream '{stream_id}' already exists")
         memory = StreamMemory(self.adapter.num_layers, self.adapter.rotate_keys, self.memory_settings())
-        self.adapter.prefill(self.adapter.system_embeds(), memory.cache)
+        with ingest_passes():
+            self.adapter.prefill(self.adapter.system_embeds(), memory.cache)
         memory.seal_sink()
         stream = Stream(stream_id, memory)
         self._restore(stream)
@@ -269,6 +275,10 @@ class Engine:
         memory policy gives it from the look's features (the curvature policy: clear frames are described
         in full, fuzzy ones tersely), then the adapter's `encode` at that detail. `detail` forces the encoding.
         """
+        with ingest_passes():
+            return self._push_frames(items, detail)
+
+    def _push_frames(self, items: Sequence[tuple[str, Frame]], detail: str | None) -> list[FrameInfo]:
         streams = [self._stream(stream_id) for stream_id, _ in items]
         frames = [stream.on_clock(frame) for (_, frame), stream in zip(items, streams, strict=True)]
         looks = self.adapter.look(frames)
@@ -434,26 +444,28 @@ class Engine:
                 offloaded=tuple(b for b in view.offloaded if b.record.stream_time >= since),
                 timeline=since_time(view.timeline, since),
             )
-        reading = self.choose(candidates, question, options)
-        config = self.config
-        return (
-            yield from generate_answer(
-                self.adapter,
-                view,
-                reading,
-                question,
-                options=options or None,
-                max_new_tokens=config.answer.max_new_tokens,
-                max_question_tokens=config.answer.max_question_tokens,
-                cancel=cancel,
-                reread=config.answer.source == "text",
-                choice_scoring=config.answer.choice_scoring,
-                controls=config.answer.controls,
-                grounded=config.answer.grounded,
-                anchor_seconds=config.retrieval.anchor_seconds,
-                started=started,
+        scheduler = self.adapter.scheduler
+        with scheduler.preparing() if scheduler is not None else contextlib.nullcontext():
+            reading = self.choose(candidates, question, options)
+            config = self.config
+            return (
+                yield from generate_answer(
+                    self.adapter,
+                    view,
+                    reading,
+                    question,
+                    options=options or None,
+                    max_new_tokens=config.answer.max_new_tokens,
+                    max_question_tokens=config.answer.max_question_tokens,
+                    cancel=cancel,
+                    reread=config.answer.source == "text",
+                    choice_scoring=config.answer.choice_scoring,
+                    controls=config.answer.controls,
+                    grounded=config.answer.grounded,
+                    anchor_seconds=config.retrieval.anchor_seconds,
+                    started=started,
+                )
             )
-        )
 
     def choose(self, view: MemoryView, question: str, options: Sequence[str] = ()) -> Reading:
         """What a question reads, blocks and timeline lines: see `streamer.retrieval.select_reading`."""

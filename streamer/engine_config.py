@@ -94,6 +94,18 @@ class AnswerConfig(BaseModel):
     )
     max_question_tokens: int = Field(64, ge=8)
     max_new_tokens: int = Field(48, ge=1)
+    batched: bool = Field(
+        True,
+        description="answers of all streams decoded together, one token per step for every answer, on one "
+        "model thread that also runs ingest's passes first (False: each answer pass by pass in its own thread)",
+    )
+    max_rows: int = Field(16, ge=1, description="answers decoded in one step; more wait to join")
+    max_step_tokens: int = Field(
+        128, ge=1, description="the longest prefill chunk between two decode steps (longer prefills are split)"
+    )
+    hold_s: float = Field(
+        0.1, ge=0, le=1, description="how long a decode step waits for the first pass of a question being prepared"
+    )
 
     @property
     def reserve(self) -> int:

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from itertools import groupby
 
 import torch
-from transformers import LogitsProcessorList, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
 
 from memory.kv_cache import StreamingCache, assemble
 from memory.stream_memory import Block, MemoryView
 from memory.words import words
 from streamer.adapters.base import ModelAdapter
 from streamer.clock import clock
+from streamer.decoding import TokenPicker
 from streamer.engine_config import ChoiceScoring
 from streamer.grounding import (
     choices_named,
@@ -35,10 +35,6 @@ from streamer.intent import LETTERS, read_intent
 from streamer.retrieval import Reading
 
 TIMELINE_HEADER = "Events so far:\n"
-# Generated tokens already in the answer have their logits divided by this (multiplied when negative);
-# the question's context is not penalised, so the answer may still copy what a frame read.
-REPETITION_PENALTY = 1.3
-NO_REPEAT_NGRAM = 3
 
 _STOPWORDS = frozenset(
     """a an and are as at be by for from has have in is it its of on or that the this to was were what
@@ -254,14 +250,17 @@ class ModelContext:
             self._built[0].close()
 
 
-def answer_context(adapter: ModelAdapter, view: MemoryView, reading: Reading, reread: bool) -> StreamingCache:
-    """`[sink | chosen blocks | timeline lines]` for one question: blocks from their cached KV or, with
-    `reread`, read again (`reread_context`); the timeline lines, when there are any, prefilled after them."""
+def answer_context(
+    adapter: ModelAdapter, view: MemoryView, reading: Reading, reread: bool
+) -> tuple[StreamingCache, torch.Tensor | None]:
+    """`[sink | chosen blocks]` for one question, blocks from their cached KV or, with `reread`, read again
+    (`reread_context`); and the embeds of its timeline lines (None without lines), to be read after them
+    in the same pass as the question."""
     blocks = reading.blocks
     cache = reread_context(adapter, view, blocks) if reread else view.context(blocks, adapter.rotate_keys)
-    if reading.lines:
-        adapter.prefill(adapter.embed_text(TIMELINE_HEADER + "".join(line + "\n" for line in reading.lines)), cache)
-    return cache
+    if not reading.lines:
+        return cache, None
+    return cache, adapter.embed_text(TIMELINE_HEADER + "".join(line + "\n" for line in reading.lines))
 
 
 def generate_answer(
@@ -297,12 +296,14 @@ def generate_answer(
     start = time.perf_counter() if started is None else started
 
     def read() -> tuple[StreamingCache, torch.Tensor]:
-        cache = answer_context(adapter, view, reading, reread)
+        cache, lines = answer_context(adapter, view, reading, reread)
         embeds = adapter.question_embeds(question)
         limit = max_question_tokens * (4 if options else 1)
         if embeds.shape[1] > limit:
             # keep the end: it carries the chat turn that opens the answer
             embeds = torch.cat([embeds[:, : limit // 2], embeds[:, -limit // 2 :]], 1)
+        if lines is not None:  # one pass for the lines and the question
+            embeds = torch.cat([lines, embeds], 1)
         return cache, adapter.next_token_logits(embeds, cache)
 
     context = ModelContext(read)
@@ -362,33 +363,53 @@ def _generate(
 ) -> Generator[str, None, tuple[float, bool]]:
     """Greedy decoding into `stream`, yielding text deltas; returns (TTFT ms, cancelled).
 
-    With `controls`: repeats penalised, one line at most."""
-    processors = LogitsProcessorList(
-        [RepetitionPenaltyLogitsProcessor(REPETITION_PENALTY), NoRepeatNGramLogitsProcessor(NO_REPEAT_NGRAM)]
-        if controls
-        else []
-    )
+    With `controls`: repeats penalised (the answer's own tokens, not the question's context, so an
+    answer may still copy what a frame read), one line at most."""
     ttft_ms = 0.0
-    for step in range(max_new_tokens):
-        if stream.ids and processors:
-            generated = torch.tensor([stream.ids], device=logits.device)
-            logits = processors(generated, logits[None])[0]  # type: ignore[arg-type]
-        token = int(torch.argmax(logits))
-        if adapter.is_stop(token):
-            break
-        delta = stream.push(token)
-        if step == 0:
-            ttft_ms = (time.perf_counter() - start) * 1000
-        if controls and "\n" in delta and stream.text.strip():
-            # One line: what follows a line break is a second answer, not more of this one.
-            kept = delta.split("\n")[0]
-            if kept:
-                yield kept
-            break
-        if delta:
-            yield delta
-        if cancel is not None and cancel.is_set():
-            return ttft_ms, True
-        if step + 1 < max_new_tokens:
-            logits = adapter.next_token_logits(adapter.token_embeds(token), cache)
+    tokens = answer_tokens(adapter, logits, cache, TokenPicker(controls), max_new_tokens)
+    try:
+        for step, token in enumerate(tokens):
+            if adapter.is_stop(token):
+                break
+            delta = stream.push(token)
+            if step == 0:
+                ttft_ms = (time.perf_counter() - start) * 1000
+            if controls and "\n" in delta and stream.text.strip():
+                # One line: what follows a line break is a second answer, not more of this one.
+                kept = delta.split("\n")[0]
+                if kept:
+                    yield kept
+                break
+            if delta:
+                yield delta
+            if cancel is not None and cancel.is_set():
+                return ttft_ms, True
+    finally:
+        tokens.close()
     return ttft_ms, False
+
+
+def answer_tokens(
+    adapter: ModelAdapter, logits: torch.Tensor, cache: StreamingCache, picker: TokenPicker, max_new_tokens: int
+) -> Generator[int, None, None]:
+    """An answer's tokens, the first from `logits` (the question's), the rest fed back through `cache`:
+    decoded with the other answers by the adapter's scheduler when it has one, else pass by pass here.
+    The tokens stop after a stop token or `max_new_tokens`; closing the generator ends the decoding."""
+    token = picker.pick(logits)
+    yield token
+    remaining = max_new_tokens - 1
+    if adapter.is_stop(token) or remaining <= 0:
+        return
+    scheduler = adapter.scheduler
+    if scheduler is None:
+        for _ in range(remaining):
+            token = picker.pick(adapter.next_token_logits(adapter.token_embeds(token), cache))
+            yield token
+            if adapter.is_stop(token):
+                return
+        return
+    row = scheduler.decode(cache, picker, token, remaining)
+    try:
+        yield from row
+    finally:
+        row.close()

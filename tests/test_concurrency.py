@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,50 @@ def test_several_questions_in_flight_and_cancel(embedded_adapter: EmbeddedAdapte
     assert answers["plain"].text and answers["other"].text
     assert answers["cancelled"].cancelled and answers["cancelled"].tokens == 1
     assert not answers["plain"].cancelled
+
+
+def test_answers_decoded_together_equal_answers_alone(embedded_adapter: EmbeddedAdapter, frames: list[Frame]) -> None:
+    """8 questions on 2 streams, asked at different stream times and started a little apart, so they join
+    and leave the decoding batch at different steps: every answer is the one it gets alone (greedy, fp32)."""
+    engine = Engine(embedded_adapter, EngineConfig(answer=AnswerConfig(max_new_tokens=20, grounded=False)))
+    for stream_id in ("street", "corner"):
+        engine.add_stream(stream_id)
+    questions = [
+        ("street", "What is on screen?"),
+        ("corner", "What colours are there?"),
+        ("street", "Is anyone riding a bike?"),
+        ("corner", "Describe the scene in a few words."),
+        ("street", "What vehicles are on the street?"),
+        ("corner", "What is in the background?"),
+        ("street", "What changed recently?"),
+        ("corner", "Is it day or night?"),
+    ]
+    alone, together = [], []
+    for index, (stream_id, question) in enumerate(questions):
+        if index % 2 == 0:  # the streams move on between questions
+            engine.push_frame("street", frames[index // 2 * 2])
+            engine.push_frame("corner", frames[13 - index // 2 * 2])
+        alone.append(engine.ask(stream_id, question))
+        together.append(engine.ask(stream_id, question))
+    solo = [handle.result() for handle in alone]
+    scheduler = embedded_adapter.scheduler
+    assert scheduler is not None
+    steps, rows = scheduler.stats.steps, scheduler.stats.step_rows
+    results: list[Answer | None] = [None] * len(together)
+
+    def run(index: int) -> None:
+        time.sleep(0.05 * index)
+        results[index] = together[index].result()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(together))]
+    for thread in threads:
+        thread.start()
+    for frame in frames[8:12]:  # ingest goes on meanwhile
+        engine.push_frame("street", frame)
+    for thread in threads:
+        thread.join(timeout=300)
+    mean_batch = (scheduler.stats.step_rows - rows) / (scheduler.stats.steps - steps)
+    assert mean_batch >= 3, "the questions must be decoded together"
+    for one, other in zip(solo, results, strict=True):
+        assert other is not None and one.tokens > 1
+        assert (other.text, other.tokens) == (one.text, one.tokens), one.question

@@ -251,6 +251,11 @@ def test_metrics_parse_as_prometheus_text(server: ServerThread) -> None:
     assert value("streamer_questions_total", outcome="answered") >= 1
     assert "streamer_active_connections" in families
     assert value("streamer_ready") == 1
+    # The model scheduler: every frame's prefill was one of its passes.
+    assert value("streamer_model_passes_total", worker="local") >= described["frames_ingested"]
+    assert value("streamer_model_pass_wait_seconds_total", worker="local") >= 0
+    assert value("streamer_decode_rows_total", worker="local") >= value("streamer_decode_steps_total", worker="local")
+    assert value("streamer_decode_batch_rows", worker="local") == 0
 
 
 def test_streams_are_added_previewed_and_removed(server: ServerThread, videos: Path) -> None:

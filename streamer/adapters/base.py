@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import cv2
 import numpy as np
 import torch
 
-from memory.kv_cache import StreamingCache
+from memory.kv_cache import KVSegment, StreamingCache
 from sources.frame import Frame
 from streamer.rope import RotaryShift
+
+if TYPE_CHECKING:
+    from streamer.decoding import BatchedCache, ModelScheduler
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -87,7 +92,9 @@ class ModelAdapter(ABC):
     and opens the model's) and `stop_ids`, and say how a frame becomes tokens.
 
     Every forward pass takes `forward_lock`: torch already uses all cores for one pass, and ingest
-    and answers interleave pass by pass rather than competing.
+    and answers interleave pass by pass rather than competing. With a `scheduler` attached
+    (`streamer.decoding.ModelScheduler`, which the engine attaches), the passes run on its thread:
+    ingest first, answers' prefills in chunks between decode steps, decoding batched.
     """
 
     system_text: str
@@ -112,6 +119,25 @@ class ModelAdapter(ABC):
             lock = threading.RLock()
             model._streamer_forward_lock = lock
         self.forward_lock: threading.RLock = lock
+        self.scheduler: ModelScheduler | None = None
+
+    def run_pass(
+        self, fn: Callable[[], T], tokens: int = 1, read: tuple[torch.Tensor, StreamingCache] | None = None
+    ) -> T:
+        """Run one forward pass `fn` over `tokens` tokens: on the scheduler's thread when one is attached
+        (which may batch it with others when it is a `read`, see `ModelScheduler.run`), else here; under
+        `forward_lock` either way."""
+        scheduler = self.scheduler
+        if scheduler is not None:
+            return scheduler.run(fn, tokens, read)
+        with self.forward_lock:
+            return fn()
+
+    def chunks(self, length: int) -> list[tuple[int, int]]:
+        """[start, end) pieces of a prefill of `length` tokens: the scheduler's longest step, or one piece."""
+        size = self.scheduler.limits.max_step_tokens if self.scheduler is not None else length
+        size = max(1, size)
+        return [(start, min(length, start + size)) for start in range(0, length, size)] or [(0, 0)]
 
     @property
     def num_layers(self) -> int:
@@ -211,12 +237,21 @@ class ModelAdapter(ABC):
         of the un-rotated keys, (layers, kv_heads * head_dim) float16.
         """
         length = int(embeds.shape[1])
-        position_ids = self.position_ids(cache.length, length, positions)
-        cache.reserve(length)
-        with self.forward_lock, self.projection_means("k_proj" if summarize else None) as means:
-            self.model.get_decoder()(
-                inputs_embeds=embeds, position_ids=position_ids, past_key_values=cache, use_cache=True
-            )
+        # A frame's block is one pass: its key summary is a mean over all of it (and it is short).
+        pieces = [(0, length)] if summarize or positions is not None else self.chunks(length)
+        means: list[np.ndarray] = []
+
+        def piece(start: int, end: int) -> None:
+            position_ids = self.position_ids(cache.length, end - start, positions)
+            cache.reserve(end - start)
+            with self.projection_means("k_proj" if summarize else None) as found:
+                self.model.get_decoder()(
+                    inputs_embeds=embeds[:, start:end], position_ids=position_ids, past_key_values=cache, use_cache=True
+                )
+            means.extend(found)
+
+        for start, end in pieces:
+            self.run_pass(lambda start=start, end=end: piece(start, end), end - start)  # type: ignore[misc]
         return np.stack(means).astype(np.float16) if summarize else None
 
     @torch.inference_mode()
@@ -226,13 +261,18 @@ class ModelAdapter(ABC):
         `cache` is the context the question is read against (the sink); it is left as it was.
         """
         fork = cache.fork()
-        try:
+
+        def run() -> list[np.ndarray]:
             position_ids = self.position_ids(fork.length, int(embeds.shape[1]))
             fork.reserve(int(embeds.shape[1]))
-            with self.forward_lock, self.projection_means("q_proj") as means:
+            with self.projection_means("q_proj") as found:
                 self.model.get_decoder()(
                     inputs_embeds=embeds, position_ids=position_ids, past_key_values=fork, use_cache=True
                 )
+            return found
+
+        try:
+            means = self.run_pass(run, int(embeds.shape[1]))
         finally:
             fork.close()
         config = self.model.config.get_text_config()
@@ -274,16 +314,20 @@ class ModelAdapter(ABC):
         fork = cache.fork()
         try:
             rest = torch.tensor([list(ids)], device=self.device)
-            position_ids = self.position_ids(fork.length, len(ids) - 1)
-            fork.reserve(len(ids) - 1)
-            with self.forward_lock:
+
+            def run() -> torch.Tensor:
+                position_ids = self.position_ids(fork.length, len(ids) - 1)
+                fork.reserve(len(ids) - 1)
                 out = self.model(
                     inputs_embeds=self.embed_ids(rest[:, :-1]),
                     position_ids=position_ids,
                     past_key_values=fork,
                     use_cache=True,
                 )
-            log_probs = torch.log_softmax(out.logits[0].float(), dim=-1)
+                logits: torch.Tensor = out.logits[0]
+                return logits
+
+            log_probs = torch.log_softmax(self.run_pass(run, len(ids) - 1).float(), dim=-1)
             total += float(log_probs.gather(1, rest[0, 1:, None]).sum())
         finally:
             fork.close()
@@ -291,12 +335,77 @@ class ModelAdapter(ABC):
 
     @torch.inference_mode()
     def next_token_logits(self, embeds: torch.Tensor, cache: StreamingCache) -> torch.Tensor:
-        """Append `embeds` to `cache` and return the logits (vocab,) for the token that follows."""
-        position_ids = self.position_ids(cache.length, int(embeds.shape[1]))
-        cache.reserve(int(embeds.shape[1]))
-        with self.forward_lock:
+        """Append `embeds` to `cache` and return the logits (vocab,) for the token that follows; a long
+        `embeds` is read in the scheduler's chunks, the logits from the last."""
+        pieces = self.chunks(int(embeds.shape[1]))
+        for start, end in pieces[:-1]:
+            self.prefill(embeds[:, start:end], cache)
+        start, end = pieces[-1]
+
+        def run() -> torch.Tensor:
+            position_ids = self.position_ids(cache.length, end - start)
+            cache.reserve(end - start)
             out = self.model(
-                inputs_embeds=embeds, position_ids=position_ids, past_key_values=cache, use_cache=True, logits_to_keep=1
+                inputs_embeds=embeds[:, start:end],
+                position_ids=position_ids,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
             )
-        logits: torch.Tensor = out.logits[0, -1].float()
+            logits: torch.Tensor = out.logits[0, -1].float()
+            return logits
+
+        read = (embeds[:, start:end], cache) if self.position_ids(0, 1) is None else None
+        return self.run_pass(run, end - start, read)
+
+    @torch.inference_mode()
+    def batch_read_logits(self, reads: Sequence[tuple[torch.Tensor, StreamingCache]]) -> list[torch.Tensor]:
+        """`next_token_logits` for several (embeds, cache) pairs in one pass (1-D positions only): the
+        caches are copied into a `BatchedCache`, the embeds read right-padded to the longest with each
+        row's own positions and mask, and each row's new keys and values written back to its cache.
+        The caller holds `forward_lock`."""
+        from streamer.decoding import BatchedCache
+
+        sizes = [int(embeds.shape[1]) for embeds, _ in reads]
+        longest = max(sizes)
+        batch = BatchedCache(reads[0][1], len(reads), max(cache.length for _, cache in reads) + longest)
+        for _, cache in reads:
+            batch.add(cache)
+        lengths = list(batch.lengths)
+        mask = batch.prepare(longest)
+        padded = torch.zeros(len(reads), longest, reads[0][0].shape[-1], dtype=reads[0][0].dtype, device=self.device)
+        for row, (embeds, _) in enumerate(reads):
+            padded[row, : sizes[row]] = embeds[0]
+        positions = torch.tensor(lengths, device=self.device)[:, None] + torch.arange(longest, device=self.device)
+        out = self.model(
+            inputs_embeds=padded, attention_mask=mask, position_ids=positions, past_key_values=batch, use_cache=True
+        )
+        found = []
+        for row, ((_, cache), size, length) in enumerate(zip(reads, sizes, lengths, strict=True)):
+            found.append(out.logits[row, size - 1].float())
+            keys = [batch.keys[layer][row : row + 1, :, length : length + size] for layer in range(self.num_layers)]
+            values = [batch.values[layer][row : row + 1, :, length : length + size] for layer in range(self.num_layers)]
+            cache.append(KVSegment(keys, values, length), self.rotate_keys)
+        return found
+
+    def batch_position_ids(self, lengths: Sequence[int]) -> torch.Tensor:
+        """`position_ids` for one new token in each of several rows whose caches hold `lengths` tokens."""
+        return torch.tensor(list(lengths), device=self.device)[:, None]
+
+    @torch.inference_mode()
+    def batch_next_token_logits(self, tokens: Sequence[int], batch: BatchedCache) -> torch.Tensor:
+        """One decode step for several rows at once: row i's token `tokens[i]` appended to its context in
+        `batch` (`streamer.decoding.BatchedCache`); returns the next logits, (rows, vocab). The caller holds
+        `forward_lock`."""
+        mask = batch.prepare()
+        embeds = self.embed_ids(torch.tensor([[token] for token in tokens], device=self.device))
+        out = self.model(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=self.batch_position_ids(batch.lengths),
+            past_key_values=batch,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        logits: torch.Tensor = out.logits[:, -1].float()
         return logits

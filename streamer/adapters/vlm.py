@@ -265,6 +265,12 @@ class VisionLanguageAdapter(ModelAdapter):
         relative = mrope_positions(length) if offsets is None else offsets
         return (relative + start).unsqueeze(1).to(self.device)
 
+    def batch_position_ids(self, lengths: Sequence[int]) -> torch.Tensor:
+        """M-RoPE: (3, rows, 1), each row's next text position in all three sections."""
+        if not self.format.mrope:
+            return super().batch_position_ids(lengths)
+        return torch.cat([self.position_ids(length, 1) for length in lengths], dim=1)  # type: ignore[misc]
+
     def on_device(self, tensor: torch.Tensor) -> torch.Tensor:
         """`tensor` on the model's device, in the model's dtype if it holds real numbers."""
         return tensor.to(self.device, self.model.dtype if tensor.is_floating_point() else tensor.dtype)

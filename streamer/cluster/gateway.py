@@ -36,6 +36,7 @@ from streamer.cluster import (
 )
 from streamer.cluster.directory import StreamDirectory
 from streamer.cluster.worker import EngineLoader, EngineWorker
+from streamer.decoding import SchedulerStats
 from streamer.engine import UnknownStream
 from streamer.engine_data import StreamStatus
 from streamer.errors import UserError
@@ -69,6 +70,7 @@ class ClusterSettings:
     gpus_per_worker: float | None = None
     failover_after_s: float = 10.0
     open_timeout_s: float = 10.0
+    answer_threads: int = 16
 
 
 def _cpu_share(workers: int) -> int:
@@ -121,7 +123,7 @@ def start_workers(settings: ClusterSettings, load_engine: EngineLoader) -> list[
     threads = _cpu_share(settings.workers) if settings.address is None else 0
     for name in names:
         worker = _detached(EngineWorker, name, num_gpus=gpus, resources=resources)
-        worker.remote(name, load_engine, threads, settings.open_timeout_s)
+        worker.remote(name, load_engine, threads, settings.open_timeout_s, settings.answer_threads)
     return names
 
 
@@ -313,6 +315,19 @@ class RayHub(Hub):
 
         results = await asyncio.gather(*(read(name, ids) for name, ids in by_worker.items()))
         return {stream_id: report for found in results for stream_id, report in found.items()}
+
+    async def model_stats(self) -> dict[str, SchedulerStats]:
+        async def read(name: str) -> dict[str, SchedulerStats]:
+            try:
+                found: dict[str, SchedulerStats] = await asyncio.wait_for(
+                    self._worker(name).model_stats.remote(), READ_TIMEOUT_S
+                )
+            except Exception:  # restarting: no figures from it this time
+                return {}
+            return found
+
+        results = await asyncio.gather(*(read(name) for name in self.worker_names))
+        return {name: stats for found in results for name, stats in found.items()}
 
     async def _read(self, stream_id: str, method: str, *args: Any) -> Any:
         """Call a worker's read `method` for a stream; StreamRestarting when the worker cannot answer now."""

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sources.frame import Frame
 from sources.relayed import RelayedSource
 from streamer.cluster import RELAYED
+from streamer.decoding import SchedulerStats
 from streamer.server.hub import AnswerItem, StreamReport
 from streamer.server.streams import LocalHub
 from streamer.watches import WatchEvent, WatchInfo, WatchSpec
@@ -60,7 +61,14 @@ class EngineWorker:
     on it). open_timeout_s: how long a source may take to open.
     """
 
-    def __init__(self, name: str, load_engine: EngineLoader, threads: int = 0, open_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        load_engine: EngineLoader,
+        threads: int = 0,
+        open_timeout_s: float = 10.0,
+        answer_threads: int = 16,
+    ) -> None:
         import torch
 
         if threads > 0:
@@ -70,7 +78,7 @@ class EngineWorker:
         engine = load_engine()
         self.hub = LocalHub(
             engine,
-            answer_executor=ThreadPoolExecutor(2, thread_name_prefix="answer"),
+            answer_executor=ThreadPoolExecutor(answer_threads, thread_name_prefix="answer"),
             open_executor=ThreadPoolExecutor(2, thread_name_prefix="open"),
             open_timeout_s=open_timeout_s,
         )
@@ -143,6 +151,10 @@ class EngineWorker:
 
     async def timeline(self, stream_id: str, limit: int) -> dict[str, Any]:
         return await self.hub.timeline(stream_id, limit)
+
+    async def model_stats(self) -> dict[str, SchedulerStats]:
+        found = list((await self.hub.model_stats()).values())
+        return {self.name: found[0]} if found else {}
 
     async def preview_jpeg(self, stream_id: str) -> bytes | None:
         return await self.hub.preview_jpeg(stream_id)

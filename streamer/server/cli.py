@@ -207,6 +207,7 @@ def _serve_on_ray(config: StreamerConfig) -> int:
         cluster.gpus_per_worker,
         cluster.failover_after_s,
         config.server.source_open_timeout_s,
+        config.server.answer_workers,
     )
     loader = engine_loader(config)
     initial = [

@@ -152,7 +152,12 @@ class ServerConfig(BaseModel):
         600.0, gt=0, description="a connection that sends nothing and waits for no answer this long is closed"
     )
     max_pending_questions: int = Field(32, ge=1, description="questions queued or answering, server-wide")
-    answer_workers: int = Field(2, ge=1, description="threads generating answers")
+    answer_workers: int = Field(
+        16,
+        ge=1,
+        description="questions answered at once (each waits in a thread while the model scheduler decodes "
+        "them together; match answer.max_rows)",
+    )
     status_interval_s: float = Field(1.0, gt=0, description="seconds between stream.status messages")
 
     @field_validator("token")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sources.base import Source
+from streamer.decoding import SchedulerStats
 from streamer.engine import UnknownStream
 from streamer.engine_data import StreamStatus
 from streamer.query import Answer
@@ -151,6 +152,10 @@ class Hub(ABC):
 
     @abstractmethod
     async def watches(self, stream_id: str | None = None) -> list[WatchInfo]: ...
+
+    async def model_stats(self) -> dict[str, SchedulerStats]:
+        """Each model's answer scheduler counters, by worker ("local" in one process); empty without one."""
+        return {}
 
     @abstractmethod
     async def watch_events(self, since: int = 0) -> list[tuple[int, WatchEvent]]:

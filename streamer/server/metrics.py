@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from sources.base import SourceState
+from streamer.decoding import SchedulerStats
 from streamer.server.hub import Hub, StreamReport
 from streamer.watches import WatchInfo
 
@@ -64,6 +65,8 @@ class ServerMetrics:
         self.ready = Gauge("streamer_ready", "1 once the model is loaded and warmed up.", registry=registry)
         self.streams = StreamCollector()
         registry.register(self.streams)
+        self.models = ModelCollector()
+        registry.register(self.models)
 
     def protocol_error(self, code: str) -> None:
         """Count one error reply with `code`."""
@@ -75,9 +78,10 @@ class ServerMetrics:
     async def scrape(self, hub: Hub | None) -> bytes:
         """The exposition, with every stream and watch read from `hub` now (None: still loading)."""
         if hub is None:
-            self.streams.reports, self.streams.watches = {}, []
+            self.streams.reports, self.streams.watches, self.models.stats = {}, [], {}
         else:
             self.streams.reports, self.streams.watches = await hub.reports(), await hub.watches()
+            self.models.stats = await hub.model_stats()
         return generate_latest(self.registry)
 
 
@@ -143,3 +147,35 @@ class StreamCollector(Collector):
             watch_seconds.add_metric([info.stream_id, info.watch_id], info.check_ms / 1000)
         yield from (decoded, dropped, ingested, reconnects, up, lag, fps, resident, budget, frames, snapshot_failures)
         yield from (watch_checks, watch_events, watch_seconds)
+
+
+class ModelCollector(Collector):
+    """Each model's answer scheduler (`streamer.decoding`): passes and their wait, decode steps and rows."""
+
+    def __init__(self) -> None:
+        self.stats: dict[str, SchedulerStats] = {}
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        labels = ["worker"]
+        passes = CounterMetricFamily(
+            "streamer_model_passes", "Prefill and scoring passes run by the answer scheduler.", labels=labels
+        )
+        waited = CounterMetricFamily(
+            "streamer_model_pass_wait_seconds", "Time passes waited for their turn on the model.", labels=labels
+        )
+        waiting = GaugeMetricFamily("streamer_model_passes_waiting", "Passes waiting for the model now.", labels=labels)
+        steps = CounterMetricFamily("streamer_decode_steps", "Decode steps (one token for every row).", labels=labels)
+        rows = CounterMetricFamily(
+            "streamer_decode_rows", "Tokens decoded in steps; over decode steps, the mean batch size.", labels=labels
+        )
+        decoding = GaugeMetricFamily("streamer_decode_batch_rows", "Answers decoding together now.", labels=labels)
+        largest = GaugeMetricFamily("streamer_decode_batch_max", "The largest decode batch so far.", labels=labels)
+        for worker, stats in sorted(self.stats.items()):
+            passes.add_metric([worker], stats.passes)
+            waited.add_metric([worker], stats.pass_wait_s)
+            waiting.add_metric([worker], stats.waiting)
+            steps.add_metric([worker], stats.steps)
+            rows.add_metric([worker], stats.step_rows)
+            decoding.add_metric([worker], stats.decoding)
+            largest.add_metric([worker], stats.max_batch)
+        yield from (passes, waited, waiting, steps, rows, decoding, largest)

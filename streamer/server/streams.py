@@ -11,6 +11,7 @@ so a view never waits for a frame's prefill on the event loop. A Ray worker proc
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import threading
@@ -27,6 +28,7 @@ from sources.base import Source
 from sources.frame import Frame, SourceError
 from sources.looping import LoopingFile
 from sources.preview import PreviewTap
+from streamer.decoding import SchedulerStats
 from streamer.engine import Engine, UnknownStream
 from streamer.ingest import IngestStatus, StreamRunner
 from streamer.query import Answer
@@ -272,6 +274,10 @@ class LocalHub(Hub):
 
     async def watches(self, stream_id: str | None = None) -> list[WatchInfo]:
         return self.engine.watches(stream_id)
+
+    async def model_stats(self) -> dict[str, SchedulerStats]:
+        scheduler = self.engine.adapter.scheduler
+        return {} if scheduler is None else {"local": dataclasses.replace(scheduler.stats)}
 
     async def watch_events(self, since: int = 0) -> list[tuple[int, WatchEvent]]:
         return self.engine.watch_events(since)

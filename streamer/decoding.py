@@ -1,0 +1,557 @@
+"""One thread for the model's answer-side passes: answers decoded together, prefills between steps.
+
+Every question works on its own fork of a stream's cache, so the questions of one or several streams
+can share forward passes. The `ModelScheduler` runs in steps. At each step boundary, in this order:
+
+1. every waiting **ingest** pass (a frame's prefill, a standing question's check) runs, in the order
+   they came: ingest is bounded by the streams' frame rate, so it cannot starve answers, and a frame
+   never waits longer than one step;
+2. waiting **answer** passes, in the order they came, up to `max_step_tokens` tokens in all (at
+   least one pass): a chunk of a question's prefill (its timeline lines and the question, split
+   into chunks of at most `max_step_tokens`), an option's score, a question's query summary;
+3. one **decode** step: one token for every decoding row (at most `max_rows`), in one forward pass
+   over a `BatchedCache` that holds each row's context left-aligned with its own length, attention
+   mask and positions. A question whose prefill is done joins at the next boundary; a finished or
+   cancelled row leaves at once.
+
+A row's tokens are chosen in this thread from its own logits (`TokenPicker`, greedy with the
+answer's repetition controls) and handed to the thread that asked, which turns them into text.
+Everything else that runs the model (evaluation tools, the embedded describer's setup) takes the
+adapter's `forward_lock` directly; the scheduler takes it for every pass too, so hooks that read a
+pass's activations never see another's.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import torch
+from transformers import LogitsProcessorList, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from memory.kv_cache import StreamingCache
+
+if TYPE_CHECKING:
+    from streamer.adapters.base import ModelAdapter
+
+T = TypeVar("T")
+
+# Generation controls of a free answer: its own tokens' logits divided by this (transformers' repetition
+# penalty), and no three-token sequence twice.
+REPETITION_PENALTY = 1.3
+NO_REPEAT_NGRAM = 3
+
+_thread = threading.local()
+
+
+@contextmanager
+def ingest_passes() -> Iterator[None]:
+    """Model passes this thread asks for inside the block are ingest's: they go before answer work."""
+    previous = getattr(_thread, "ingest", False)
+    _thread.ingest = True
+    try:
+        yield
+    finally:
+        _thread.ingest = previous
+
+
+class TokenPicker:
+    """Greedy choice of an answer's next token; with `controls`, the answer's own tokens are penalised and
+    no three-token sequence repeats (transformers' logits processors). Keeps the ids it chose."""
+
+    def __init__(self, controls: bool = True) -> None:
+        self.ids: list[int] = []
+        self.processors = LogitsProcessorList(
+            [RepetitionPenaltyLogitsProcessor(REPETITION_PENALTY), NoRepeatNGramLogitsProcessor(NO_REPEAT_NGRAM)]
+            if controls
+            else []
+        )
+
+    def pick(self, logits: torch.Tensor) -> int:
+        """The next token for `logits` (vocab,), recorded as chosen."""
+        if self.ids and self.processors:
+            generated = torch.tensor([self.ids], device=logits.device)
+            logits = self.processors(generated, logits[None])[0]  # type: ignore[arg-type]
+        token = int(torch.argmax(logits))
+        self.ids.append(token)
+        return token
+
+
+@dataclass(frozen=True)
+class SchedulerLimits:
+    """max_rows: answers decoded in one step (more wait to join); max_step_tokens: the longest prefill
+    chunk run between two decode steps (a longer prefill is split); hold_s: how long a decode step waits
+    for the first pass of a question being prepared (`ModelScheduler.preparing`)."""
+
+    max_rows: int = 16
+    max_step_tokens: int = 128
+    hold_s: float = 0.1
+
+
+@dataclass
+class SchedulerStats:
+    """Counters since start: passes run, the seconds they waited for their turn and ran; decode steps, the
+    rows they decoded (mean batch = rows / steps) and their seconds; rows decoding and passes waiting now."""
+
+    passes: int = 0
+    pass_wait_s: float = 0.0
+    pass_s: float = 0.0
+    steps: int = 0
+    step_rows: int = 0
+    step_s: float = 0.0
+    rows_joined: int = 0
+    decoding: int = 0
+    waiting: int = 0
+    max_batch: int = 0
+    read_groups: int = 0
+
+
+class DecodeRow:
+    """One answer being decoded with others; iterate for its tokens (after the first, which its own thread
+    chose). The iteration ends at a stop token or when `remaining` tokens were given; `close()` leaves
+    the batch early (cancelled, or the answer's text is complete)."""
+
+    def __init__(
+        self, cache: StreamingCache, picker: TokenPicker, token: int, remaining: int, is_stop: Callable[[int], bool]
+    ) -> None:
+        self.cache = cache
+        self.picker = picker
+        self.token = token  # fed at the next step
+        self.remaining = remaining
+        self.is_stop = is_stop
+        self.tokens: queue.SimpleQueue[int | BaseException | None] = queue.SimpleQueue()
+        self.closed = False
+        self.slot = -1
+
+    def __iter__(self) -> Iterator[int]:
+        while True:
+            item = self.tokens.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self.closed = True
+
+    def finish(self, item: BaseException | None = None) -> None:
+        self.closed = True
+        self.tokens.put(item)
+
+
+class _BatchLayer(CacheLayerMixin):
+    """One layer of a `BatchedCache`: writes each row's new key at that row's own length."""
+
+    is_croppable = False
+    is_sliding = False
+
+    def __init__(self, batch: BatchedCache, index: int) -> None:
+        super().__init__()
+        self.batch = batch
+        self.index = index
+        self.is_initialized = True
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        pass
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self.batch
+        rows, at = batch.row_index, batch.write_at  # (rows, 1), (rows, queries)
+        keys, values = batch.keys[self.index], batch.values[self.index]
+        keys[rows, :, at, :] = key_states.transpose(1, 2)
+        values[rows, :, at, :] = value_states.transpose(1, 2)
+        span = batch.span
+        return keys[: batch.rows, :, :span, :], values[: batch.rows, :, :span, :]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.batch.span, 0
+
+    def get_seq_length(self) -> int:
+        return self.batch.span - 1
+
+    def get_max_length(self) -> int:
+        return -1
+
+
+class BatchedCache(Cache):
+    """The contexts of the decoding rows, one per slot, left-aligned: slot i holds its row's tokens
+    [0, lengths[i]) and zeros after them; a decode step writes row i's new token at lengths[i] and masks
+    every key past it. Slots [0, rows) are in use; a row that leaves is replaced by the last one."""
+
+    def __init__(self, like: StreamingCache, slots: int, tokens: int) -> None:
+        self.stream_layers = [_BatchLayer(self, i) for i in range(like.num_layers)]
+        super().__init__(layers=list(self.stream_layers))
+        sample = like.keys(0)
+        _, heads, _, dim = sample.shape
+        self.keys = [
+            torch.zeros(slots, heads, tokens, dim, dtype=sample.dtype, device=sample.device) for _ in self.stream_layers
+        ]
+        self.values = [torch.zeros_like(k) for k in self.keys]
+        self.lengths: list[int] = []
+        self.queries = 1
+        self.row_index = torch.zeros(0, dtype=torch.long)
+        self.write_at = torch.zeros(0, dtype=torch.long)
+
+    @property
+    def rows(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def slots(self) -> int:
+        return int(self.keys[0].shape[0])
+
+    @property
+    def capacity(self) -> int:
+        return int(self.keys[0].shape[2])
+
+    @property
+    def span(self) -> int:
+        """Keys a pass reads: the longest row plus its new tokens."""
+        return max(self.lengths) + self.queries
+
+    def fits(self, length: int) -> bool:
+        return self.rows < self.slots and length < self.capacity
+
+    def grown(self, slots: int, tokens: int) -> BatchedCache:
+        """A larger batch holding the same rows."""
+        fresh = BatchedCache.__new__(BatchedCache)
+        fresh.stream_layers = [_BatchLayer(fresh, i) for i in range(len(self.stream_layers))]
+        Cache.__init__(fresh, layers=list(fresh.stream_layers))
+        fresh.keys, fresh.values = [], []
+        for keys, values in zip(self.keys, self.values, strict=True):
+            shape = (slots, keys.shape[1], tokens, keys.shape[3])
+            grown_keys = torch.zeros(shape, dtype=keys.dtype, device=keys.device)
+            grown_values = torch.zeros_like(grown_keys)
+            width = min(tokens, keys.shape[2])
+            grown_keys[: self.rows, :, :width] = keys[: self.rows, :, :width]
+            grown_values[: self.rows, :, :width] = values[: self.rows, :, :width]
+            fresh.keys.append(grown_keys)
+            fresh.values.append(grown_values)
+        fresh.lengths = list(self.lengths)
+        fresh.queries, fresh.row_index, fresh.write_at = self.queries, self.row_index, self.write_at
+        return fresh
+
+    def add(self, cache: StreamingCache) -> int:
+        """Copy `cache`'s tokens into the next free slot; returns the slot."""
+        slot, length = self.rows, cache.length
+        for layer in range(len(self.stream_layers)):
+            self.keys[layer][slot, :, :length] = cache.keys(layer)[0]
+            self.values[layer][slot, :, :length] = cache.values(layer)[0]
+            self.keys[layer][slot, :, length:] = 0
+            self.values[layer][slot, :, length:] = 0
+        self.lengths.append(length)
+        return slot
+
+    def drop(self, slot: int) -> int | None:
+        """Free `slot`; the last row moves into it. Returns the slot that moved (None: none did)."""
+        last = self.rows - 1
+        if slot != last:
+            length = self.lengths[last]
+            for keys, values in zip(self.keys, self.values, strict=True):
+                keys[slot, :, :length] = keys[last, :, :length]
+                values[slot, :, :length] = values[last, :, :length]
+                keys[slot, :, length:] = 0
+                values[slot, :, length:] = 0
+            self.lengths[slot] = length
+        self.lengths.pop()
+        return last if slot != last else None
+
+    def prepare(self, queries: int = 1) -> torch.Tensor:
+        """Set where the next pass writes: `queries` tokens per row after the row's own tokens. Returns the
+        (rows, 1, queries, span) additive attention mask: query j of row i sees its tokens and its first j."""
+        device = self.keys[0].device
+        lengths = torch.tensor(self.lengths, dtype=torch.long, device=device)
+        self.queries = queries
+        self.row_index = torch.arange(self.rows, device=device)[:, None]
+        self.write_at = lengths[:, None] + torch.arange(queries, device=device)[None, :]
+        span = self.span
+        visible = torch.arange(span, device=device)[None, None, :] <= self.write_at[:, :, None]
+        dtype = self.keys[0].dtype
+        mask = torch.zeros(self.rows, queries, span, dtype=dtype, device=device)
+        mask.masked_fill_(~visible, torch.finfo(dtype).min)
+        return mask[:, None]
+
+    def advance(self) -> None:
+        self.lengths = [length + 1 for length in self.lengths]
+
+
+Read = tuple[torch.Tensor, StreamingCache]  # (embeds, cache): read embeds after cache, logits of the last
+
+
+class _Pass:
+    def __init__(self, run: Callable[[], Any], ingest: bool, tokens: int, read: Read | None) -> None:
+        self.run = run
+        self.ingest = ingest
+        self.tokens = tokens
+        self.read = read
+        self.queued = time.perf_counter()
+        self.future: Future[Any] = Future()
+
+
+class ModelScheduler:
+    """Runs the answer-side model passes of one adapter on one thread (see the module docstring)."""
+
+    def __init__(self, adapter: ModelAdapter, limits: SchedulerLimits | None = None) -> None:
+        self.adapter = adapter
+        self.limits = limits or SchedulerLimits()
+        self.stats = SchedulerStats()
+        self._lock = threading.Condition()
+        self._ingest: deque[_Pass] = deque()
+        self._answers: deque[_Pass] = deque()
+        self._joining: deque[DecodeRow] = deque()
+        self._rows: list[DecodeRow] = []
+        self._batch: BatchedCache | None = None
+        self._closed = False
+        self._coming: set[object] = set()  # questions being prepared whose first pass has not come yet
+        self._thread = threading.Thread(target=self._loop, name="model-scheduler", daemon=True)
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        """False once closed, or in a forked child (where the thread does not exist)."""
+        return not self._closed and self._thread.is_alive()
+
+    def on_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def run(self, fn: Callable[[], T], tokens: int = 1, read: Read | None = None) -> T:
+        """Run `fn` (one model pass over `tokens` tokens) on the scheduler's thread at the next boundary and
+        return its result; an ingest pass when the calling thread is inside `ingest_passes()`. A pass that
+        is a `read` (`fn` appends the embeds to the cache and returns the next token's logits) may be run
+        together with the other reads of its step instead, in one batched pass with the same result."""
+        if self.on_thread():
+            with self.adapter.forward_lock:
+                return fn()
+        item = _Pass(fn, getattr(_thread, "ingest", False), tokens, read)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the model scheduler is closed")
+            self._coming.discard(getattr(_thread, "coming", None))
+            (self._ingest if item.ingest else self._answers).append(item)
+            self.stats.waiting += 1
+            self._lock.notify()
+        result: T = item.future.result()
+        return result
+
+    @contextmanager
+    def preparing(self) -> Iterator[None]:
+        """Around a question's preparation (choosing its frames, assembling its context): until its first
+        pass comes, the scheduler holds each decode step up to `limits.hold_s` for it."""
+        token = object()
+        with self._lock:
+            self._coming.add(token)
+        _thread.coming = token
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._coming.discard(token)
+
+    def decode(self, cache: StreamingCache, picker: TokenPicker, token: int, remaining: int) -> DecodeRow:
+        """Decode on from `token` (already chosen, not yet in `cache`) with the others, up to `remaining`
+        more tokens; `cache` must stay open until the row ends."""
+        row = DecodeRow(cache, picker, token, remaining, self.adapter.is_stop)
+        if remaining <= 0:
+            row.finish()
+            return row
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the model scheduler is closed")
+            self._joining.append(row)
+            self._lock.notify()
+        return row
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        if not self.on_thread():
+            self._thread.join(timeout=30)
+
+    # The scheduler's thread.
+
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            self._serve()
+
+    def _serve(self) -> None:
+        while True:
+            with self._lock:
+                while not (self._closed or self._ingest or self._answers or self._joining or self._rows):
+                    self._lock.wait()
+                if self._coming and self._rows and not (self._ingest or self._answers or self._closed):
+                    # A question is being prepared: its prefill goes before the next decode step, so its
+                    # first token does not wait behind a whole step.
+                    self._lock.wait(self.limits.hold_s)
+                if self._closed:
+                    break
+                passes = list(self._ingest)
+                self._ingest.clear()
+                budget = self.limits.max_step_tokens
+                first = True
+                while self._answers and (first or self._answers[0].tokens <= budget):
+                    item = self._answers.popleft()
+                    passes.append(item)
+                    budget -= item.tokens
+                    first = False
+                joining = list(self._joining)
+                self._joining.clear()
+            reads = [item for item in passes if item.read is not None and not item.ingest]
+            if len(reads) > 1:
+                self._run_reads(reads)
+            for item in passes:
+                if not (len(reads) > 1 and item in reads):
+                    self._run_pass(item)
+            self._step(joining)
+        self._end_all(RuntimeError("the model scheduler closed"))
+
+    def _run_pass(self, item: _Pass) -> None:
+        started = time.perf_counter()
+        stats = self.stats
+        stats.passes += 1
+        stats.pass_wait_s += started - item.queued
+        with self._lock:
+            stats.waiting -= 1
+        try:
+            with self.adapter.forward_lock:
+                result = item.run()
+        except BaseException as error:  # handed to the thread that asked
+            item.future.set_exception(error)
+        else:
+            item.future.set_result(result)
+        stats.pass_s += time.perf_counter() - started
+
+    def _run_reads(self, items: list[_Pass]) -> None:
+        """Several questions' reads in one padded pass (`ModelAdapter.batch_read_logits`)."""
+        started = time.perf_counter()
+        stats = self.stats
+        stats.passes += len(items)
+        stats.pass_wait_s += sum(started - item.queued for item in items)
+        with self._lock:
+            stats.waiting -= len(items)
+        try:
+            with self.adapter.forward_lock:
+                found = self.adapter.batch_read_logits([item.read for item in items if item.read is not None])
+        except BaseException as error:  # handed to every thread that asked
+            for item in items:
+                item.future.set_exception(error)
+        else:
+            for item, logits in zip(items, found, strict=True):
+                item.future.set_result(logits)
+        stats.pass_s += time.perf_counter() - started
+        stats.read_groups += 1
+
+    def _step(self, joining: list[DecodeRow]) -> None:
+        """Join `joining` (rows past `max_rows` wait for a later step), drop closed rows, decode one token
+        for every row."""
+        self._leave([row for row in self._rows if row.closed])
+        waiting = []
+        for row in joining:
+            if row.closed:
+                row.finish()
+            elif len(self._rows) < self.limits.max_rows:
+                self._join(row)
+            else:
+                waiting.append(row)
+        if waiting:
+            with self._lock:
+                self._joining.extendleft(reversed(waiting))
+        if not self._rows:
+            return
+        try:
+            self._decode()
+        except BaseException as error:
+            self._leave(list(self._rows), error)
+
+    def _join(self, row: DecodeRow) -> None:
+        length = row.cache.length
+        batch = self._batch
+        if batch is None:
+            batch = BatchedCache(row.cache, min(4, self.limits.max_rows), length + 64 + row.remaining)
+        elif not batch.fits(length + row.remaining + 1):
+            slots = batch.slots * 2 if batch.rows >= batch.slots else batch.slots
+            tokens = max(batch.capacity, length + row.remaining + 64)
+            batch = batch.grown(min(slots, self.limits.max_rows), tokens)
+        row.slot = batch.add(row.cache)
+        self._batch = batch
+        self._rows.append(row)
+        self.stats.rows_joined += 1
+        self.stats.decoding = len(self._rows)
+
+    def _leave(self, rows: list[DecodeRow], error: BaseException | None = None) -> None:
+        batch = self._batch
+        for row in sorted(rows, key=lambda r: r.slot, reverse=True):
+            assert batch is not None
+            moved = batch.drop(row.slot)
+            self._rows.remove(row)
+            if moved is not None:
+                for other in self._rows:
+                    if other.slot == moved:
+                        other.slot = row.slot
+            row.finish(error)
+        if not self._rows:
+            self._batch = None
+        self.stats.decoding = len(self._rows)
+
+    def _decode(self) -> None:
+        batch = self._batch
+        assert batch is not None
+        ordered = sorted(self._rows, key=lambda r: r.slot)
+        started = time.perf_counter()
+        with self.adapter.forward_lock:
+            logits = self.adapter.batch_next_token_logits([row.token for row in ordered], batch)
+        batch.advance()
+        stats = self.stats
+        stats.step_s += time.perf_counter() - started
+        stats.steps += 1
+        stats.step_rows += len(ordered)
+        stats.max_batch = max(stats.max_batch, len(ordered))
+        done = []
+        for row, row_logits in zip(ordered, logits, strict=True):
+            if row.closed:
+                done.append(row)
+                continue
+            token = row.picker.pick(row_logits)
+            row.remaining -= 1
+            row.tokens.put(token)
+            row.token = token
+            if row.is_stop(token) or row.remaining <= 0:
+                done.append(row)
+        if done:
+            self._leave(done)
+
+    def _end_all(self, error: BaseException) -> None:
+        with self._lock:
+            pending = [*self._ingest, *self._answers]
+            self._ingest.clear()
+            self._answers.clear()
+            joining = list(self._joining)
+            self._joining.clear()
+        for item in pending:
+            item.future.set_exception(error)
+        for row in joining:
+            row.finish(error)
+        if self._rows:
+            self._leave(list(self._rows), error)
+
+
+def attach_scheduler(adapter: ModelAdapter, limits: SchedulerLimits) -> ModelScheduler:
+    """The adapter's scheduler, started on first use; a second engine on the same adapter shares it (its
+    limits are the latest engine's)."""
+    scheduler = adapter.scheduler
+    if scheduler is None or not scheduler.alive:
+        scheduler = adapter.scheduler = ModelScheduler(adapter, limits)
+    else:
+        scheduler.limits = limits
+    return scheduler

@@ -1,0 +1,202 @@
+"""Answers decoded together: a batched step equals each row's own step, questions asked at once get what
+they get alone, rows past the limit wait, a cancelled row leaves, and ingest's passes go first."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+import torch
+from tiny_adapter import SyntheticFrames, synthetic_frame, tiny_model
+
+from memory.kv_cache import StreamingCache
+from streamer.decoding import BatchedCache, ModelScheduler, SchedulerLimits, ingest_passes
+from streamer.engine import Engine, EngineConfig
+from streamer.engine_config import AnswerConfig
+from streamer.engine_data import AnswerHandle
+from streamer.query import Answer
+
+QUESTIONS = (
+    ("north", "What is moving?"),
+    ("south", "Where is the ball?"),
+    ("north", "What colour is the ball?"),
+    ("south", "Is anything new?"),
+    ("north", "What happened first?"),
+    ("south", "How many things are there?"),
+    ("north", "Describe the scene."),
+    ("south", "What is at the top?"),
+)
+
+
+@pytest.fixture
+def adapter() -> SyntheticFrames:
+    # Grouped-query attention (6 query heads over 3 key/value heads), like SmolLM2.
+    return SyntheticFrames(tiny_model(num_attention_heads=6, num_key_value_heads=3))
+
+
+def filled_cache(adapter: SyntheticFrames, tokens: int, seed: int) -> StreamingCache:
+    cache = StreamingCache(adapter.num_layers)
+    ids = torch.randint(0, adapter.vocab, (1, tokens), generator=torch.Generator().manual_seed(seed))
+    adapter.prefill(adapter.embed_ids(ids), cache)
+    return cache
+
+
+def test_a_batched_step_equals_each_rows_own(adapter: SyntheticFrames) -> None:
+    caches = [filled_cache(adapter, tokens, seed) for seed, tokens in enumerate((37, 5, 90))]
+    tokens = [11, 200, 42]
+    batch = BatchedCache(caches[0], 4, 128)
+    for cache in caches:
+        batch.add(cache)
+    for _ in range(3):  # three steps: each writes at the row's own position
+        with adapter.forward_lock:
+            together = adapter.batch_next_token_logits(tokens, batch)
+        batch.advance()
+        alone = [adapter.next_token_logits(adapter.token_embeds(t), c) for t, c in zip(tokens, caches, strict=True)]
+        for row, logits in enumerate(alone):
+            torch.testing.assert_close(together[row], logits, rtol=1e-5, atol=1e-5)
+        tokens = [int(torch.argmax(logits)) for logits in alone]
+    assert batch.lengths == [cache.length for cache in caches]
+    # A row that leaves is replaced by the last; the others decode on unchanged.
+    assert batch.drop(0) == 2
+    caches, tokens = [caches[2], caches[1]], [tokens[2], tokens[1]]
+    with adapter.forward_lock:
+        together = adapter.batch_next_token_logits(tokens, batch)
+    for row, (token, cache) in enumerate(zip(tokens, caches, strict=True)):
+        torch.testing.assert_close(together[row], adapter.next_token_logits(adapter.token_embeds(token), cache))
+
+
+def test_reads_batched_together_equal_each_read_alone(adapter: SyntheticFrames) -> None:
+    contexts = [filled_cache(adapter, tokens, seed) for seed, tokens in enumerate((30, 8, 61))]
+    questions = [adapter.embed_ids(torch.tensor([ids])) for ids in ([5, 9, 14], [77] * 9, [1, 2, 3, 4, 5])]
+    alone = [context.fork() for context in contexts]
+    together = [context.fork() for context in contexts]
+    expected = [adapter.next_token_logits(q, cache) for q, cache in zip(questions, alone, strict=True)]
+    with adapter.forward_lock:
+        found = adapter.batch_read_logits(list(zip(questions, together, strict=True)))
+    for one, other, cache, batched in zip(expected, found, alone, together, strict=True):
+        torch.testing.assert_close(other, one, rtol=1e-5, atol=1e-5)
+        assert batched.length == cache.length
+        for layer in range(adapter.num_layers):
+            torch.testing.assert_close(batched.keys(layer), cache.keys(layer), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(batched.values(layer), cache.values(layer), rtol=1e-5, atol=1e-5)
+    # The contexts they were forked from are as they were.
+    assert [context.length for context in contexts] == [30, 8, 61]
+
+
+def engine_with_streams(adapter: SyntheticFrames, **answer: object) -> Engine:
+    config = EngineConfig(answer=AnswerConfig(max_new_tokens=12, grounded=False, **answer))
+    engine = Engine(adapter, config)
+    for stream_id in ("north", "south"):
+        engine.add_stream(stream_id)
+    for index in range(6):
+        engine.push_frame("north", synthetic_frame(index))
+        engine.push_frame("south", synthetic_frame(index + 40))
+    return engine
+
+
+def ask_together(
+    handles: list[AnswerHandle], stagger_s: float, during: Callable[[], None] | None = None
+) -> list[Answer]:
+    """Answer every handle in its own thread, each starting `stagger_s` after the previous one."""
+    answers: list[Answer | None] = [None] * len(handles)
+
+    def run(index: int) -> None:
+        time.sleep(index * stagger_s)
+        answers[index] = handles[index].result()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(handles))]
+    for thread in threads:
+        thread.start()
+    if during is not None:
+        during()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert all(answer is not None for answer in answers)
+    return [answer for answer in answers if answer is not None]
+
+
+def test_questions_asked_together_get_what_they_get_alone(adapter: SyntheticFrames) -> None:
+    engine = engine_with_streams(adapter)
+    scheduler = adapter.scheduler
+    assert scheduler is not None
+    # Two handles per question on the same view of the memory: one answered alone, one with the others.
+    alone, together = [], []
+    for index, (stream_id, question) in enumerate(QUESTIONS):
+        if index == 4:  # the later questions see more of the streams
+            engine.push_frame("north", synthetic_frame(6))
+            engine.push_frame("south", synthetic_frame(46))
+        alone.append(engine.ask(stream_id, question))
+        together.append(engine.ask(stream_id, question))
+    solo = [handle.result() for handle in alone]
+    assert scheduler.stats.max_batch == 1
+
+    def ingest() -> None:
+        for index in range(7, 10):
+            engine.push_frame("north", synthetic_frame(index))
+
+    batched = ask_together(together, 0.01, ingest)
+    assert scheduler.stats.max_batch >= 4, "questions asked at once must be decoded together"
+    for one, other in zip(solo, batched, strict=True):
+        assert other.tokens == one.tokens == 12
+        assert other.text == one.text
+        assert other.frames_read == one.frames_read
+    assert scheduler.stats.decoding == 0
+
+
+def test_rows_past_the_limit_wait_and_a_cancelled_row_leaves(adapter: SyntheticFrames) -> None:
+    engine = engine_with_streams(adapter, max_rows=2)
+    scheduler = adapter.scheduler
+    assert scheduler is not None
+    stop = threading.Event()
+    handles = [engine.ask(stream_id, question) for stream_id, question in QUESTIONS[:4]]
+    cancelled = engine.ask("north", QUESTIONS[0][1], cancel=stop)
+    solo = [engine.ask(stream_id, question).result() for stream_id, question in QUESTIONS[:4]]
+    stop.set()
+    answers = ask_together([cancelled, *handles], 0.0)
+    assert answers[0].cancelled and answers[0].tokens == 1
+    assert [a.text for a in answers[1:]] == [a.text for a in solo]
+    assert scheduler.stats.max_batch == 2
+    assert scheduler.stats.decoding == 0
+
+
+def test_ingest_passes_go_before_answer_passes(adapter: SyntheticFrames) -> None:
+    scheduler = ModelScheduler(adapter, SchedulerLimits())
+    order: list[str] = []
+    release = threading.Event()
+    holding = threading.Event()
+
+    def hold() -> None:
+        holding.set()
+        release.wait(10)
+        order.append("held")
+
+    def submit(name: str, ingest: bool) -> threading.Thread:
+        def run() -> None:
+            if ingest:
+                with ingest_passes():
+                    scheduler.run(lambda: order.append(name))
+            else:
+                scheduler.run(lambda: order.append(name))
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    try:
+        blocker = threading.Thread(target=scheduler.run, args=(hold,))
+        blocker.start()
+        assert holding.wait(10)
+        threads = []
+        for name, ingest in (("answer 1", False), ("answer 2", False), ("frame 1", True), ("frame 2", True)):
+            threads.append(submit(name, ingest))
+            while scheduler.stats.waiting < len(threads):  # queued in this order
+                time.sleep(0.001)
+        release.set()
+        for thread in [blocker, *threads]:
+            thread.join(10)
+        assert order == ["held", "frame 1", "frame 2", "answer 1", "answer 2"]
+        assert scheduler.stats.passes == 5
+    finally:
+        scheduler.close()

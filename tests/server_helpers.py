@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
 import subprocess
 import time
@@ -165,10 +166,25 @@ async def _barrage(url: str, payloads: Sequence[str | bytes], control: Connectio
     control.send(result)
 
 
+@dataclass
+class Served:
+    """A `streamer serve` process and the Ready line it printed."""
+
+    process: subprocess.Popen[str]
+    ready: str
+
+    @property
+    def token(self) -> str:
+        """The token in the ready URL (`?token=...`): the one the server made for itself on loopback."""
+        found = re.search(r"\?token=([^\s]+)", self.ready)
+        assert found, self.ready
+        return found.group(1)
+
+
 @contextlib.contextmanager
 def serve_process(
     command: list[str], env: dict[str, str] | None = None, ready_timeout: float = 120, stop_timeout: float = 30
-) -> Iterator[subprocess.Popen[str]]:
+) -> Iterator[Served]:
     """`streamer serve` as a user runs it: yields the process once it says Ready; Ctrl-C must then stop it
     with exit status 0."""
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
@@ -179,7 +195,7 @@ def serve_process(
         while not any(line.startswith("Ready") for line in lines):
             assert time.monotonic() < deadline and process.poll() is None, "".join(lines)
             lines.append(process.stderr.readline())
-        yield process
+        yield Served(process, lines[-1])
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=stop_timeout) == 0
     finally:

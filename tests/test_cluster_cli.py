@@ -52,9 +52,10 @@ def test_serve_on_ray_with_two_workers(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "streamer.cli", "serve", "--ray", "--workers", "2", "--port", str(port)]
     command += ["--model", str(model), "--source", "a=synthetic:ball", "--source", "b=synthetic:bars"]
     env = {**os.environ, "STREAMER_CACHE": str(tmp_path / "cache")}
-    with serve_process(command, env, ready_timeout=180, stop_timeout=60):
+    env.pop("STREAMER_TOKEN", None)  # `streamer ask` finds the token the server made in the cache folder
+    with serve_process(command, env, ready_timeout=180, stop_timeout=60) as served:
         time.sleep(2)  # a few frames
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/streams", timeout=10) as reply:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/streams?token={served.token}", timeout=10) as reply:
             streams = {stream["stream_id"]: stream for stream in json.loads(reply.read())["streams"]}
         assert {s: streams[s]["worker"] for s in ("a", "b")} == {"a": "streamer-worker-0", "b": "streamer-worker-1"}
         url = f"ws://127.0.0.1:{port}/ws"
@@ -64,6 +65,7 @@ def test_serve_on_ray_with_two_workers(tmp_path: Path) -> None:
             text=True,
             timeout=120,
             check=False,
+            env=env,
         )
         assert asked.returncode == 0, asked.stderr
         assert asked.stdout.strip().splitlines()[-1].startswith("TTFT"), asked.stdout

@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,10 +21,11 @@ from rtsp_server import free_port
 from server_helpers import serve_process, start_server, wait_for_frames, ws_url
 
 from streamer.adapters.embedded import EmbeddedAdapter
-from streamer.cli import main
+from streamer.cli import build_parser, main
 from streamer.errors import UserError
 from streamer.server.app import ServerThread
-from streamer.server.config import TOKEN_ENV, build_config, read_config_file
+from streamer.server.cli import give_local_token, saved_token, serve_config
+from streamer.server.config import TOKEN_ENV, StreamerConfig, build_config, read_config_file
 
 TOKEN = "cli-test-token-0123"
 ERROR = "streamer: error:"
@@ -139,11 +141,50 @@ def test_serve_runs_until_interrupted(bikes_clip: Path, tmp_path: Path) -> None:
     port = free_port()
     config = tmp_path / "serve.yaml"
     config.write_text(f"sources:\n  - {{id: street, url: '{bikes_clip}', loop: true}}\nserver: {{port: {port}}}\n")
-    with serve_process([sys.executable, "-m", "streamer.cli", "serve", "--config", str(config)]):
+    env = {**os.environ, "STREAMER_CACHE": str(tmp_path / "cache")}
+    env.pop(TOKEN_ENV, None)
+    saved = tmp_path / "cache" / "tokens" / str(port)
+    with serve_process([sys.executable, "-m", "streamer.cli", "serve", "--config", str(config)], env) as served:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=10) as reply:
             assert reply.status == 200
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/streams", timeout=10) as reply:
+        # On loopback too, the server made a token: no way in without it.
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/streams", timeout=10)
+        assert refused.value.code == 401
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/streams?token={served.token}", timeout=10) as reply:
             assert b'"street"' in reply.read()
+        # Kept for `streamer ask`, readable by this user alone.
+        assert saved.read_text() == served.token and saved.stat().st_mode & 0o777 == 0o600
+    assert not saved.exists(), "the token file goes with the server"
+
+
+def test_a_loopback_server_makes_its_token_unless_told_not_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    parser = build_parser()
+
+    def config_of(*args: str) -> StreamerConfig:
+        config = serve_config(parser.parse_args(["serve", "--source", "synthetic:ball", *args]))
+        give_local_token(config)
+        return config
+
+    made = config_of().server
+    assert made.token is not None and made.token_made and len(made.token.get_secret_value()) >= 32
+    assert config_of().server.token != made.token, "a new one at each start"
+    assert config_of("--no-token").server.token is None
+    monkeypatch.setenv(TOKEN_ENV, "the-operators-own-token")
+    given = config_of().server
+    assert given.token is not None and given.token.get_secret_value() == "the-operators-own-token"
+    assert not given.token_made
+
+
+def test_ask_reads_the_token_a_loopback_server_saved(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("STREAMER_CACHE", str(tmp_path))
+    (tmp_path / "tokens").mkdir()
+    (tmp_path / "tokens" / "8123").write_text("saved-token\n")
+    assert saved_token("ws://127.0.0.1:8123/ws") == "saved-token"
+    assert saved_token("ws://localhost:8123/ws") == "saved-token"
+    assert saved_token("ws://127.0.0.1:8124/ws") is None, "another port, another server"
+    assert saved_token("ws://cams.lan:8123/ws") is None, "never sent off this machine"
 
 
 # The config file

@@ -54,6 +54,11 @@ def add_server_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         "--fps", type=float, help=f"frames ingested per second for --source streams (default {DEFAULT_FPS:g})"
     )
     serve.add_argument("--loop", action="store_true", help="play --source video files again when they end")
+    serve.add_argument(
+        "--no-token",
+        action="store_true",
+        help="on loopback, let clients in without a token (local development; otherwise one is made at start)",
+    )
     serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve HTTPS and WSS (with --tls-key)")
     serve.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     serve.add_argument(
@@ -87,6 +92,7 @@ def serve(args: argparse.Namespace) -> int:
     from streamer.server.app import create_app
 
     config = serve_config(args)
+    give_local_token(config)
     if config.cluster.ray:
         return _serve_on_ray(config)
     initial = open_initial_streams(config)
@@ -131,6 +137,8 @@ def serve_config(args: argparse.Namespace) -> StreamerConfig:
         tree["cluster"].update(ray=True, address=args.ray or None)
     if args.workers is not None:
         tree["cluster"]["workers"] = args.workers
+    if args.no_token:
+        tree["server"]["local_token"] = False
     config = build_config(tree, "streamer serve")
     config.check_exposure()
     config.server.ssl_context()  # a bad certificate or key is named before anything loads
@@ -156,6 +164,26 @@ def _demo_video() -> Path:
 
     print("No --source given: serving the demo stream (built once from packaged footage)...", file=sys.stderr)
     return build_demo_stream(cache_dir() / "demo").video
+
+
+def give_local_token(config: StreamerConfig) -> None:
+    """A server on loopback with no token gets one made now (unless `local_token` is off): other users and
+    programs on this machine cannot use it without reading the token (the ready URL, or the file
+    `streamer ask` reads, which only this user can read)."""
+    import secrets
+
+    from streamer.server.config import is_loopback
+
+    server = config.server
+    if server.token is None and server.local_token and is_loopback(server.host):
+        server.make_token(secrets.token_urlsafe(24))
+
+
+def token_file(port: int) -> Path:
+    """Where `streamer serve` keeps the token it made for the loopback server on `port`."""
+    from streamer.llm import cache_dir
+
+    return cache_dir() / "tokens" / f"{port}"
 
 
 def open_initial_streams(config: StreamerConfig) -> list[InitialStream]:
@@ -251,6 +279,11 @@ async def _run(app: web.Application, config: StreamerConfig) -> int:
     port = int(runner.addresses[0][1])
     page = f"{'https' if secure else 'http'}://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
     hint = " (add ?token=<your token>)" if config.server.token is not None else ""
+    saved = None
+    if config.server.token_made and config.server.token is not None:
+        token = config.server.token.get_secret_value()
+        page, hint = f"{page}?token={token}", ""
+        saved = _save_token(port, token)
     print(f"Listening on {host}:{port}; loading the model...", file=sys.stderr, flush=True)
 
     stop = asyncio.Event()
@@ -274,6 +307,22 @@ async def _run(app: web.Application, config: StreamerConfig) -> int:
         started.cancel()
         stopping.cancel()
         await runner.cleanup()
+        if saved is not None:
+            saved.unlink(missing_ok=True)
+
+
+def _save_token(port: int, token: str) -> Path | None:
+    """Keep the made token where `streamer ask` finds it, readable by this user only; None if that fails."""
+    path = token_file(port)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(token)
+    except OSError as error:
+        print(f"streamer: the token could not be saved for `streamer ask` ({error})", file=sys.stderr)
+        return None
+    return path
 
 
 # streamer ask
@@ -284,8 +333,27 @@ def ask(args: argparse.Namespace) -> int:
 
     if not args.url.startswith(("ws://", "wss://")):
         raise UserError(f"--url {args.url} is not a websocket URL; give one like {DEFAULT_WS_URL}.")
-    token = args.token or os.environ.get(TOKEN_ENV)
+    token = args.token or os.environ.get(TOKEN_ENV) or saved_token(args.url)
     return asyncio.run(_ask(args.url, args.question, args.stream, token, args.timeout))
+
+
+def saved_token(url: str) -> str | None:
+    """The token `streamer serve` made for a loopback server at `url`, if this user can read it."""
+    from urllib.parse import urlsplit
+
+    from streamer.server.config import is_loopback
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "wss" else 80)
+    except ValueError:
+        return None
+    if not parts.hostname or not is_loopback(parts.hostname):
+        return None
+    try:
+        return token_file(port).read_text().strip() or None
+    except OSError:
+        return None
 
 
 async def _ask(url: str, question: str, stream_id: str | None, token: str | None, timeout: float) -> int:

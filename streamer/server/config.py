@@ -30,7 +30,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from streamer.engine_config import (
     DEFAULT_FPS,
@@ -106,9 +115,17 @@ class ServerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    # Set by `streamer serve` when it made `token` itself (`local_token`); not a setting.
+    _token_made: bool = PrivateAttr(False)
+
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535, description="0 picks a free port")
     token: SecretStr | None = Field(None, description="required from clients; mandatory off loopback")
+    local_token: bool = Field(
+        True,
+        description="`streamer serve` on loopback with no token makes one at start (printed in the ready URL and "
+        "kept for `streamer ask` in the cache folder); false: loopback clients need no token (`--no-token`)",
+    )
     tls_cert: Path | None = Field(None, description="PEM certificate chain: serve HTTPS and WSS (with tls_key)")
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
     behind_tls_proxy: bool = Field(
@@ -190,6 +207,15 @@ class ServerConfig(BaseModel):
                 "give a PEM certificate chain and its private key."
             ) from None
         return context
+
+    @property
+    def token_made(self) -> bool:
+        """Whether `token` was made at start for a loopback server (see `local_token`)."""
+        return self._token_made
+
+    def make_token(self, token: str) -> None:
+        self.token = SecretStr(token)
+        self._token_made = True
 
     @property
     def loopback(self) -> bool:

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
@@ -107,11 +108,9 @@ class SchedulerStats:
     steps: int = 0
     step_rows: int = 0
     step_s: float = 0.0
-    rows_joined: int = 0
     decoding: int = 0
     waiting: int = 0
     max_batch: int = 0
-    read_groups: int = 0
 
 
 class DecodeRow:
@@ -299,6 +298,10 @@ class _Pass:
         self.future: Future[Any] = Future()
 
 
+def _one(run: Callable[[], Any]) -> list[Any]:
+    return [run()]
+
+
 class ModelScheduler:
     """Runs the answer-side model passes of one adapter on one thread (see the module docstring)."""
 
@@ -407,33 +410,21 @@ class ModelScheduler:
                     first = False
                 joining = list(self._joining)
                 self._joining.clear()
+            # Ingest's passes first (they come first in `passes`), then the answers' reads of this boundary
+            # as one pass when there are several, then the other answer passes.
             reads = [item for item in passes if item.read is not None and not item.ingest]
-            if len(reads) > 1:
-                self._run_reads(reads)
+            grouped = reads if len(reads) > 1 else []
             for item in passes:
-                if not (len(reads) > 1 and item in reads):
-                    self._run_pass(item)
+                if item not in grouped:
+                    self._run([item], partial(_one, item.run))
+                elif item is grouped[0]:
+                    inputs = [read.read for read in grouped if read.read is not None]
+                    self._run(grouped, partial(self.adapter.batch_read_logits, inputs))
             self._step(joining)
         self._end_all(RuntimeError("the model scheduler closed"))
 
-    def _run_pass(self, item: _Pass) -> None:
-        started = time.perf_counter()
-        stats = self.stats
-        stats.passes += 1
-        stats.pass_wait_s += started - item.queued
-        with self._lock:
-            stats.waiting -= 1
-        try:
-            with self.adapter.forward_lock:
-                result = item.run()
-        except BaseException as error:  # handed to the thread that asked
-            item.future.set_exception(error)
-        else:
-            item.future.set_result(result)
-        stats.pass_s += time.perf_counter() - started
-
-    def _run_reads(self, items: list[_Pass]) -> None:
-        """Several questions' reads in one padded pass (`ModelAdapter.batch_read_logits`)."""
+    def _run(self, items: list[_Pass], run: Callable[[], list[Any]]) -> None:
+        """Run the passes `items` by `run` (one result per item), each result or error to its thread."""
         started = time.perf_counter()
         stats = self.stats
         stats.passes += len(items)
@@ -442,15 +433,14 @@ class ModelScheduler:
             stats.waiting -= len(items)
         try:
             with self.adapter.forward_lock:
-                found = self.adapter.batch_read_logits([item.read for item in items if item.read is not None])
+                results = run()
         except BaseException as error:  # handed to every thread that asked
             for item in items:
                 item.future.set_exception(error)
         else:
-            for item, logits in zip(items, found, strict=True):
-                item.future.set_result(logits)
+            for item, result in zip(items, results, strict=True):
+                item.future.set_result(result)
         stats.pass_s += time.perf_counter() - started
-        stats.read_groups += 1
 
     def _step(self, joining: list[DecodeRow]) -> None:
         """Join `joining` (rows past `max_rows` wait for a later step), drop closed rows, decode one token
@@ -486,7 +476,6 @@ class ModelScheduler:
         row.slot = batch.add(row.cache)
         self._batch = batch
         self._rows.append(row)
-        self.stats.rows_joined += 1
         self.stats.decoding = len(self._rows)
 
     def _leave(self, rows: list[DecodeRow], error: BaseException | None = None) -> None:

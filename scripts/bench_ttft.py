@@ -181,15 +181,20 @@ def reprefill_first_token(
     """Prefill system prompt, every resident frame line and the question into a fresh cache.
 
     Returns ms from the start (tokenisation included) to the first token, the tokens prefilled, and
-    the first token's text.
+    the first token's text. The prefill is one forward pass, as a system without the streaming cache
+    reads it: the engine's model scheduler, which would split it into chunks, is set aside meanwhile.
     """
     blocks = list(engine.memory(stream_id).blocks)
-    started = time.perf_counter()
-    text = adapter.system_text + "".join(b.record.text + "\n" for b in blocks) + adapter.question_text(question)
-    ids = adapter.ids(text)
-    cache = StreamingCache(adapter.num_layers)
-    token = int(torch.argmax(adapter.next_token_logits(adapter.embed_ids(ids), cache)))
-    elapsed_ms = (time.perf_counter() - started) * 1000
+    scheduler, adapter.scheduler = adapter.scheduler, None
+    try:
+        started = time.perf_counter()
+        text = adapter.system_text + "".join(b.record.text + "\n" for b in blocks) + adapter.question_text(question)
+        ids = adapter.ids(text)
+        cache = StreamingCache(adapter.num_layers)
+        token = int(torch.argmax(adapter.next_token_logits(adapter.embed_ids(ids), cache)))
+        elapsed_ms = (time.perf_counter() - started) * 1000
+    finally:
+        adapter.scheduler = scheduler
     first = "" if adapter.is_stop(token) else adapter.decode([token]).strip()
     return elapsed_ms, int(ids.shape[1]), first
 

@@ -4,8 +4,9 @@ Every question works on its own fork of a stream's cache, so the questions of on
 can share forward passes. The `ModelScheduler` runs in steps. At each step boundary, in this order:
 
 1. every waiting **ingest** pass (a frame's prefill, a standing question's check) runs, in the order
-   they came: ingest is bounded by the streams' frame rate, so it cannot starve answers, and a frame
-   never waits longer than one step;
+   they came, on the ingest thread itself while the scheduler waits (the ingest thread's torch thread
+   pool does the work, not a second pool competing with it): ingest is bounded by the streams' frame
+   rate, so it cannot starve answers, and a frame never waits longer than one step;
 2. waiting **answer** passes, in the order they came, up to `max_step_tokens` tokens in all (at
    least one pass): a chunk of a question's prefill (its timeline lines and the question, split
    into chunks of at most `max_step_tokens`), an option's score, a question's query summary;
@@ -296,6 +297,11 @@ class _Pass:
         self.read = read
         self.queued = time.perf_counter()
         self.future: Future[Any] = Future()
+        # An ingest pass runs on its own thread when the scheduler gives it the turn (so the ingest thread's
+        # torch thread pool does the work, as it does for the describer, rather than a second pool
+        # competing with it for the cores).
+        self.turn = threading.Event()
+        self.done = threading.Event()
 
 
 def _one(run: Callable[[], Any]) -> list[Any]:
@@ -344,6 +350,15 @@ class ModelScheduler:
             (self._ingest if item.ingest else self._answers).append(item)
             self.stats.waiting += 1
             self._lock.notify()
+        if item.ingest:
+            item.turn.wait()
+            if item.future.done():  # closed meanwhile
+                item.future.result()
+            try:
+                with self.adapter.forward_lock:
+                    return fn()
+            finally:
+                item.done.set()
         result: T = item.future.result()
         return result
 
@@ -415,13 +430,27 @@ class ModelScheduler:
             reads = [item for item in passes if item.read is not None and not item.ingest]
             grouped = reads if len(reads) > 1 else []
             for item in passes:
-                if item not in grouped:
+                if item.ingest:
+                    self._give_turn(item)
+                elif item not in grouped:
                     self._run([item], partial(_one, item.run))
                 elif item is grouped[0]:
                     inputs = [read.read for read in grouped if read.read is not None]
                     self._run(grouped, partial(self.adapter.batch_read_logits, inputs))
             self._step(joining)
         self._end_all(RuntimeError("the model scheduler closed"))
+
+    def _give_turn(self, item: _Pass) -> None:
+        """Let an ingest pass run on its own thread, and wait until it has."""
+        started = time.perf_counter()
+        stats = self.stats
+        stats.passes += 1
+        stats.pass_wait_s += started - item.queued
+        with self._lock:
+            stats.waiting -= 1
+        item.turn.set()
+        item.done.wait()
+        stats.pass_s += time.perf_counter() - started
 
     def _run(self, items: list[_Pass], run: Callable[[], list[Any]]) -> None:
         """Run the passes `items` by `run` (one result per item), each result or error to its thread."""
@@ -529,6 +558,7 @@ class ModelScheduler:
             self._joining.clear()
         for item in pending:
             item.future.set_exception(error)
+            item.turn.set()
         for row in joining:
             row.finish(error)
         if self._rows:

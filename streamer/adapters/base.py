@@ -377,12 +377,18 @@ class ModelAdapter(ABC):
         for row, (embeds, _) in enumerate(reads):
             padded[row, : sizes[row]] = embeds[0]
         positions = torch.tensor(lengths, device=self.device)[:, None] + torch.arange(longest, device=self.device)
+        last = torch.tensor([[size - 1] for size in sizes], device=self.device)  # the logits each row needs
         out = self.model(
-            inputs_embeds=padded, attention_mask=mask, position_ids=positions, past_key_values=batch, use_cache=True
+            inputs_embeds=padded,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=batch,
+            use_cache=True,
+            logits_to_keep=last,
         )
         found = []
         for row, ((_, cache), size, length) in enumerate(zip(reads, sizes, lengths, strict=True)):
-            found.append(out.logits[row, size - 1].float())
+            found.append(out.logits[row, 0].float())
             keys = [batch.keys[layer][row : row + 1, :, length : length + size] for layer in range(self.num_layers)]
             values = [batch.values[layer][row : row + 1, :, length : length + size] for layer in range(self.num_layers)]
             cache.append(KVSegment(keys, values, length), self.rotate_keys)

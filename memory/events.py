@@ -61,13 +61,15 @@ class EventTimeline:
 
     def __init__(self, rejoin_s: float = 6.0) -> None:
         self.rejoin_s = rejoin_s
+        # In order of first showing (then kind, then name): items are added as frames arrive in stream order.
         self.items: dict[tuple[str, str], TimelineItem] = {}
+        self.open: set[tuple[str, str]] = set()  # items whose last showing has not ended
         self.lock = threading.Lock()
 
     def observe(self, frame_id: int, stream_time: float, items: Iterable[tuple[str, str]], full: bool) -> None:
         """Add one frame: the (kind, name) items its description names; `full` when it was fully described
         (a terse description looks only for TERSE_KINDS, so only those end a showing by their absence)."""
-        named = set(items)
+        named = sorted(set(items))
         looked_for = ITEM_KINDS if full else TERSE_KINDS
         with self.lock:
             for key in named:
@@ -80,21 +82,30 @@ class EventTimeline:
                 else:
                     showing.last, showing.ended = stream_time, False
                     showing.frame_ids.append(frame_id)
-            for key, item in self.items.items():
-                if key not in named and item.kind in looked_for and item.showings:
-                    item.showings[-1].ended = True
+            gone = [key for key in self.open.difference(named) if key[0] in looked_for]
+            for key in gone:
+                self.items[key].showings[-1].ended = True
+            self.open.difference_update(gone)
+            self.open.update(named)
 
     def view(self, upto: float) -> list[TimelineItem]:
-        """A copy of every item's showings that began by stream time `upto`, ordered by first showing."""
+        """Every item's showings that began by stream time `upto`, ordered by first showing (then kind and
+        name). Only an item's last showing still changes, so only that one is copied: the cost of a view
+        grows with the number of items, not with the frames they were seen in."""
         with self.lock:
             copies = []
             for item in self.items.values():
-                showings = [
-                    Showing(s.first, s.last, list(s.frame_ids), s.ended) for s in item.showings if s.first <= upto
-                ]
-                if showings:
-                    copies.append(TimelineItem(item.kind, item.name, showings))
-        return sorted(copies, key=lambda item: (item.first, item.kind, item.name))
+                showings = item.showings
+                count = len(showings)
+                while count and showings[count - 1].first > upto:
+                    count -= 1
+                if not count:
+                    continue
+                kept = showings[: count - 1]
+                last = showings[count - 1]
+                kept.append(Showing(last.first, last.last, list(last.frame_ids), last.ended))
+                copies.append(TimelineItem(item.kind, item.name, kept))
+        return copies
 
     def __len__(self) -> int:
         return len(self.items)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,8 @@ import torch
 from memory.compression import compress_block
 from memory.curvature import CurvatureConfig, CurvatureDecision
 from memory.errors import BudgetError
-from memory.events import EventTimeline, TimelineItem
+from memory.events import EventTimeline, TimelineItem, since_time
+from memory.frame_table import FrameTable
 from memory.index import BlockIndex
 from memory.kv_cache import KeyRotation, KVStore, StreamingCache, assemble
 from memory.policy import EvictionPlan, make_policy
@@ -44,15 +46,26 @@ class MemoryView:
     sink_tokens: int
     as_of: float
     frames: int  # records (and index entries) that existed when the view was taken
+    table: FrameTable  # the memory's per-frame facts; entries past `frames` came later
     timeline: tuple[TimelineItem, ...] = ()  # the event timeline as of the view, by first showing
     index: BlockIndex | None = None  # the memory's retrieval index; entries past `frames` came later
+    by_id: dict[int, Block] = field(default_factory=dict)  # every block of the view, by frame id
 
     def close(self) -> None:
         self.cache.close()
 
-    def candidates(self) -> list[Block]:
-        """Every block a question could read, in time order."""
-        return [*self.offloaded, *self.blocks]
+    def since(self, start: float) -> MemoryView:
+        """This view without the frames, and the timeline's showings, older than stream time `start`."""
+        blocks = tuple(b for b in self.blocks if b.record.stream_time >= start)
+        offloaded = tuple(b for b in self.offloaded if b.record.stream_time >= start)
+        by_id: dict[int, Block] = {b.record.frame_id: b for b in offloaded}
+        by_id.update((b.record.frame_id, b) for b in blocks)
+        return replace(self, blocks=blocks, offloaded=offloaded, timeline=since_time(self.timeline, start), by_id=by_id)
+
+    @cached_property
+    def ids(self) -> np.ndarray:
+        """The frame ids of `by_id`, ascending (time order)."""
+        return np.sort(np.fromiter(self.by_id, dtype=np.int64, count=len(self.by_id)))
 
     def context(self, chosen: Sequence[Block], rotate: KeyRotation) -> StreamingCache:
         """A cache of `[sink | chosen blocks in time order]` at contiguous positions, for one question.
@@ -116,6 +129,7 @@ class StreamMemory:
         self.host_budget_tokens = settings.host_budget_tokens
         self.rotate = rotate
         self.index = BlockIndex(settings.internal_weight, settings.text_weight)
+        self.table = FrameTable()
         self.policy = make_policy(settings.policy, settings.curvature)
         self.policy.content_vector = self.content_vector
         self.window_seconds = settings.window_seconds
@@ -238,15 +252,21 @@ class StreamMemory:
 
     def _add(self, record: FrameRecord) -> ResidentBlock:
         """Register the block just prefilled at the end of the cache for `record`, and index it."""
-        record.frame_id = self.index.add(record.key_summary, record.text_vector)
-        assert record.frame_id == len(self.records), "records and index must stay aligned"
-        record.key_summary = None  # the index holds it, in half precision
+        self._register(record)
         block = ResidentBlock(record, self.cache.length - record.tokens, record.tokens)
-        self.records.append(record)
         self.blocks.append(block)
         self.policy.observe(record)
-        self.timeline.observe(record.frame_id, record.stream_time, record.items, record.detail == "full")
         return block
+
+    def _register(self, record: FrameRecord) -> None:
+        """Give `record` the next frame id and add it to the records, the indexes and the timeline."""
+        record.frame_id = self.index.add(record.key_summary, record.text_vector)
+        reads_text = any(kind == "text" for kind, _ in record.items)
+        table_id = self.table.add(record.stream_time, record.text, reads_text)
+        assert record.frame_id == table_id == len(self.records), "records and indexes must stay aligned"
+        record.key_summary = None  # the index holds it, in half precision
+        self.records.append(record)
+        self.timeline.observe(record.frame_id, record.stream_time, record.items, record.detail == "full")
 
     def content_vector(self, record: FrameRecord) -> np.ndarray | None:
         """What a frame shows, as one vector: its description's text embedding, else its key summary."""
@@ -258,6 +278,8 @@ class StreamMemory:
         """A fork of the cache and the current blocks; ingest may continue while it is used."""
         with self.lock:
             as_of = self.records[-1].stream_time if self.records else 0.0
+            by_id: dict[int, Block] = dict(self.offloaded)
+            by_id.update((b.record.frame_id, b) for b in self.blocks)
             return MemoryView(
                 self.cache.fork(),
                 tuple(self.blocks),
@@ -265,8 +287,10 @@ class StreamMemory:
                 self.sink_tokens,
                 as_of,
                 len(self.records),
+                self.table,
                 tuple(self.timeline.view(as_of)),
                 self.index,
+                by_id,
             )
 
     def state_dict(self) -> dict[str, Any]:
@@ -317,15 +341,13 @@ class StreamMemory:
             self.records = []
             self.timeline = EventTimeline(self.timeline.rejoin_s)
             self.index = type(self.index)(self.index.internal_weight, self.index.text_weight)
+            self.table = FrameTable()
             summaries = state.get("key_summaries")
             for frame_id, saved in enumerate(state["records"]):
                 record = _record_from(saved)
                 if summaries is not None:
                     record.key_summary = summaries[frame_id].float().numpy()
-                record.frame_id = self.index.add(record.key_summary, record.text_vector)
-                record.key_summary = None
-                self.records.append(record)
-                self.timeline.observe(record.frame_id, record.stream_time, record.items, record.detail == "full")
+                self._register(record)
             self.blocks.clear()
             for frame_id, start, block_length in state["blocks"]:
                 self.blocks.append(ResidentBlock(self.records[frame_id], start, block_length))

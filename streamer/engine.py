@@ -24,7 +24,6 @@ from pathlib import Path
 
 from memory.curvature import CurvatureDecision
 from memory.errors import BudgetError, SnapshotError
-from memory.events import since_time
 from memory.kv_cache import assemble
 from memory.records import FrameRecord
 from memory.snapshot import load_snapshot, remove_stale_partials, save_snapshot, set_aside
@@ -436,14 +435,7 @@ class Engine:
         cancel: threading.Event,
         started: float,
     ) -> Generator[str, None, Answer]:
-        candidates = view
-        if since > 0:
-            candidates = dataclasses.replace(
-                view,
-                blocks=tuple(b for b in view.blocks if b.record.stream_time >= since),
-                offloaded=tuple(b for b in view.offloaded if b.record.stream_time >= since),
-                timeline=since_time(view.timeline, since),
-            )
+        candidates = view.since(since) if since > 0 else view
         scheduler = self.adapter.scheduler
         with scheduler.preparing() if scheduler is not None else contextlib.nullcontext():
             reading = self.choose(candidates, question, options)

@@ -7,8 +7,7 @@ sink, then the chosen frame blocks in time order (re-positioned to be contiguous
 
 from __future__ import annotations
 
-import math
-from collections import Counter
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -16,7 +15,6 @@ import numpy as np
 
 from memory.events import TimelineItem
 from memory.index import zscore
-from memory.records import FrameRecord
 from memory.stream_memory import Block, MemoryView
 from streamer.clock import clock
 from streamer.funnel import normal_words
@@ -55,12 +53,18 @@ _ONSET_LINES = 6
 _OPTION_LINES = 2
 
 
+@functools.lru_cache(maxsize=65536)
+def _name_words(name: str) -> tuple[str, ...]:
+    """An item name's normalised words, question words left out (asked of every item by every question)."""
+    return tuple(word for word in normal_words(name) if word not in QUESTION_WORDS)
+
+
 def topic_items(timeline: Sequence[TimelineItem], intent: QuestionIntent, limit: int = 3) -> list[TimelineItem]:
     """The timeline items a question is about: those whose every name word is in the question, most words
     first (then text, objects, scenes); with none and a question about written text, every text item."""
     matched = []
     for item in timeline:
-        words = [word for word in normal_words(item.name) if word not in QUESTION_WORDS]
+        words = _name_words(item.name)
         if words and all(word in intent.words for word in words):
             matched.append((-len(words), _KIND_RANK.get(item.kind, 3), item))
     if matched:
@@ -76,7 +80,7 @@ def named_by(timeline: Sequence[TimelineItem], text: str, limit: int) -> list[Ti
     words = set(normal_words(text)) - QUESTION_WORDS
     found = []
     for item in timeline:
-        names = [word for word in normal_words(item.name) if word not in QUESTION_WORDS]
+        names = _name_words(item.name)
         if names and set(names) <= words:
             found.append(item)
     found.sort(key=lambda item: (_KIND_RANK.get(item.kind, 4), -len(item.name)))
@@ -124,56 +128,17 @@ class Selection:
     intent: bool = True
 
 
-# BM25 as bm25s computes it by default (Lucene's variant), over each block's normalised words.
-BM25_K1 = 1.5
-BM25_B = 0.75
-# A record's normalised word counts, computed once per description and kept beside the record (not a
-# field: views do not carry it): a question then costs a few dictionary lookups per frame instead of
-# indexing every description again, which grew with the stream.
-_COUNTS_KEY = "_word_counts"
-
-
-def _word_counts(record: FrameRecord) -> tuple[Counter[str], int]:
-    attributes = vars(record)
-    cached = attributes.get(_COUNTS_KEY)
-    if cached is None or cached[0] != record.text:
-        words = normal_words(record.text) or ["\x00"]
-        cached = (record.text, Counter(words), len(words))
-        attributes[_COUNTS_KEY] = cached
-    return cached[1], cached[2]
-
-
-def lexical_scores(blocks: Sequence[Block], words: Iterable[str]) -> np.ndarray:
-    """BM25 scores (len(blocks),) of each block's description against `words`, both as normalised words
-    (`streamer.funnel.normal_words`), so an OCR word in the question finds the frames that read it.
-
-    Lucene's BM25 (k1 1.5, b 0.75, idf log(1 + (N - df + 0.5) / (df + 0.5))) over the blocks given, as
-    the bm25s library scores by default (`tests/test_retrieval.py` checks the two agree).
-    """
-    query = list(dict.fromkeys(words))
-    if not blocks or not query:
-        return np.zeros(len(blocks), dtype=np.float32)
-    counts, lengths = zip(*(_word_counts(block.record) for block in blocks), strict=True)
-    length = np.asarray(lengths, dtype=np.float64)
-    norm = BM25_K1 * (1 - BM25_B + BM25_B * length / length.mean())
-    scores = np.zeros(len(blocks), dtype=np.float64)
-    for word in query:
-        tf = np.asarray([count.get(word, 0) for count in counts], dtype=np.float64)
-        df = int(np.count_nonzero(tf))
-        if df:
-            idf = math.log(1 + (len(blocks) - df + 0.5) / (df + 0.5))
-            scores += idf * tf / (tf + norm)
-    return scores.astype(np.float32)
-
-
-def relevance(blocks: Sequence[Block], scores: np.ndarray, intent: QuestionIntent, lexical_weight: float) -> np.ndarray:
-    """Each block's relevance (len(blocks),): its z-scored embedding score plus `lexical_weight` times its
-    z-scored BM25 score, when any description shares a word with the question."""
-    if not blocks:
+def relevance(
+    view: MemoryView, ids: np.ndarray, scores: np.ndarray, intent: QuestionIntent, lexical_weight: float
+) -> np.ndarray:
+    """The relevance (len(ids),) of frames `ids` (ascending): each one's z-scored embedding score plus
+    `lexical_weight` times its z-scored BM25 score (`memory.frame_table.FrameTable.bm25`, over these
+    frames), when any description shares a word with the question."""
+    if not len(ids):
         return np.zeros(0, dtype=np.float32)
-    fused = zscore(np.asarray([scores[b.record.frame_id] for b in blocks], dtype=np.float32))
+    fused = zscore(np.asarray(scores[ids], dtype=np.float32))
     if lexical_weight:
-        lexical = lexical_scores(blocks, intent.words)
+        lexical = view.table.bm25(ids, intent.words)
         if lexical.any():
             fused = fused + lexical_weight * zscore(lexical)
     return fused
@@ -239,19 +204,27 @@ def select_reading(
     intent = read_intent(question)
     if not settings.intent:
         intent = QuestionIntent(times=intent.times, words=intent.words)
-    candidates = view.candidates()
+    ids = view.ids
+    times = view.table.times(ids)
     newest = view.as_of
-    recent = [b for b in candidates if newest - b.record.stream_time <= window_seconds]
-    anchored = [b for b in candidates if any(abs(b.record.stream_time - t) <= anchor_seconds for t in intent.times)]
+    recent_mask = newest - times <= window_seconds
+    recent = _blocks(view, ids[recent_mask])
+    if intent.times:
+        distance = np.abs(times[:, None] - np.asarray(intent.times)[None, :]).min(axis=1)
+        anchored_mask = distance <= anchor_seconds
+    else:
+        distance = np.zeros(len(ids))
+        anchored_mask = np.zeros(len(ids), dtype=bool)
     timeline = view.timeline if settings.intent else ()
     extra: list[TimelineItem] = []
     if intent.times:
         extra += began_near(timeline, intent.times, anchor_seconds)[:_ONSET_LINES]
     for option in options:
         extra += named_by(timeline, option, _OPTION_LINES)
-    if anchored:
-        nearest = sorted(anchored, key=lambda b: min(abs(b.record.stream_time - t) for t in intent.times))
-        return Reading(_in_time_order(anchored + recent), _lines(extra), [b.record.frame_id for b in nearest])
+    if anchored_mask.any():
+        anchored = ids[anchored_mask]
+        nearest = anchored[np.argsort(distance[anchored_mask], kind="stable")]
+        return Reading(_in_time_order(_blocks(view, anchored) + recent), _lines(extra), nearest.tolist())
     if intent.times and settings.intent:
         # The frames are gone, but the timeline still knows what was shown then.
         near = [item for item in timeline if _shown_near(item, intent.times, anchor_seconds)]
@@ -263,23 +236,29 @@ def select_reading(
     topic = topic_items(timeline, intent)
     lines = _lines([*(topic[:3] if intent.count or intent.order else []), *extra])
     if intent.recency is not None and topic:
-        wanted = set(showing_frames(topic, intent.recency))
-        shown = [b for b in candidates if b.record.frame_id in wanted]
+        shown = _blocks(view, sorted(set(showing_frames(topic, intent.recency))))
         if shown:
             return Reading(_in_time_order(shown + recent), lines, _ids(shown))
-    taken = {b.record.frame_id for b in recent}
-    others = [b for b in candidates if b.record.frame_id not in taken]
+    others = ids[~recent_mask]
     if intent.text and not (intent.count or intent.order):
         # About written text: the most relevant of the frames that read some.
-        others = [b for b in others if any(kind == "text" for kind, _ in b.record.items)] or others
-    fused = relevance(others, scores, intent, settings.lexical_weight)
+        reading_text = view.table.reads_text(others)
+        if reading_text.any():
+            others = others[reading_text]
+    fused = relevance(view, others, scores, intent, settings.lexical_weight)
     if settings.coverage:
         order = adaptive_keyframes(fused.tolist(), top_k)
         order.sort(key=lambda i: -fused[i])
     else:
         order = [int(i) for i in np.argsort(-fused, kind="stable")[:top_k]]
-    picked = [others[i] for i in order]
+    picked = _blocks(view, [int(others[i]) for i in order])
     return Reading(_in_time_order(recent + picked), lines, [b.record.frame_id for b in picked])
+
+
+def _blocks(view: MemoryView, ids: Iterable[int]) -> list[Block]:
+    """The view's blocks of frames `ids` (in that order), skipping frames it cannot read."""
+    by_id = view.by_id
+    return [by_id[i] for i in map(int, ids) if i in by_id]
 
 
 def _lines(items: Sequence[TimelineItem]) -> list[str]:

@@ -45,3 +45,27 @@ def test_view_is_a_copy_as_of_a_time() -> None:
     assert [item.name for item in early] == ["Kestrel"]
     timeline.observe(2, 51.0, [SIGN], full=True)
     assert early[0].showings[-1].last == 5.0
+
+
+def test_view_orders_items_by_first_showing_then_kind_and_name_and_keeps_later_frames_out() -> None:
+    timeline = EventTimeline(rejoin_s=1)
+    timeline.observe(0, 1.0, [("scene", "street"), CAT, ("text", "EXIT")], full=True)
+    timeline.observe(1, 2.0, [("colour", "red"), SIGN], full=True)
+    timeline.observe(2, 3.0, [], full=True)
+    timeline.observe(3, 9.0, [CAT], full=True)
+    taken = timeline.view(upto=9.0)
+    assert [(item.kind, item.name) for item in taken] == [
+        CAT,
+        ("scene", "street"),
+        ("text", "EXIT"),
+        ("colour", "red"),
+        SIGN,
+    ]
+    cat = taken[0]
+    assert [(s.first, s.last, s.frame_ids, s.ended) for s in cat.showings] == [
+        (1.0, 1.0, [0], True),
+        (9.0, 9.0, [3], False),
+    ]
+    timeline.observe(4, 10.0, [CAT], full=True)  # the open showing goes on after the view was taken
+    assert cat.showings[-1].last == 9.0 and cat.showings[-1].frame_ids == [3]
+    assert [len(item.showings) for item in timeline.view(upto=5.0)] == [1, 1, 1, 1, 1]

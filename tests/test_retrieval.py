@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import logging
 import random
-from types import SimpleNamespace
-from typing import Any
 
 import numpy as np
 
 from memory.events import Showing, TimelineItem
-from memory.records import FrameRecord
+from memory.frame_table import FrameTable
 from streamer.funnel import normal_words
-from streamer.retrieval import adaptive_keyframes, began_near, lexical_scores, named_by, timeline_line
+from streamer.retrieval import adaptive_keyframes, began_near, named_by, timeline_line
 
 
 def test_frames_that_stand_out_are_read_together() -> None:
@@ -55,6 +53,8 @@ def test_items_an_option_names_and_items_that_began_at_a_time() -> None:
 
 
 def test_bm25_scores_equal_the_bm25s_librarys() -> None:
+    """Over the frames asked about only: other frames of the table (here every other one, with words of
+    their own) change neither the document frequencies nor the mean length."""
     import bm25s
 
     logging.getLogger("bm25s").setLevel(logging.WARNING)
@@ -62,16 +62,13 @@ def test_bm25_scores_equal_the_bm25s_librarys() -> None:
     vocabulary = "street sign person car bicycle tree grey green white KESTREL Gate42 gate 42 exit cl0sed".split()
     for _ in range(30):
         texts = [" ".join(rng.choices(vocabulary, k=rng.randint(0, 9))) for _ in range(rng.randint(1, 40))]
-        blocks = [_block(text) for text in texts]
+        table = FrameTable()
+        ids = []
+        for text in texts:
+            table.add(0.0, " ".join(rng.choices(vocabulary, k=rng.randint(0, 20))), False)
+            ids.append(table.add(0.0, text, False))
         query = normal_words(" ".join(rng.sample(vocabulary, 3)))
         retriever = bm25s.BM25()
         retriever.index([normal_words(text) or ["\x00"] for text in texts], show_progress=False)
         expected = retriever.get_scores(list(dict.fromkeys(query)))
-        np.testing.assert_allclose(lexical_scores(blocks, query), expected, rtol=1e-5, atol=1e-6)
-
-
-def _block(text: str) -> Any:
-    record = FrameRecord(
-        sequence=0, stream_time=0.0, text=text, tokens=1, detail="full", tier="clear", score=0, threshold=0
-    )
-    return SimpleNamespace(record=record)
+        np.testing.assert_allclose(table.bm25(np.asarray(ids), query), expected, rtol=1e-5, atol=1e-6)

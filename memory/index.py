@@ -16,6 +16,7 @@ codes, which halve what a long stream keeps per frame, the text vectors as float
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 
 import faiss
 import numpy as np
@@ -65,12 +66,20 @@ class BlockIndex:
                 return None
             return np.stack([layer.reconstruct(frame_id) for layer in self.layers])
 
-    def key_summaries(self) -> np.ndarray | None:
-        """Every frame's key summary, (frames, layers, dim) float16, in id order; None without any."""
+    def key_summaries(self, ids: Sequence[int] | None = None) -> np.ndarray | None:
+        """The key summaries of frames `ids` (every frame by default, in id order), (frames, layers, dim)
+        float16; None without any."""
         with self.lock:
             if not self.layers:
                 return None
-            return np.stack([layer.reconstruct_n(0, self.count) for layer in self.layers], axis=1).astype(np.float16)
+            if ids is None:
+                parts = [layer.reconstruct_n(0, self.count) for layer in self.layers]
+            elif len(ids):
+                wanted = np.asarray(ids, dtype=np.int64)
+                parts = [layer.reconstruct_batch(wanted) for layer in self.layers]
+            else:
+                parts = [np.zeros((0, layer.d), dtype=np.float32) for layer in self.layers]
+            return np.stack(parts, axis=1).astype(np.float16)
 
     def scores(
         self, query_summary: np.ndarray | None, text_query: np.ndarray | None, upto: int | None = None

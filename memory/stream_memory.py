@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from typing import Any
@@ -29,7 +29,7 @@ from memory.frame_table import FrameTable
 from memory.index import BlockIndex
 from memory.kv_cache import KeyRotation, KVStore, StreamingCache, assemble
 from memory.policy import EvictionPlan, make_policy
-from memory.records import FrameRecord, OffloadedBlock, ResidentBlock
+from memory.records import FrameRecord, Location, OffloadedBlock, ResidentBlock
 from memory.settings import CompressionMethod, MemoryPolicyName
 
 Block = ResidentBlock | OffloadedBlock
@@ -137,6 +137,9 @@ class StreamMemory:
         self.compress_ratio = settings.compress_ratio
         self.sink_tokens = 0
         self.records: list[FrameRecord] = []
+        # How many records are in each (tier, location), kept as frames move: status reads it without a
+        # pass over every record.
+        self.places: dict[tuple[str, str], int] = {}
         self.timeline = EventTimeline()
         self.blocks: deque[ResidentBlock] = deque()
         self.offloaded: dict[int, OffloadedBlock] = {}
@@ -200,7 +203,8 @@ class StreamMemory:
             segment = block.segment(self.cache)
             if record.frame_id in compressing:
                 segment, survivors = compress_block(segment, self.compress_method, self.compress_ratio, self.rotate)
-                record.tokens, record.tier, record.compressed = segment.length, "fuzzy", True
+                record.tokens, record.compressed = segment.length, True
+                self._move(record, tier="fuzzy")
                 ids = record.token_ids
                 record.token_ids = [ids[i] for i in survivors] if ids is not None and survivors is not None else None
                 self.compressed_tokens += block.length - segment.length
@@ -214,21 +218,36 @@ class StreamMemory:
     def _offload(self, block: ResidentBlock) -> None:
         record = block.record
         if self.host_budget_tokens < block.length:
-            record.location = "gone"
+            self._move(record, location="gone")
             self.dropped_tokens += block.length
             return
         segment = self.cache.segment(block.start, block.end)
         keys = [_to_host(k) for k in segment.keys]
         values = [_to_host(v) for v in segment.values]
         self.offloaded[record.frame_id] = OffloadedBlock(record, keys, values, block.start)
-        record.location = "host"
+        self._move(record, location="host")
         self.host_tokens += block.length
         while self.host_tokens > self.host_budget_tokens:
             victim = min(self.offloaded.values(), key=lambda b: self.policy.drop_order(b.record))
             del self.offloaded[victim.record.frame_id]
-            victim.record.location = "gone"
+            self._move(victim.record, location="gone")
             self.host_tokens -= victim.length
             self.dropped_tokens += victim.length
+
+    def _move(self, record: FrameRecord, tier: str | None = None, location: Location | None = None) -> None:
+        """Change a record's tier or location, keeping `places` counted."""
+        self._count(record, -1)
+        record.tier = tier or record.tier
+        record.location = location or record.location
+        self._count(record, 1)
+
+    def _count(self, record: FrameRecord, change: int) -> None:
+        place = (record.tier, record.location)
+        count = self.places.get(place, 0) + change
+        if count:
+            self.places[place] = count
+        else:
+            self.places.pop(place, None)
 
     def decide(self, features: np.ndarray | None, stream_time: float) -> CurvatureDecision | None:
         """The tier the policy gives a frame about to be encoded (None: no opinion); frames in stream order."""
@@ -266,6 +285,7 @@ class StreamMemory:
         assert record.frame_id == table_id == len(self.records), "records and indexes must stay aligned"
         record.key_summary = None  # the index holds it, in half precision
         self.records.append(record)
+        self._count(record, 1)
         self.timeline.observe(record.frame_id, record.stream_time, record.items, record.detail == "full")
 
     def content_vector(self, record: FrameRecord) -> np.ndarray | None:
@@ -293,14 +313,20 @@ class StreamMemory:
                 by_id,
             )
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, exclude: Container[int] = frozenset()) -> dict[str, Any]:
         """Everything needed to rebuild this memory, as tensors, numbers and strings (`memory.snapshot`
-        writes it to a file). Not included: the curvature scorer's window (a restored stream warms up
+        writes it to files). Not included: the curvature scorer's window (a restored stream warms up
         again), the event timeline (rebuilt from the records' items) and the retrieval index itself
-        (rebuilt from the records' text vectors and the key summaries, stored as one float16 array)."""
+        (rebuilt from the records' text vectors and the key summaries, stored as one float16 array).
+
+        exclude: frames whose record, key summary and host block are left out (a snapshot already holds
+        them); "frames" still counts every record and "host" lists every frame on the host. With nothing
+        excluded the records are every record, in frame id order.
+        """
         with self.lock:
             length = self.cache.length
             layers = range(self.cache.num_layers)
+            records = [r for r in self.records if r.frame_id not in exclude]
             return {
                 "version": STATE_VERSION,
                 "sink_tokens": self.sink_tokens,
@@ -310,9 +336,12 @@ class StreamMemory:
                 "offloaded": [
                     {"frame_id": b.record.frame_id, "keys": b.keys, "values": b.values, "position": b.position}
                     for b in self.offloaded.values()
+                    if b.record.frame_id not in exclude
                 ],
-                "records": [_record_state(r) for r in self.records],
-                "key_summaries": _tensor(self.index.key_summaries()),
+                "host": list(self.offloaded),
+                "frames": len(self.records),
+                "records": [_record_state(r) for r in records],
+                "key_summaries": _tensor(self.index.key_summaries([r.frame_id for r in records])),
                 "counters": [self.host_tokens, self.evicted_tokens, self.dropped_tokens, self.compressed_tokens],
                 "policy": self.policy.state(),
             }
@@ -322,10 +351,15 @@ class StreamMemory:
 
         Raises ValueError, saying why in a few words, for a state of another format, model or prompt.
         """
-        if not isinstance(state, dict) or state.get("version") not in (1, STATE_VERSION):
+        if not isinstance(state, dict) or state.get("version") not in (1, 2, STATE_VERSION):
             raise ValueError("has an unknown format")
         if any(name not in state for name in _STATE_FIELDS):
             raise ValueError("has an unknown format")
+        records = state["records"]
+        if len(records) != state.get("frames", len(records)) or any(
+            saved.get("frame_id", frame_id) != frame_id for frame_id, saved in enumerate(records)
+        ):
+            raise ValueError("is missing frames")
         keys: list[torch.Tensor] = state["keys"]
         if len(keys) != self.cache.num_layers or int(state["sink_tokens"]) != self.sink_tokens:
             raise ValueError("was made with a different model or prompt")
@@ -339,6 +373,7 @@ class StreamMemory:
         with self.lock:
             self.cache = StreamingCache(len(keys), store, length)
             self.records = []
+            self.places = {}
             self.timeline = EventTimeline(self.timeline.rejoin_s)
             self.index = type(self.index)(self.index.internal_weight, self.index.text_weight)
             self.table = FrameTable()
@@ -370,8 +405,8 @@ def _to_host(t: torch.Tensor) -> torch.Tensor:
     return t.clone()
 
 
-STATE_VERSION = 2  # 1: key summaries inside the records (still read)
-# What every version holds besides its number (version 2 adds "key_summaries").
+STATE_VERSION = 3  # 1: key summaries inside the records; 2: no "host" and "frames" (both still read)
+# What every version holds besides its number (version 2 adds "key_summaries", 3 "host" and "frames").
 _STATE_FIELDS = ("sink_tokens", "keys", "values", "blocks", "offloaded", "records", "counters", "policy")
 _VECTORS = ("text_vector", "key_summary")
 

@@ -9,7 +9,8 @@ from the streaming cache reading every resident frame, and by prefilling that sa
 from scratch.
 
     python scripts/bench_ttft.py [--minutes 1 10 60] [--fps 1] [--budget 4096] [--sample-frames 60]
-                                 [--repeats 3] [--threads N] [--out scripts/results/bench_ttft.md]
+                                 [--repeats 3] [--threads N] [--scheduler-side-by-side MINUTES]
+                                 [--out scripts/results/bench_ttft.md]
 """
 
 from __future__ import annotations
@@ -299,6 +300,79 @@ def build_and_measure(
     return points
 
 
+@dataclass
+class SchedulerRow:
+    """Part C: mean wall ms per pushed frame over one stretch of frames, with and without the scheduler."""
+
+    frames: int
+    with_ms: float
+    without_ms: float
+
+
+def scheduler_side_by_side(
+    engine: Engine,
+    adapter: EmbeddedAdapter,
+    descriptions: Sequence[FrameDescription],
+    fps: float,
+    minutes: float,
+    block: int = 20,
+    every: int = 100,
+) -> list[SchedulerRow]:
+    """Part C: two new streams fed the same frames in alternating blocks of `block` frames, one with the
+    model scheduler in place and one with it set aside (frames prefilled directly, as with
+    `answer.batched: false`), which goes first alternating too, so that the machine's drift hits both
+    alike. One row per `every` frames of each stream: mean wall ms per `push_frame`."""
+    real_describer, scheduler = adapter.describer, adapter.scheduler
+    if scheduler is None:
+        raise UserError("part C compares ingest with and without the model scheduler, which this engine lacks")
+    streams = {"with": CyclingDescriber(descriptions), "without": CyclingDescriber(descriptions)}
+    for stream_id in streams:
+        engine.add_stream(stream_id)
+    pixels = np.zeros((1, 1, 3), dtype=np.uint8)
+    total = max(block, round(minutes * 60 * fps))
+    spent = {stream_id: 0.0 for stream_id in streams}
+    rows: list[SchedulerRow] = []
+    try:
+        for first in range(0, total, block):
+            order = list(streams) if (first // block) % 2 == 0 else list(reversed(streams))
+            for stream_id in order:
+                adapter.describer = streams[stream_id]
+                adapter.scheduler = scheduler if stream_id == "with" else None
+                started = time.perf_counter()
+                for index in range(first, min(total, first + block)):
+                    engine.push_frame(stream_id, Frame(pixels, index / fps, time.time(), index))
+                spent[stream_id] += time.perf_counter() - started
+            pushed = min(total, first + block)
+            if pushed % every == 0 or pushed == total:
+                done = rows[-1].frames if rows else 0
+                count = pushed - done
+                rows.append(SchedulerRow(pushed, spent["with"] * 1000 / count, spent["without"] * 1000 / count))
+                spent = {stream_id: 0.0 for stream_id in streams}
+                progress(
+                    f"part C: {pushed}/{total} frames each; ms/frame with the scheduler {rows[-1].with_ms:.0f}, "
+                    f"without {rows[-1].without_ms:.0f}"
+                )
+    finally:
+        adapter.describer, adapter.scheduler = real_describer, scheduler
+        for stream_id in streams:
+            engine.remove_stream(stream_id)
+    return rows
+
+
+def scheduler_table(rows: Sequence[SchedulerRow], fps: float) -> list[str]:
+    lines = ["| frames (stream time) | with the scheduler (ms / frame) | without (ms / frame) | with / without |"]
+    lines.append("|---|---:|---:|---:|")
+    for row in rows:
+        lines.append(
+            f"| {row.frames} ({row.frames / fps / 60:g} min) | {row.with_ms:.1f} | {row.without_ms:.1f} | "
+            f"{row.with_ms / row.without_ms:.2f} |"
+        )
+    with_all = statistics.fmean(row.with_ms for row in rows)
+    without_all = statistics.fmean(row.without_ms for row in rows)
+    lines.append(f"| **all** | **{with_all:.1f}** | **{without_all:.1f}** | **{with_all / without_all:.2f}** |")
+    return lines
+
+
 def ingest_table(mean_ms: dict[str, float], tokens_per_frame: float) -> list[str]:
     lines = ["| step | ms / frame |", "|---|---:|"]
     lines += [f"| {step} | {ms:.1f} |" for step, ms in mean_ms.items()]
@@ -364,6 +438,7 @@ def report(
     points: Sequence[Checkpoint],
     context_window: int,
     run_seconds: float,
+    side_by_side: Sequence[SchedulerRow] = (),
 ) -> str:
     mean_ms, tokens_per_frame, sampled = ingest
     command = "python " + shlex.join(sys.argv)
@@ -398,6 +473,18 @@ def report(
         f"  budget evicts beyond {args.budget} tokens); the model's context window is {context_window} tokens.",
         f"- Questions: {'; '.join(QUESTIONS)}",
     ]
+    if side_by_side:
+        lines += [
+            "",
+            "## C. Ingest with and without the model scheduler, side by side",
+            "",
+            *scheduler_table(side_by_side, args.fps),
+            "",
+            "- Two streams fed part B's cycle of descriptions in alternating blocks of 20 frames (which stream",
+            "  goes first alternates too): one with the model scheduler in place, its frames' prefills passed",
+            "  through it as ingest passes; one with it set aside, prefilled directly. Wall time of",
+            "  `push_frame` (text embedding, prefill, the memory's eviction work); no questions are asked.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -413,10 +500,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=int,
         help="torch intra-op threads (default: torch's own); 1 holds up far better beside another busy process",
     )
+    parser.add_argument(
+        "--scheduler-side-by-side",
+        type=float,
+        default=0.0,
+        metavar="MINUTES",
+        help="part C: ingest this many minutes into two streams, with and without the model scheduler (0: skip)",
+    )
     parser.add_argument("--out", type=Path, default=Path("scripts/results/bench_ttft.md"), help="markdown output")
     args = parser.parse_args(argv)
-    if args.fps <= 0 or min(args.minutes) <= 0:
-        parser.error("--fps and --minutes must be positive")
+    if args.fps <= 0 or min(args.minutes) <= 0 or args.scheduler_side_by_side < 0:
+        parser.error("--fps and --minutes must be positive, --scheduler-side-by-side 0 or more")
     if args.budget < 256:
         parser.error(f"--budget {args.budget} is too small; give at least 256 tokens")
     if args.sample_frames < 1 or args.repeats < 1 or (args.threads is not None and args.threads < 1):
@@ -437,12 +531,16 @@ def main() -> int:
         )
         mean_ms, tokens_per_frame, descriptions = sample_ingest(engine, adapter, args.fps, args.sample_frames)
         points = build_and_measure(engine, adapter, descriptions, args.fps, args.minutes, args.repeats)
+        side_by_side: list[SchedulerRow] = []
+        if args.scheduler_side_by_side:
+            engine.remove_stream("bench")
+            side_by_side = scheduler_side_by_side(engine, adapter, descriptions, args.fps, args.scheduler_side_by_side)
     except (UserError, SourceError) as exc:
         print(f"bench_ttft: error: {exc}", file=sys.stderr)
         return 2
     ingest = (mean_ms, tokens_per_frame, len(descriptions))
     context_window = int(adapter.model.config.get_text_config().max_position_embeddings)
-    text = report(args, adapter.name, ingest, points, context_window, time.perf_counter() - started)
+    text = report(args, adapter.name, ingest, points, context_window, time.perf_counter() - started, side_by_side)
     print(text, end="")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")

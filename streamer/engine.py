@@ -16,7 +16,6 @@ import logging
 import threading
 import time
 import weakref
-from collections import Counter
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from memory.curvature import CurvatureDecision
 from memory.errors import BudgetError, SnapshotError
 from memory.kv_cache import assemble
 from memory.records import FrameRecord
-from memory.snapshot import load_snapshot, remove_stale_partials, save_snapshot, set_aside
+from memory.snapshot import SnapshotStore, remove_stale_partials, set_aside
 from memory.stream_memory import MemorySettings, MemoryView, StreamMemory
 from sources.frame import Frame
 from streamer.adapters.base import FrameTokens, ModelAdapter
@@ -68,6 +67,7 @@ class Stream:
     stream_id: str
     memory: StreamMemory
     stats: IngestStats = field(default_factory=IngestStats)
+    snapshots: SnapshotStore | None = None  # None when snapshots are off
     last_snapshot: float | None = None
     snapshot_failures: int = 0  # snapshots that could not be written (full disk, too many open files)
     # Added to the stream time of every frame pushed: after a restore the source starts again at 0,
@@ -149,12 +149,13 @@ class Engine:
         path = self.snapshot_path(stream_id)
         if path is None:
             return
+        stream.snapshots = SnapshotStore(path)
         for stale in remove_stale_partials(path):
             log.info("%s: removed %s, left by a writer that was stopped", stream_id, stale)
         if not path.exists():
             return
         try:
-            load_snapshot(memory, path)
+            stream.snapshots.load(memory)
         except SnapshotError as error:
             # One bad file must not keep the stream (or a server) from starting: keep it aside.
             reason = str(error).split(";")[0]
@@ -194,14 +195,14 @@ class Engine:
         stream = self._streams.get(stream_id)
         if stream is None:
             return False
-        path = None if leave_snapshot else self.snapshot_path(stream_id)
+        store = None if leave_snapshot else stream.snapshots
         try:
-            if path is not None and keep_snapshot:
+            if store is not None and keep_snapshot:
                 self.save_snapshot(stream_id)
-            elif path is not None:
-                path.unlink(missing_ok=True)
+            elif store is not None:
+                store.remove()
         except OSError as error:  # a full disk must not keep a server from stopping
-            log.error("%s: snapshot %s failed: %s", stream_id, path, error)
+            log.error("%s: snapshot %s failed: %s", stream_id, store.path if store else None, error)
         self._streams.pop(stream_id, None)
         self._watches.remove_stream(stream_id)
         return True
@@ -218,15 +219,16 @@ class Engine:
         atomic under the GIL), so it never waits out a prefill."""
         stream = self._stream(stream_id)
         memory = stream.memory
-        records = list(memory.records)
+        records = memory.records
+        newest = records[-1:]
         return StreamStatus(
             stream_id,
             frames=len(records),
-            as_of=records[-1].stream_time if records else 0.0,
+            as_of=newest[0].stream_time if newest else 0.0,
             resident_tokens=memory.resident_tokens,
             budget_tokens=memory.budget_tokens,
             host_tokens=memory.host_tokens,
-            frames_by_place=dict(Counter((record.tier, record.location) for record in records)),
+            frames_by_place=dict(memory.places),
             ingest_ms_per_frame=stream.stats.mean_ms(),
             ingest_ms_total=dict(stream.stats.totals_ms),
             frames_timed=stream.stats.frames,
@@ -236,8 +238,8 @@ class Engine:
 
     def frames(self, stream_id: str, last: int | None = None) -> list[FrameInfo]:
         """The stream's remembered frames, oldest first; the newest `last` of them when given."""
-        records = list(self._stream(stream_id).memory.records)
-        return [FrameInfo.of(record) for record in (records[-last:] if last else records)]
+        records = self._stream(stream_id).memory.records
+        return [FrameInfo.of(record) for record in (records[-last:] if last else records[:])]
 
     def memory(self, stream_id: str) -> StreamMemory:
         """The stream's memory itself, for in-process inspection (evaluation, benchmarks, tests)."""
@@ -354,15 +356,18 @@ class Engine:
         return directory / f"{stream_id}.memory.pt" if directory is not None else None
 
     def save_snapshot(self, stream_id: str) -> Path | None:
-        """Write the stream's memory to its snapshot file now (atomically); None without a snapshot_dir."""
-        path = self.snapshot_path(stream_id)
-        if path is not None:
-            stream = self._stream(stream_id)
-            size = save_snapshot(stream.memory, path)
-            records = stream.memory.records
-            stream.last_snapshot = records[-1].stream_time if records else None
-            log.info("%s: snapshot of %d frames written to %s (%.1f MB)", stream_id, len(records), path, size / 1e6)
-        return path
+        """Bring the stream's snapshot up to date now (atomically: `memory.snapshot`); None without a
+        snapshot_dir."""
+        stream = self._stream(stream_id)
+        store = stream.snapshots
+        if store is None:
+            return None
+        size = store.save(stream.memory)
+        records = stream.memory.records
+        stream.last_snapshot = records[-1].stream_time if records else None
+        log.info("%s: snapshot of %d frames brought up to date in %s (%.1f MB written)", stream_id, len(records),
+                 store.path, size / 1e6)  # fmt: skip
+        return store.path
 
     def close(self) -> None:
         """Snapshot every stream (when snapshots are on); call on shutdown."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -142,6 +143,7 @@ def test_host_tier_is_capped_and_process_memory_stays_flat(engine: Engine) -> No
             device_bytes, host_bytes = kv_bytes(memory)
             assert host_bytes == memory.host_tokens * bytes_per_token, "a host block holds its own tokens only"
             assert device_bytes <= 2 * BUDGET * bytes_per_token
+            assert memory.places == Counter((r.tier, r.location) for r in memory.records), "counted as they moved"
             samples.append((index, resident_set_bytes(), record_bytes(memory), memory.dropped_tokens))
         index += 1
     elapsed = time.perf_counter() - started

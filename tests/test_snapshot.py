@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,7 @@ def test_restored_memory_answers_exactly_as_before(
         (r.frame_id, r.text, r.location, r.tier, r.tokens) for r in before.records
     ]
     assert after.resident_tokens == before.resident_tokens and after.host_tokens == before.host_tokens
+    assert after.places == before.places == Counter((r.tier, r.location) for r in before.records)
     torch.testing.assert_close(
         first_token_logits(restored, "cam", QUESTION), first_token_logits(engine, "cam", QUESTION), atol=0, rtol=0
     )

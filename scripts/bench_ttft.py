@@ -364,7 +364,7 @@ def scheduler_table(rows: Sequence[SchedulerRow], fps: float) -> list[str]:
     lines.append("|---|---:|---:|---:|")
     for row in rows:
         lines.append(
-            f"| {row.frames} ({row.frames / fps / 60:g} min) | {row.with_ms:.1f} | {row.without_ms:.1f} | "
+            f"| {row.frames} ({row.frames / fps / 60:.1f} min) | {row.with_ms:.1f} | {row.without_ms:.1f} | "
             f"{row.with_ms / row.without_ms:.2f} |"
         )
     with_all = statistics.fmean(row.with_ms for row in rows)

@@ -65,7 +65,8 @@ class MemoryPolicy(ABC):
         """
 
     def drop_order(self, record: FrameRecord) -> tuple[float, ...]:
-        """Sort key for the host tier when it is full: the smallest goes first. Default: oldest first."""
+        """Sort key for the host tier when it is full: the smallest goes first. Default: oldest first.
+        Fixed for a record once its block is on the host (the memory keeps the host blocks in this order)."""
         return (record.frame_id,)
 
     def decide(self, features: np.ndarray | None, stream_time: float) -> CurvatureDecision | None:

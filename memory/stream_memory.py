@@ -11,6 +11,7 @@ about it can still be routed, and a host block can come back for a question that
 
 from __future__ import annotations
 
+import heapq
 import threading
 from collections import deque
 from collections.abc import Callable, Container, Sequence
@@ -143,6 +144,8 @@ class StreamMemory:
         self.timeline = EventTimeline()
         self.blocks: deque[ResidentBlock] = deque()
         self.offloaded: dict[int, OffloadedBlock] = {}
+        # The host blocks by the policy's drop order (fixed per record), smallest first: the next to go.
+        self.drop_queue: list[tuple[tuple[float, ...], int]] = []
         self.host_tokens = 0
         self.evicted_tokens = 0
         self.dropped_tokens = 0
@@ -225,11 +228,12 @@ class StreamMemory:
         keys = [_to_host(k) for k in segment.keys]
         values = [_to_host(v) for v in segment.values]
         self.offloaded[record.frame_id] = OffloadedBlock(record, keys, values, block.start)
+        heapq.heappush(self.drop_queue, (self.policy.drop_order(record), record.frame_id))
         self._move(record, location="host")
         self.host_tokens += block.length
         while self.host_tokens > self.host_budget_tokens:
-            victim = min(self.offloaded.values(), key=lambda b: self.policy.drop_order(b.record))
-            del self.offloaded[victim.record.frame_id]
+            _, frame_id = heapq.heappop(self.drop_queue)
+            victim = self.offloaded.pop(frame_id)
             self._move(victim.record, location="gone")
             self.host_tokens -= victim.length
             self.dropped_tokens += victim.length
@@ -394,6 +398,8 @@ class StreamMemory:
             }
             self.host_tokens, self.evicted_tokens, self.dropped_tokens, self.compressed_tokens = state["counters"]
             self.policy.restore(state["policy"])
+            self.drop_queue = [(self.policy.drop_order(b.record), frame_id) for frame_id, b in self.offloaded.items()]
+            heapq.heapify(self.drop_queue)
 
 
 def _to_host(t: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ import heapq
 import threading
 from collections import deque
 from collections.abc import Callable, Container, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from functools import cached_property
 from typing import Any
 
@@ -48,9 +48,9 @@ class MemoryView:
     as_of: float
     frames: int  # records (and index entries) that existed when the view was taken
     table: FrameTable  # the memory's per-frame facts; entries past `frames` came later
+    by_id: dict[int, Block]  # `blocks` and `offloaded` by frame id
     timeline: tuple[TimelineItem, ...] = ()  # the event timeline as of the view, by first showing
     index: BlockIndex | None = None  # the memory's retrieval index; entries past `frames` came later
-    by_id: dict[int, Block] = field(default_factory=dict)  # every block of the view, by frame id
 
     def close(self) -> None:
         self.cache.close()
@@ -312,9 +312,9 @@ class StreamMemory:
                 as_of,
                 len(self.records),
                 self.table,
+                by_id,
                 tuple(self.timeline.view(as_of)),
                 self.index,
-                by_id,
             )
 
     def state_dict(self, exclude: Container[int] = frozenset()) -> dict[str, Any]:

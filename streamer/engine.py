@@ -215,8 +215,8 @@ class Engine:
         return list(self._streams)
 
     def status(self, stream_id: str) -> StreamStatus:
-        """The stream's memory and ingest counters now. Reads without the memory's lock (copying a list is
-        atomic under the GIL), so it never waits out a prefill."""
+        """The stream's memory and ingest counters now. Reads without the memory's lock (counters the memory
+        keeps as frames move, no pass over its records), so it never waits out a prefill."""
         stream = self._stream(stream_id)
         memory = stream.memory
         records = memory.records

@@ -11,7 +11,8 @@ sighting (detectors flicker).
 
 Questions about order, recency and counts read the matching items as one short line each (see
 `streamer.retrieval`). The timeline keeps a few numbers per showing, whatever happens to the frames' KV
-blocks.
+blocks and records: once the memory compacts its oldest records away (`forget_frames`), their showings
+keep their times and lose only their frame ids.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 # What kind of thing an item is, as a frame description names it.
 ITEM_KINDS = ("text", "object", "scene", "colour")
@@ -109,6 +111,48 @@ class EventTimeline:
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def forget_frames(self, first: int) -> None:
+        """Drop the ids of frames before `first` from every showing (their records were compacted away);
+        the showings stay. Changed showings are replaced, so a view copied earlier keeps its own."""
+        with self.lock:
+            for item in self.items.values():
+                showings = item.showings
+                for at, showing in enumerate(showings):
+                    ids = showing.frame_ids
+                    if not ids or ids[0] >= first:
+                        if ids:
+                            break  # later showings hold later frames
+                        continue
+                    kept = [i for i in ids if i >= first]
+                    showings[at] = Showing(showing.first, showing.last, kept, showing.ended)
+
+    def state(self) -> list[Any]:
+        """The timeline as plain lists, for a snapshot: [rejoin_s, [kind, name, [[first, last, ended,
+        frame_ids], ...]], ...]."""
+        with self.lock:
+            return [
+                self.rejoin_s,
+                [
+                    [item.kind, item.name, [[s.first, s.last, s.ended, list(s.frame_ids)] for s in item.showings]]
+                    for item in self.items.values()
+                ],
+            ]
+
+    @classmethod
+    def from_state(cls, state: Sequence[Any]) -> EventTimeline:
+        """The timeline `state()` described."""
+        rejoin_s, items = state
+        timeline = cls(float(rejoin_s))
+        for kind, name, showings in items:
+            item = timeline.items[(kind, name)] = TimelineItem(kind, name)
+            item.showings = [
+                Showing(float(first), float(last), [int(i) for i in ids], bool(ended))
+                for first, last, ended, ids in showings
+            ]
+            if item.showings and not item.showings[-1].ended:
+                timeline.open.add((kind, name))
+        return timeline
 
 
 def since_time(items: Sequence[TimelineItem], since: float) -> tuple[TimelineItem, ...]:

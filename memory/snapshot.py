@@ -11,7 +11,8 @@ target, and parts are written before the head that lists them: a reader finds ei
 snapshot or the new one, never half of one, even if the process is killed mid-write. Parts that no head
 lists (a writer stopped between the two) are removed at the next save or load. Once the host blocks
 that parts hold but the host tier has since dropped outweigh the live ones, the next save writes one
-new part with everything and removes the old parts. Only plain tensors, numbers and strings are
+new part with everything and removes the old parts; a part whose frames have all been compacted away
+(`StreamMemory.compact_after_s`) is removed at the next save. Only plain tensors, numbers and strings are
 stored, and loading uses `torch.load(weights_only=True)`, which runs no code. A single-file snapshot
 of an earlier version (a full `state_dict()`) is still read.
 
@@ -122,6 +123,7 @@ class SnapshotStore:
 
     def _save(self, memory: StreamMemory) -> int:
         state = memory.state_dict(exclude=self.saved)
+        self._forget_before(int(state["first"]))
         on_host = set(state["host"])
         held = [
             (frame_id in on_host, size) for part in self.parts.values() for frame_id, size in part.host_bytes.items()
@@ -171,14 +173,16 @@ class SnapshotStore:
         if head.get("version") != HEAD_VERSION or not isinstance(state, dict) or "host" not in state:
             raise SnapshotError(f"Snapshot '{self.path}' has an unknown format; delete it to start the stream empty.")
         on_host = set(state["host"])
+        first = int(state.get("first", 0))
         records = list(state["records"])
         summaries = [state["key_summaries"]]
         offloaded: list[dict[str, Any]] = []
         parts: dict[str, _Part] = {}
         for name in head["parts"]:
             part = _read(self.parts_dir / name, self.path)
-            records += part["records"]
-            summaries.append(part["key_summaries"])
+            held = [i for i, record in enumerate(part["records"]) if record["frame_id"] >= first]
+            records += [part["records"][i] for i in held]
+            summaries.append(None if part["key_summaries"] is None else part["key_summaries"][held])
             parts[name] = _Part({r["frame_id"] for r in part["records"]})
             for block in part["host"]:
                 parts[name].host_bytes[block["frame_id"]] = _block_bytes(block)
@@ -194,6 +198,13 @@ class SnapshotStore:
         self.saved = set().union(*(part.frames for part in parts.values()))
         self.next_part = 1 + max((int(name.split(".")[0]) for name in parts), default=-1)
         self._remove_unlisted()
+
+    def _forget_before(self, first: int) -> None:
+        """Stop listing the parts that hold only frames before `first` (compacted away by the memory)."""
+        for name, part in list(self.parts.items()):
+            if part.frames and max(part.frames) < first:
+                del self.parts[name]
+        self.saved = {frame_id for frame_id in self.saved if frame_id >= first}
 
     def remove(self) -> None:
         """Delete the snapshot: the head and every part."""

@@ -4,9 +4,12 @@ Layout of the resident cache: `[sink | frame blocks, oldest first]`, positions c
 When a new frame does not fit, a budget policy (`memory.policy`) decides which blocks are compressed
 in place and which leave the device: their keys and values move to host memory (pinned on CUDA),
 and the cache is rebuilt with every remaining block moved by exact RoPE re-rotation. The host tier
-has its own token cap; past it the policy's least valuable host blocks are dropped. Every frame keeps its
+has its own token cap; past it the policy's least valuable host blocks are dropped. A frame keeps its
 `FrameRecord` (time, description, retrieval vectors) whatever happens to its KV, so a question
-about it can still be routed, and a host block can come back for a question that needs it.
+about it can still be routed, and a host block can come back for a question that needs it, until the
+record is older than `compact_after_s`: then the frame leaves the frame level altogether (record, index
+entries, host block), and what it showed lives on in the event timeline, so a stream's memory stays
+bounded however long it runs. Frame ids keep counting; `first_id` is the oldest frame still held.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from memory.records import FrameRecord, Location, OffloadedBlock, ResidentBlock
 from memory.settings import CompressionMethod, MemoryPolicyName
 
 Block = ResidentBlock | OffloadedBlock
+# Compaction waits until at least this many frames are past their age (and an eighth of those held).
+COMPACT_MIN_FRAMES = 64
 
 
 @dataclass(frozen=True)
@@ -46,11 +51,12 @@ class MemoryView:
     offloaded: tuple[OffloadedBlock, ...]
     sink_tokens: int
     as_of: float
-    frames: int  # records (and index entries) that existed when the view was taken
-    table: FrameTable  # the memory's per-frame facts; entries past `frames` came later
+    frames: int  # frame ids given when the view was taken (records and index entries are [first, frames))
+    table: FrameTable  # the memory's per-frame facts as of the view; entries past `frames` came later
     by_id: dict[int, Block]  # `blocks` and `offloaded` by frame id
     timeline: tuple[TimelineItem, ...] = ()  # the event timeline as of the view, by first showing
-    index: BlockIndex | None = None  # the memory's retrieval index; entries past `frames` came later
+    index: BlockIndex | None = None  # the memory's retrieval index as of the view; entries past `frames` came later
+    first: int = 0  # the oldest frame id the memory held (older records were compacted away)
 
     def close(self) -> None:
         self.cache.close()
@@ -93,6 +99,8 @@ class MemorySettings:
     window_seconds: the short-term window, which the policy leaves alone while anything else can give way.
     compression, compress_ratio: how a demoted frame's KV block is compressed, and the share it keeps.
     internal_weight, text_weight: the retrieval index's weights (`memory.index.BlockIndex`).
+    compact_after_s: stream seconds a frame stays at the frame level; older frames are compacted away in
+    chunks of an eighth of what is held (0: never).
     """
 
     budget_tokens: int
@@ -106,6 +114,7 @@ class MemorySettings:
     compress_ratio: float = 0.5
     internal_weight: float = 0.0
     text_weight: float = 1.0
+    compact_after_s: float = 0.0
 
 
 class StreamMemory:
@@ -137,7 +146,8 @@ class StreamMemory:
         self.compress_method = settings.compression
         self.compress_ratio = settings.compress_ratio
         self.sink_tokens = 0
-        self.records: list[FrameRecord] = []
+        self.records: list[FrameRecord] = []  # frames first_id, first_id + 1, ...
+        self.first_id = 0
         # How many records are in each (tier, location), kept as frames move: status reads it without a
         # pass over every record.
         self.places: dict[tuple[str, str], int] = {}
@@ -271,7 +281,47 @@ class StreamMemory:
             if written != record.tokens:
                 raise ValueError(f"the frame's prefill wrote {written} tokens, its record says {record.tokens}")
             self._add(record)
+            self._compact(record.stream_time)
         return evicted
+
+    @property
+    def frame_count(self) -> int:
+        """Frames added so far (the next frame's id), compacted ones included."""
+        return self.first_id + len(self.records)
+
+    def record(self, frame_id: int) -> FrameRecord:
+        """The record of frame `frame_id` (IndexError once compacted away)."""
+        at = frame_id - self.first_id
+        if at < 0:
+            raise IndexError(f"frame {frame_id} was compacted away")
+        return self.records[at]
+
+    def _compact(self, now: float) -> None:
+        """Take the frames older than `compact_after_s` off the frame level once they are an eighth of what
+        is held (so the copying is paid once per many frames): their blocks leave the device and the host,
+        their records, index entries and table rows go; the timeline keeps their showings."""
+        age = self.settings.compact_after_s
+        if not age:
+            return
+        cut = self.table.count_before(now - age)
+        if cut - self.first_id < max(COMPACT_MIN_FRAMES, len(self.records) // 8):
+            return
+        resident = [b for b in self.blocks if b.record.frame_id < cut]
+        if resident:
+            self._apply(EvictionPlan(evict=resident))
+        for record in self.records[: cut - self.first_id]:
+            block = self.offloaded.pop(record.frame_id, None)
+            if block is not None:
+                self.host_tokens -= block.length
+                self.dropped_tokens += block.length
+            self._count(record, -1)
+        self.drop_queue = [entry for entry in self.drop_queue if entry[1] >= cut]
+        heapq.heapify(self.drop_queue)
+        del self.records[: cut - self.first_id]
+        self.first_id = cut
+        self.index.compact(cut)
+        self.table.compact(cut)
+        self.timeline.forget_frames(cut)
 
     def _add(self, record: FrameRecord) -> ResidentBlock:
         """Register the block just prefilled at the end of the cache for `record`, and index it."""
@@ -281,16 +331,17 @@ class StreamMemory:
         self.policy.observe(record)
         return block
 
-    def _register(self, record: FrameRecord) -> None:
-        """Give `record` the next frame id and add it to the records, the indexes and the timeline."""
+    def _register(self, record: FrameRecord, observe: bool = True) -> None:
+        """Give `record` the next frame id and add it to the records, the indexes and (`observe`) the timeline."""
         record.frame_id = self.index.add(record.key_summary, record.text_vector)
         reads_text = any(kind == "text" for kind, _ in record.items)
         table_id = self.table.add(record.stream_time, record.text, reads_text)
-        assert record.frame_id == table_id == len(self.records), "records and indexes must stay aligned"
+        assert record.frame_id == table_id == self.frame_count, "records and indexes must stay aligned"
         record.key_summary = None  # the index holds it, in half precision
         self.records.append(record)
         self._count(record, 1)
-        self.timeline.observe(record.frame_id, record.stream_time, record.items, record.detail == "full")
+        if observe:
+            self.timeline.observe(record.frame_id, record.stream_time, record.items, record.detail == "full")
 
     def content_vector(self, record: FrameRecord) -> np.ndarray | None:
         """What a frame shows, as one vector: its description's text embedding, else its key summary."""
@@ -310,22 +361,24 @@ class StreamMemory:
                 tuple(self.offloaded.values()),
                 self.sink_tokens,
                 as_of,
-                len(self.records),
-                self.table,
+                self.frame_count,
+                self.table.frozen(),
                 by_id,
                 tuple(self.timeline.view(as_of)),
-                self.index,
+                self.index.frozen(),
+                self.first_id,
             )
 
     def state_dict(self, exclude: Container[int] = frozenset()) -> dict[str, Any]:
         """Everything needed to rebuild this memory, as tensors, numbers and strings (`memory.snapshot`
         writes it to files). Not included: the curvature scorer's window (a restored stream warms up
-        again), the event timeline (rebuilt from the records' items) and the retrieval index itself
-        (rebuilt from the records' text vectors and the key summaries, stored as one float16 array).
+        again) and the retrieval index itself (rebuilt from the records' text vectors and the key
+        summaries, stored as one float16 array). The event timeline is included: compacted frames' records
+        are gone, so it cannot be rebuilt from them.
 
         exclude: frames whose record, key summary and host block are left out (a snapshot already holds
-        them); "frames" still counts every record and "host" lists every frame on the host. With nothing
-        excluded the records are every record, in frame id order.
+        them); "frames" still counts every frame id given, "first" is the oldest held, and "host" lists every
+        frame on the host. With nothing excluded the records are every record held, in frame id order.
         """
         with self.lock:
             length = self.cache.length
@@ -343,7 +396,9 @@ class StreamMemory:
                     if b.record.frame_id not in exclude
                 ],
                 "host": list(self.offloaded),
-                "frames": len(self.records),
+                "frames": self.frame_count,
+                "first": self.first_id,
+                "timeline": self.timeline.state(),
                 "records": [_record_state(r) for r in records],
                 "key_summaries": _tensor(self.index.key_summaries([r.frame_id for r in records])),
                 "counters": [self.host_tokens, self.evicted_tokens, self.dropped_tokens, self.compressed_tokens],
@@ -355,13 +410,14 @@ class StreamMemory:
 
         Raises ValueError, saying why in a few words, for a state of another format, model or prompt.
         """
-        if not isinstance(state, dict) or state.get("version") not in (1, 2, STATE_VERSION):
+        if not isinstance(state, dict) or state.get("version") not in (1, 2, 3, STATE_VERSION):
             raise ValueError("has an unknown format")
         if any(name not in state for name in _STATE_FIELDS):
             raise ValueError("has an unknown format")
         records = state["records"]
-        if len(records) != state.get("frames", len(records)) or any(
-            saved.get("frame_id", frame_id) != frame_id for frame_id, saved in enumerate(records)
+        first = int(state.get("first", 0))
+        if first + len(records) != state.get("frames", first + len(records)) or any(
+            saved.get("frame_id", frame_id) != frame_id for frame_id, saved in enumerate(records, first)
         ):
             raise ValueError("is missing frames")
         keys: list[torch.Tensor] = state["keys"]
@@ -377,22 +433,29 @@ class StreamMemory:
         with self.lock:
             self.cache = StreamingCache(len(keys), store, length)
             self.records = []
+            self.first_id = first
             self.places = {}
-            self.timeline = EventTimeline(self.timeline.rejoin_s)
+            saved_timeline = state.get("timeline")
+            if saved_timeline is None:  # before version 4: rebuilt from the records
+                self.timeline = EventTimeline(self.timeline.rejoin_s)
+            else:
+                self.timeline = EventTimeline.from_state(saved_timeline)
             self.index = type(self.index)(self.index.internal_weight, self.index.text_weight)
+            self.index.first = self.index.count = first
             self.table = FrameTable()
+            self.table.first = first
             summaries = state.get("key_summaries")
-            for frame_id, saved in enumerate(state["records"]):
+            for at, saved in enumerate(state["records"]):
                 record = _record_from(saved)
                 if summaries is not None:
-                    record.key_summary = summaries[frame_id].float().numpy()
-                self._register(record)
+                    record.key_summary = summaries[at].float().numpy()
+                self._register(record, observe=saved_timeline is None)
             self.blocks.clear()
             for frame_id, start, block_length in state["blocks"]:
-                self.blocks.append(ResidentBlock(self.records[frame_id], start, block_length))
+                self.blocks.append(ResidentBlock(self.record(frame_id), start, block_length))
             self.offloaded = {
                 item["frame_id"]: OffloadedBlock(
-                    self.records[item["frame_id"]], item["keys"], item["values"], item["position"]
+                    self.record(item["frame_id"]), item["keys"], item["values"], item["position"]
                 )
                 for item in state["offloaded"]
             }
@@ -411,8 +474,10 @@ def _to_host(t: torch.Tensor) -> torch.Tensor:
     return t.clone()
 
 
-STATE_VERSION = 3  # 1: key summaries inside the records; 2: no "host" and "frames" (both still read)
-# What every version holds besides its number (version 2 adds "key_summaries", 3 "host" and "frames").
+# 1: key summaries inside the records; 2: no "host" and "frames"; 3: no "first" and "timeline" (all still read)
+STATE_VERSION = 4
+# What every version holds besides its number (2 adds "key_summaries", 3 "host" and "frames", 4 "first" and
+# "timeline").
 _STATE_FIELDS = ("sink_tokens", "keys", "values", "blocks", "offloaded", "records", "counters", "policy")
 _VECTORS = ("text_vector", "key_summary")
 

@@ -35,13 +35,16 @@ class FileSource(SourceBase):
     so sampling a 25 fps file at 1 fps costs little more than demuxing it.
     """
 
-    def __init__(self, path: str | Path, fps: float | None = 1.0, realtime: bool = False) -> None:
+    def __init__(self, path: str | Path, fps: float | None = 1.0, realtime: bool = False, speed: float = 1.0) -> None:
         if fps is not None and fps <= 0:
             raise ValueError(f"fps must be positive or None, got {fps}")
+        if speed <= 0:
+            raise ValueError(f"speed must be positive, got {speed}")
         self.path = Path(path)
         super().__init__(f"file {self.path.name}")
         self.fps = fps
         self.realtime = realtime
+        self.speed = speed  # realtime: stream seconds played per wall second
         self._capture = _open_capture(self.path)
         self.native_fps: float = self._capture.get(cv2.CAP_PROP_FPS) or 0.0
         self._frame_count = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT))
@@ -102,8 +105,8 @@ class FileSource(SourceBase):
         # A consumer that falls behind gets the next frame at once; a file never drops frames.
         now = time.monotonic()
         if self._wall_start is None:
-            self._wall_start = now - stream_time
-        delay = self._wall_start + stream_time - now
+            self._wall_start = now - stream_time / self.speed
+        delay = self._wall_start + stream_time / self.speed - now
         if delay > 0:
             await asyncio.sleep(delay)
 

@@ -15,12 +15,14 @@ log = logging.getLogger(__name__)
 
 
 class LoopingFile:
-    """A video file played in real time, again from the start whenever it ends; stream time runs on."""
+    """A video file played in real time (or `speed` times faster), again from the start whenever it ends;
+    stream time runs on."""
 
-    def __init__(self, path: Path, fps: float) -> None:
+    def __init__(self, path: Path, fps: float, speed: float = 1.0) -> None:
         self.path = path
         self.fps = fps
-        self.current = FileSource(path, fps=fps, realtime=True)
+        self.speed = speed
+        self.current = FileSource(path, fps=fps, realtime=True, speed=speed)
         self.name = f"{self.current.name} (looping)"
         self._time_offset = 0.0
         self._sequence_offset = 0
@@ -47,7 +49,7 @@ class LoopingFile:
         self._time_offset += finished.duration
         self._sequence_offset += finished.frames_delivered
         self._earlier_decoded += finished.frames_decoded
-        self.current = await asyncio.to_thread(FileSource, self.path, self.fps, True)
+        self.current = await asyncio.to_thread(FileSource, self.path, self.fps, True, self.speed)
         log.info("%s: reached the end; playing it again from stream time %.1f s", self.name, self._time_offset)
 
     def status(self) -> SourceStatus:

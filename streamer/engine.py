@@ -141,6 +141,7 @@ class Engine:
             compress_ratio=config.memory.compress_ratio,
             internal_weight=config.retrieval.internal_weight,
             text_weight=config.retrieval.text_weight,
+            compact_after_s=config.memory.compact_after_s,
         )
 
     def _restore(self, stream: Stream) -> None:
@@ -223,7 +224,7 @@ class Engine:
         newest = records[-1:]
         return StreamStatus(
             stream_id,
-            frames=len(records),
+            frames=memory.frame_count,
             as_of=newest[0].stream_time if newest else 0.0,
             resident_tokens=memory.resident_tokens,
             budget_tokens=memory.budget_tokens,

@@ -42,6 +42,12 @@ class MemoryConfig(BaseModel):
     curvature: CurvatureConfig = Field(default_factory=lambda: CurvatureConfig(k=ENGINE_DEFAULT_K))
     compression: CompressionMethod = Field("value_norm", description="how a demoted frame's KV block is compressed")
     compress_ratio: float = Field(0.5, gt=0, le=1, description="share of a block's tokens its compression keeps")
+    compact_after_s: float = Field(
+        7200.0,
+        ge=0,
+        description="stream seconds a frame's record (description, retrieval vectors, host KV) is kept; older "
+        "frames live on in the event timeline only, so memory per stream stays bounded (0: keep every record)",
+    )
 
 
 class RetrievalConfig(BaseModel):

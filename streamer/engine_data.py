@@ -55,7 +55,8 @@ class FrameInfo:
 class StreamStatus:
     """A stream's memory and ingest counters at one moment.
 
-    frames: frames remembered (a record each, wherever their KV is). as_of: the newest frame's stream
+    frames: frames the stream's memory has taken in (a record each while younger than
+    `memory.compact_after_s`, wherever their KV is; frames_by_place counts those). as_of: the newest frame's stream
     time (0 before the first). frames_by_place: (tier, location) -> frames. ingest_ms_per_frame: mean
     milliseconds per ingested frame, by stage; ingest_ms_total: their sums over the `frames_timed`
     frames ingested since the stream was added. last_snapshot: stream time of the newest snapshot written

@@ -99,7 +99,7 @@ def showing_frames(items: Sequence[TimelineItem], recency: str) -> list[int]:
     more than one frame when there are any (a word read in a single frame is as often a misreading of
     passing footage as something shown)."""
     showings = [showing for item in items for showing in item.showings]
-    showings = [showing for showing in showings if len(showing.frame_ids) > 1] or showings
+    showings = [showing for showing in showings if showing.last > showing.first] or showings
     if not showings:
         return []
     pick = max if recency == "latest" else min
@@ -136,7 +136,7 @@ def relevance(
     frames), when any description shares a word with the question."""
     if not len(ids):
         return np.zeros(0, dtype=np.float32)
-    fused = zscore(np.asarray(scores[ids], dtype=np.float32))
+    fused = zscore(np.asarray(scores[ids - view.first], dtype=np.float32))
     if lexical_weight:
         lexical = view.table.bm25(ids, intent.words)
         if lexical.any():
@@ -190,8 +190,9 @@ def select_reading(
     - how many times, or which came first: the lines of the timeline items it is about, which hold the
       counts and times, besides the `top_k` best-scoring blocks;
     - the present ("right now"): the recent window alone;
-    - otherwise the `top_k` most relevant other blocks (`relevance`: the embedding `scores`, indexed by
-      frame id, fused with BM25 over the descriptions), or `top_k` chosen for relevance and coverage.
+    - otherwise the `top_k` most relevant other blocks (`relevance`: the embedding `scores` of frames
+      [view.first, view.frames), fused with BM25 over the descriptions), or `top_k` chosen for relevance
+      and coverage.
 
     A question about written text reads, of the frames chosen by relevance, only frames that read text. Besides
     the blocks, a question that names a time reads the timeline lines of what began then, and a

@@ -169,3 +169,29 @@ def test_a_looping_file_stays_live_between_passes(tmp_path: Path, monkeypatch: p
     times = asyncio.run(two_passes())
     assert times == sorted(times) and times[-1] >= 1.5, "stream time runs on across passes"
     assert between == ["live"], "a looping file is live while it starts its next pass"
+
+
+def test_a_looping_file_plays_faster_than_real_time_when_asked() -> None:
+    async def twelve_seconds_of_stream() -> tuple[float, list[Frame]]:
+        source = LoopingFile(BIKES, fps=2.0, speed=4.0)
+        started = time.monotonic()
+        frames = [await source.recv()]
+        while frames[-1].stream_time < 12.0:  # past the 10 s clip's end: the second pass is sped up too
+            frames.append(await source.recv())
+        source.close()
+        return time.monotonic() - started, frames
+
+    elapsed, frames = asyncio.run(twelve_seconds_of_stream())
+
+    times = [frame.stream_time for frame in frames]
+    assert times == sorted(times) and len(frames) >= 24, "every sampled frame, stream time as in the file"
+    assert 2.5 <= elapsed <= 5.0, f"12 s of stream at 4x took {elapsed:.1f} s"
+
+
+def test_only_a_looping_file_plays_faster() -> None:
+    from streamer.server.streams import open_source
+
+    with pytest.raises(SourceError, match="Only a looping video file can play faster"):
+        open_source(str(BIKES), 1.0, loop=False, speed=2.0)
+    with pytest.raises(SourceError, match="Only video files can loop"):
+        open_source("rtsp://127.0.0.1:9/x", 1.0, loop=True, speed=2.0)

@@ -196,7 +196,7 @@ def open_initial_streams(config: StreamerConfig) -> list[InitialStream]:
             opened.append(
                 InitialStream(
                     source.id,
-                    open_source(source.url, source.fps, source.loop),
+                    open_source(source.url, source.fps, source.loop, source.speed),
                     source.fps,
                     initial_watches(source),
                     source.url,
@@ -238,6 +238,9 @@ def _serve_on_ray(config: StreamerConfig) -> int:
         config.server.answer_workers,
     )
     loader = engine_loader(config)
+    fast = [source.id for source in config.sources if source.speed != 1.0]
+    if fast:
+        raise UserError(f"Source '{fast[0]}' sets speed, which one-process servers play; leave it out for --ray.")
     initial = [
         InitialStream(source.id, None, source.fps, initial_watches(source), source.url, source.loop)
         for source in config.sources

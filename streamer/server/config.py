@@ -87,6 +87,13 @@ class SourceConfig(BaseModel):
     url: str = Field(min_length=1, description="rtsp://..., webcam:N, synthetic:..., or a video file path")
     fps: float = Field(DEFAULT_FPS, gt=0, le=60, description="frames ingested per second")
     loop: bool = Field(False, description="play a video file again from the start when it ends")
+    speed: float = Field(
+        1.0,
+        gt=0,
+        le=100,
+        description="a looping video file played this many times faster than real time (stream time follows "
+        "the file: a long replay or soak in less time); one-process servers only",
+    )
     watches: list[WatchConfig] = Field(default_factory=list, description="standing questions on this stream")
 
 

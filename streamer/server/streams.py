@@ -42,15 +42,19 @@ _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
 PREVIEW_QUALITY = 80
 
 
-def open_source(url: str, fps: float, loop: bool = False) -> Source:
-    """The live source behind `url` (see `sources.open`); files play in real time, looping if asked.
+def open_source(url: str, fps: float, loop: bool = False, speed: float = 1.0) -> Source:
+    """The live source behind `url` (see `sources.open`); files play in real time (or `speed` times
+    faster), looping if asked.
 
     Raises SourceError with one sentence when it cannot be opened.
     """
+    is_file = not _URL_SCHEME.match(url) or url.startswith("file://")
+    if loop and not is_file:
+        raise SourceError(f"Only video files can loop, and '{url}' is not one; leave loop off for it.")
+    if speed != 1.0 and not (is_file and loop):
+        raise SourceError(f"Only a looping video file can play faster than real time; leave speed off for '{url}'.")
     if loop:
-        if _URL_SCHEME.match(url) and not url.startswith("file://"):
-            raise SourceError(f"Only video files can loop, and '{url}' is not one; leave loop off for it.")
-        return LoopingFile(Path(url.removeprefix("file://")), fps)
+        return LoopingFile(Path(url.removeprefix("file://")), fps, speed)
     return sources.open.open_source(url, fps=fps, realtime=True)
 
 

@@ -195,15 +195,19 @@ async def replay_stream(
     answer: Callable[[AskedT], None],
     on_frame: Callable[[FrameInfo], None] | None = None,
     until_last_question: bool = False,
+    on_start: Callable[[], None] | None = None,
 ) -> int:
     """Feed `source` into the new engine stream `stream_id` frame by frame, calling `answer(question)` for each
     question (in time order) once the stream has passed its `t`, and for those left when the source ends.
 
     The one replay loop of `streamer replay` and `streamer eval`. Frames go in as fast as they are encoded.
     The source is closed at the end; the stream stays (callers read its status, then remove it). Returns
-    the frames fed. until_last_question: stop once the last question is answered.
+    the frames fed. until_last_question: stop once the last question is answered. on_start: called once the
+    stream exists, before its first frame (to add watches, say).
     """
     engine.add_stream(stream_id)
+    if on_start is not None:
+        on_start()
     pending = sorted(questions, key=lambda question: question.t)
     frames = 0
     try:

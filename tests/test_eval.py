@@ -237,6 +237,7 @@ def test_bad_benchmark_input_is_named(tmp_path: Path, capsys: pytest.CaptureFixt
     good.write_text(json.dumps([_ovo_row()]), encoding="utf-8")
     _fails(capsys, [*bench, "--file", str(good), "--context", "last60"], "is StreamingBench's setting")
     _fails(capsys, [*bench, "--file", str(good), "--policy", "lru"], "Unknown policy 'lru'")
+    _fails(capsys, [*bench, "--file", str(good), "--forward", "guess"], "Unknown --forward 'guess'; use watches or ask")
     _fails(capsys, [*bench, "--file", str(good), "--videos", str(tmp_path / "nowhere")], "does not exist")
     _fails(capsys, ["bench", "mvbench", "--file", str(good), "--videos", str(videos)], "Unknown benchmark 'mvbench'")
     _fails(

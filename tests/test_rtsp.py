@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
+import socket
+import ssl
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import av
+import av.error
 import numpy as np
 import pytest
+from certificates import self_signed
 from rtsp_server import LIVE_FPS, LIVE_SIZE, RtspServer, free_port
 
 from sources.base import SourceState
 from sources.file import FileSource
 from sources.frame import Frame, SourceEnded, SourceError
-from sources.rtsp import Backoff, RtspOptions, RtspSource
+from sources.rtsp import Backoff, RtspOptions, RtspSource, _PyAVReader, check_certificate
 from streamer.adapters.embedded import EmbeddedAdapter
 from streamer.engine import Engine
 from streamer.ingest import StreamRunner
@@ -300,3 +307,55 @@ def test_names_and_logs_hide_the_password() -> None:
     source = RtspSource("rtsp://admin:secret@127.0.0.1:8554/cam")
     assert "secret" not in source.name
     assert source.name == "RTSP stream rtsp://admin:***@127.0.0.1:8554/cam"
+
+
+@contextlib.contextmanager
+def tls_listener(cert: Path, key: Path) -> Iterator[int]:
+    """A TLS server on 127.0.0.1 that completes each handshake and hangs up (no RTSP behind it); its port."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                raw, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with contextlib.suppress(OSError), context.wrap_socket(raw, server_side=True) as conn:
+                conn.settimeout(1)
+                with contextlib.suppress(OSError):
+                    conn.recv(1024)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield int(listener.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+
+
+def test_an_rtsps_camera_must_show_a_certificate_the_engine_trusts(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    quick = {"open_timeout_s": 2.0, "read_timeout_s": 2.0}
+    with tls_listener(cert, key) as port:
+        url = f"rtsps://127.0.0.1:{port}/live"
+        with pytest.raises(SourceError, match=r"TLS certificate cannot be verified \(self.signed certificate\)"):
+            _PyAVReader(url, RtspOptions(**quick))
+        check_certificate("127.0.0.1", port, RtspOptions(tls_ca_file=cert))  # its authority given: trusted
+
+        # Past the check (trusted, or checking turned off), FFmpeg connects and finds no RTSP server behind TLS.
+        for options in (RtspOptions(tls_ca_file=cert, **quick), RtspOptions(tls_verify=False, **quick)):
+            with pytest.raises((av.error.FFmpegError, OSError)):
+                _PyAVReader(url, options)
+
+    (tmp_path / "other").mkdir()
+    other, other_key = self_signed(tmp_path / "other", hosts=("camera.example",))
+    with tls_listener(other, other_key) as port, pytest.raises(SourceError, match=r"cannot be verified.*mismatch"):
+        check_certificate("127.0.0.1", port, RtspOptions(tls_ca_file=other))
+    with pytest.raises(SourceError, match="cannot read tls_ca_file"):
+        check_certificate("127.0.0.1", port, RtspOptions(tls_ca_file=tmp_path / "missing.pem"))

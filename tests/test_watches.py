@@ -18,8 +18,12 @@ from memory.events import EventTimeline
 from streamer.adapters.embedded import EmbeddedAdapter
 from streamer.engine import Engine, EngineConfig
 from streamer.engine_config import MemoryConfig
+from streamer.evaluation.benchmarks import ovobench
+from streamer.evaluation.benchmarks.common import BenchmarkEvent
+from streamer.evaluation.benchmarks.forward import ForwardWatches
 from streamer.evaluation.needles.building import build_stream
 from streamer.evaluation.needles.content import Needle
+from streamer.evaluation.replaying import Probe
 from streamer.watches import WatchEvent, WatchReading, WatchSpec, WatchState, parse_condition, read_timeline
 
 
@@ -131,6 +135,45 @@ def test_a_watch_fires_once_per_episode_within_seconds_of_onset(scripted_adapter
     assert engine.remove_watch("closed") and not engine.remove_watch("closed")
     engine.remove_stream("cam")
     assert engine.watches() == []
+
+
+def test_ovo_forward_active_probes_are_answered_by_watches(scripted_adapter: EmbeddedAdapter) -> None:
+    """REC counts the episodes so far, SSR says whether one is open now, CRR whether one has started."""
+    engine = Engine(scripted_adapter, EngineConfig(memory=MemoryConfig(policy="fifo")))
+    engine.add_stream("cam")
+
+    def event(event_id: str, task: str, question: str, t: float) -> BenchmarkEvent:
+        return BenchmarkEvent(event_id, t, "yesno", question, question, "", task, ovobench.FORWARD)
+
+    probes = [
+        event("rec/0", "REC", "How many times did they show the sign CLOSED?", 5.0),
+        event("rec/1", "REC", "How many times did they show the sign CLOSED?", 30.0),
+        event("rec/2", "REC", "How many times did they show the sign CLOSED?", 50.0),
+        event("ssr/0", "SSR", "The sign says CLOSED.", 12.0),
+        event("ssr/1", "SSR", "The sign says CLOSED.", 20.0),
+        event("crr/0", "CRR", "Is there a cat?", 50.0),
+        event("crr/1", "CRR", "Is there a cat?", 60.0),
+        event("mcq", "EPM", "What was shown first?", 60.0),
+    ]
+    forward = ForwardWatches(engine, "cam", probes)
+    forward.start()
+    assert len(engine.watches("cam")) == 3, "one watch per condition"
+    answers: dict[str, str | None] = {}
+    pending = sorted(probes, key=lambda e: e.t_query)
+    for second in range(SECONDS):
+        while pending and pending[0].t_query < second:
+            e = pending.pop(0)
+            given = forward.answer(Probe(e.id, e.t_query, e.prompt))
+            answers[e.id] = given.text if given is not None else None
+        engine.push_frame("cam", frame_at(second))
+    forward.close()
+    assert engine.watches("cam") == []
+    assert answers == {
+        "rec/0": "0", "rec/1": "1", "rec/2": "2",
+        "ssr/0": "Yes", "ssr/1": "No",
+        "crr/0": "No", "crr/1": "Yes",
+        "mcq": None,  # not a forward task: asked as usual
+    }  # fmt: skip
 
 
 # --- over the websocket, on rendered footage played in real time through the server ----------------------------

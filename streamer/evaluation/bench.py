@@ -38,6 +38,7 @@ from streamer.replay import ReplayQuestion, check_question_times
 BENCHMARKS = ("streamingbench", "ovobench", "rvs")
 CONTEXTS: dict[str, ContextPolicy] = {"all": "all", "last60": "last_60s"}
 JUDGES = ("local", "overlap")
+FORWARD_MODES = ("watches", "ask")
 
 
 @dataclass
@@ -52,6 +53,7 @@ class BenchOptions:
     judge: str = "local"
     judge_llm: str | None = None
     max_videos: int | None = None
+    forward: str = "watches"  # OVO-Bench's forward active responding: "watches" or "ask"
 
 
 def read_sessions(options: BenchOptions) -> list[BenchmarkSession]:
@@ -61,6 +63,8 @@ def read_sessions(options: BenchOptions) -> list[BenchmarkSession]:
         raise UserError(f"Unknown benchmark '{options.benchmark}'; use one of {', '.join(BENCHMARKS)}.")
     if options.context not in CONTEXTS:
         raise UserError(f"Unknown --context '{options.context}'; use all or last60.")
+    if options.forward not in FORWARD_MODES:
+        raise UserError(f"Unknown --forward '{options.forward}'; use watches or ask.")
     if options.benchmark != "streamingbench" and options.context != "all":
         raise UserError(
             f"--context {options.context} is StreamingBench's setting; {options.benchmark} is defined with "
@@ -124,6 +128,7 @@ def run_sessions(
 ) -> dict[str, ProbeAnswer]:
     """Replay every session on one engine; event id -> answer."""
     from streamer.engine import Engine
+    from streamer.evaluation.benchmarks.forward import ForwardWatches
     from streamer.models import load_adapter
 
     log("Loading models...")
@@ -137,17 +142,25 @@ def run_sessions(
     for number, session in enumerate(sessions):
         progress.start(f"{session.video.name} ({number + 1}/{len(sessions)})")
         probes = [Probe(e.id, e.t_query, e.prompt, e.context_start, _choices(e)) for e in session.events]
-        run = asyncio.run(
-            replay_probes(
-                engine,
-                f"bench-{number}",
-                FileSource(session.video, fps=options.fps),
-                probes,
-                until_last_probe=True,
-                on_frame=lambda _: progress.advance("ingest"),
-                on_answer=lambda _: progress.advance("answer"),
+        stream_id = f"bench-{number}"
+        watching = options.benchmark == "ovobench" and options.forward == "watches"
+        forward = ForwardWatches(engine, stream_id, session.events if watching else ())
+        try:
+            run = asyncio.run(
+                replay_probes(
+                    engine,
+                    stream_id,
+                    FileSource(session.video, fps=options.fps),
+                    probes,
+                    until_last_probe=True,
+                    on_frame=lambda _: progress.advance("ingest"),
+                    on_answer=lambda _: progress.advance("answer"),
+                    on_start=forward.start,
+                    answer_probe=forward.answer,
+                )
             )
-        )
+        finally:
+            forward.close()
         answers.update((answer.id, answer) for answer in run.answers)
     return answers
 

@@ -120,6 +120,11 @@ def add_evaluation_commands(commands: argparse._SubParsersAction[argparse.Argume
     bench.add_argument("--judge", default="local", help="RVS judge: local (a local LM, default) or overlap")
     bench.add_argument("--judge-llm", help="the local judge's model folder or .gguf (default: SmolLM2-135M)")
     bench.add_argument("--max-videos", type=int, help="replay only the first N videos of the file")
+    bench.add_argument(
+        "--forward",
+        default="watches",
+        help="OVO-Bench forward active responding: answered by standing questions (watches, default) or asked",
+    )
     bench.add_argument("--out", type=Path, default=Path("bench-report"), help="output folder (default bench-report)")
     bench.add_argument("--threads", type=int, help="torch threads (default: torch's choice, one per core)")
     bench.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -260,6 +265,7 @@ def run_bench(args: argparse.Namespace, command: str) -> int:
         judge=args.judge,
         judge_llm=args.judge_llm,
         max_videos=args.max_videos,
+        forward=args.forward,
     )
     log = _log(args.quiet)
     report = run(options, args.out, command, Progress(enabled=not args.quiet), log)

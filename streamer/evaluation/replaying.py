@@ -74,15 +74,25 @@ async def replay_probes(
     on_frame: Callable[[FrameInfo], None] | None = None,
     on_answer: Callable[[ProbeAnswer], None] | None = None,
     until_last_probe: bool = False,
+    on_start: Callable[[], None] | None = None,
+    answer_probe: Callable[[Probe], ProbeAnswer | None] | None = None,
 ) -> StreamRun:
     """Feed `source` into a new stream `stream_id` (`streamer.replay.replay_stream`), answering each probe when
     its time comes and recording the resident tokens after every frame; the stream is removed at the end.
 
     until_last_probe: stop once the last probe is answered instead of playing the source to its end.
+    on_start: called once the stream exists, before its first frame. answer_probe: answers a probe itself
+    when it returns an answer (say, from watches); the others are asked.
     """
     run = StreamRun([], budget_tokens=engine.config.memory.budget_tokens)
 
     def answer(probe: Probe) -> None:
+        given_here = answer_probe(probe) if answer_probe is not None else None
+        if given_here is not None:
+            run.answers.append(given_here)
+            if on_answer is not None:
+                on_answer(given_here)
+            return
         result = ask_within(engine, stream_id, probe).result()
         memory = engine.memory(stream_id)
         given = ProbeAnswer(
@@ -106,7 +116,9 @@ async def replay_probes(
             on_frame(info)
 
     try:
-        run.frames = await replay_stream(engine, stream_id, source, probes, answer, frame_fed, until_last_probe)
+        run.frames = await replay_stream(
+            engine, stream_id, source, probes, answer, frame_fed, until_last_probe, on_start
+        )
         mean_ms = engine.status(stream_id).ingest_ms_per_frame
         run.ingest_ms_per_frame = {k: round(v, 1) for k, v in mean_ms.items()}
     finally:

@@ -187,6 +187,7 @@ def token_file(port: int) -> Path:
 
 
 def open_initial_streams(config: StreamerConfig) -> list[InitialStream]:
+    from sources.rtsp import RtspOptions
     from streamer.server.app import InitialStream
     from streamer.server.streams import open_source
 
@@ -196,7 +197,13 @@ def open_initial_streams(config: StreamerConfig) -> list[InitialStream]:
             opened.append(
                 InitialStream(
                     source.id,
-                    open_source(source.url, source.fps, source.loop, source.speed),
+                    open_source(
+                        source.url,
+                        source.fps,
+                        source.loop,
+                        source.speed,
+                        RtspOptions(tls_verify=source.tls_verify, tls_ca_file=source.tls_ca_file),
+                    ),
                     source.fps,
                     initial_watches(source),
                     source.url,
@@ -238,9 +245,11 @@ def _serve_on_ray(config: StreamerConfig) -> int:
         config.server.answer_workers,
     )
     loader = engine_loader(config)
-    fast = [source.id for source in config.sources if source.speed != 1.0]
-    if fast:
-        raise UserError(f"Source '{fast[0]}' sets speed, which one-process servers play; leave it out for --ray.")
+    local = [s.id for s in config.sources if s.speed != 1.0 or not s.tls_verify or s.tls_ca_file is not None]
+    if local:
+        raise UserError(
+            f"Source '{local[0]}' sets speed or TLS options, which one-process servers take; leave them out for --ray."
+        )
     initial = [
         InitialStream(source.id, None, source.fps, initial_watches(source), source.url, source.loop)
         for source in config.sources

@@ -94,6 +94,12 @@ class SourceConfig(BaseModel):
         description="a looping video file played this many times faster than real time (stream time follows "
         "the file: a long replay or soak in less time); one-process servers only",
     )
+    tls_verify: bool = Field(
+        True, description="rtsps: check the camera's TLS certificate and host name before reading (false: trust it)"
+    )
+    tls_ca_file: Path | None = Field(
+        None, description="rtsps: PEM file of the authorities (or the camera's own certificate) to trust"
+    )
     watches: list[WatchConfig] = Field(default_factory=list, description="standing questions on this stream")
 
 

@@ -28,6 +28,7 @@ from sources.base import Source
 from sources.frame import Frame, SourceError
 from sources.looping import LoopingFile
 from sources.preview import PreviewTap
+from sources.rtsp import RtspOptions
 from streamer.decoding import SchedulerStats
 from streamer.engine import Engine, UnknownStream
 from streamer.ingest import IngestStatus, StreamRunner
@@ -42,9 +43,11 @@ _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
 PREVIEW_QUALITY = 80
 
 
-def open_source(url: str, fps: float, loop: bool = False, speed: float = 1.0) -> Source:
+def open_source(
+    url: str, fps: float, loop: bool = False, speed: float = 1.0, rtsp: RtspOptions | None = None
+) -> Source:
     """The live source behind `url` (see `sources.open`); files play in real time (or `speed` times
-    faster), looping if asked.
+    faster), looping if asked; an RTSP camera connects with `rtsp` (default RtspOptions).
 
     Raises SourceError with one sentence when it cannot be opened.
     """
@@ -55,7 +58,7 @@ def open_source(url: str, fps: float, loop: bool = False, speed: float = 1.0) ->
         raise SourceError(f"Only a looping video file can play faster than real time; leave speed off for '{url}'.")
     if loop:
         return LoopingFile(Path(url.removeprefix("file://")), fps, speed)
-    return sources.open.open_source(url, fps=fps, realtime=True)
+    return sources.open.open_source(url, fps=fps, realtime=True, rtsp_options=rtsp)
 
 
 @dataclass

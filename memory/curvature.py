@@ -30,6 +30,11 @@ What real footage showed (20 generated needle streams of 60 s, EfficientNet-Lite
   2 and 3 caught; seed 1 (12/12 at it) was also seen while choosing, so it is not a held-out check.
 - On a still scene the clear fraction is the threshold's tail (about 8% at K = 1.5) whatever the jitter's
   amplitude, since the threshold is relative; after real motion, jitter scores near 0 and stays fuzzy.
+- A sign can appear without a turn that stands out (over a montage whose cuts score as high), and then
+  every frame of it is fuzzy: described tersely, with no OCR, so its word is never read. A heartbeat
+  bounds that: a frame is clear when no frame was clear for `heartbeat_s` seconds, so any showing longer
+  than heartbeat_s plus one frame interval has a fully described frame. The engine uses 3 s, from the
+  shortest showings the needle suites use (4 s at 1 fps).
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field
 log = logging.getLogger(__name__)
 
 Tier = Literal["clear", "fuzzy"]
-Reason = Literal["warmup", "above threshold", "below threshold"]
+Reason = Literal["warmup", "above threshold", "below threshold", "heartbeat"]
 
 # Features are unit vectors, so a step shorter than this is rounding, not motion (the jitter of a still
 # photo through a video codec moves them by about 0.01).
@@ -53,6 +58,8 @@ _STILL_SPEED = 1e-6
 # The engine's K, lower than the scorer's own default of 1.5: on 12-minute needle streams it left no sign
 # without a clear frame, at 31% clear frames instead of 10% (see above).
 ENGINE_DEFAULT_K = 0.7
+# The engine's heartbeat: a 4 s showing at 1 fps has a clear frame (see above).
+ENGINE_HEARTBEAT_S = 3.0
 
 
 class CurvatureConfig(BaseModel):
@@ -63,6 +70,9 @@ class CurvatureConfig(BaseModel):
     window: int = Field(32, ge=2, description="scores of the most recent frames the mean and std are taken over")
     k: float = Field(1.5, gt=0, description="standard deviations above the mean a score must exceed to be clear")
     warmup: int = Field(3, ge=0, description="first frames after a start or reset that are clear whatever their score")
+    heartbeat_s: float = Field(
+        0.0, ge=0, description="a frame is clear when no frame was clear for this many seconds (0: no heartbeat)"
+    )
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,7 @@ class CurvatureScorer:
         self._previous: np.ndarray | None = None
         self._heading: np.ndarray | None = None
         self._frames = 0
+        self._last_clear: float | None = None
 
     def reset(self) -> None:
         """Forget the trajectory and the window, as at the start of a new stream; warm-up begins again."""
@@ -117,6 +128,7 @@ class CurvatureScorer:
         self._previous = None
         self._heading = None
         self._frames = 0
+        self._last_clear = None
 
     def score(self, features: np.ndarray, stream_time: float) -> CurvatureDecision:
         """Classify the frame whose feature vector (any 1-D float vector, e.g. (1280,)) is `features`."""
@@ -135,8 +147,12 @@ class CurvatureScorer:
             reason: Reason = "warmup"
         elif score > threshold:
             tier, reason = "clear", "above threshold"
+        elif self._heartbeat_due(stream_time):
+            tier, reason = "clear", "heartbeat"
         else:
             tier, reason = "fuzzy", "below threshold"
+        if tier == "clear":
+            self._last_clear = stream_time
         if defined_score is not None:
             self._scores.append(defined_score)
         self._frames += 1
@@ -153,6 +169,10 @@ class CurvatureScorer:
         )
         log.debug("curvature %s", decision)
         return decision
+
+    def _heartbeat_due(self, stream_time: float) -> bool:
+        beat = self.config.heartbeat_s
+        return beat > 0 and self._last_clear is not None and stream_time - self._last_clear >= beat - 1e-6
 
     def _advance(self, current: np.ndarray) -> tuple[float | None, float, float]:
         """Step the trajectory to `current`; returns (score, None until two steps exist; speed; turn)."""

@@ -75,6 +75,7 @@ class Tally:
     samples: list[tuple[float, int, int, int]] = field(default_factory=list)  # wall s, pid, RSS bytes, fds
     outages: list[float] = field(default_factory=list)  # s from the RTSP server's return to cam's next frame
     crashes: int = 0
+    main_frames: int = 0  # frames `main` had taken in at the last look (restored ones included)
     kill_stream_time: float | None = None
     restart_stream_time: float | None = None
     # After the restart, every 10 s: (stream s since the restart, frames from before the kill on device or host)
@@ -213,6 +214,7 @@ class Soak:
                 status = await self.status(http, "main", 1 if self.tally.restart_stream_time is None else 2000)
                 if status is not None:
                     self.main_time = float(status["as_of"])
+                    self.tally.main_frames = int(status["total_frames"])
                     self.count_readable(status)
             if len(self.tally.samples) % 6 == 1:
                 print(f"[{self.wall() / 60:5.1f} min] main at {self.main_time / 60:6.1f} min of stream; "
@@ -387,6 +389,7 @@ def report(tally: Tally, args: argparse.Namespace, wall_s: float) -> str:
     rows = [
         ("stream", f"{args.hours:g} h of `main` at {args.fps:g} fps, up to {args.speed:g}x; `cam` RTSP 0.25 fps"),
         ("wall time", f"{wall_s / 60:.1f} min"),
+        ("frames `main` took", f"{tally.main_frames} ({tally.main_frames / (args.hours * 3600):.2f} a stream second)"),
         ("valid questions asked / answered", f"{tally.asked} / {tally.answered}"),
         ("unanswered valid questions", str(unanswered)),
         ("asked again after the crash or a refusal", f"{tally.reasked} after a dropped connection, "

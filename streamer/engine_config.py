@@ -9,9 +9,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from memory.curvature import ENGINE_DEFAULT_K, CurvatureConfig
+from memory.curvature import ENGINE_DEFAULT_K, ENGINE_HEARTBEAT_S, CurvatureConfig
 from memory.settings import CompressionMethod, MemoryPolicyName
 
 AnswerSource = Literal["cache", "text"]
@@ -19,6 +19,8 @@ AnswerSource = Literal["cache", "text"]
 ChoiceScoring = Literal["grounded", "letter", "text", "generate"]
 # Frames per second a stream is sampled at unless told otherwise.
 DEFAULT_FPS = 1.0
+# The curvature scorer's settings in the engine, where they differ from the scorer's own defaults.
+ENGINE_CURVATURE: dict[str, float] = {"k": ENGINE_DEFAULT_K, "heartbeat_s": ENGINE_HEARTBEAT_S}
 
 
 class MemoryConfig(BaseModel):
@@ -39,9 +41,16 @@ class MemoryConfig(BaseModel):
         description="what gives way when the budget is full: curvature tiers, uniform sampling, fifo window, "
         "or equal (tiers without curvature: every frame clear)",
     )
-    curvature: CurvatureConfig = Field(default_factory=lambda: CurvatureConfig(k=ENGINE_DEFAULT_K))
+    curvature: CurvatureConfig = Field(default_factory=lambda: CurvatureConfig(**ENGINE_CURVATURE))
     compression: CompressionMethod = Field("value_norm", description="how a demoted frame's KV block is compressed")
     compress_ratio: float = Field(0.5, gt=0, le=1, description="share of a block's tokens its compression keeps")
+
+    @field_validator("curvature", mode="before")
+    @classmethod
+    def _engine_curvature(cls, value: Any) -> Any:
+        """A partial `curvature:` section keeps the engine's own defaults for what it leaves out."""
+        return {**ENGINE_CURVATURE, **value} if isinstance(value, Mapping) else value
+
     compact_after_s: float = Field(
         7200.0,
         ge=0,

@@ -242,3 +242,33 @@ def test_needle_onsets_in_calm_footage_are_clear(tmp_path: Path, extractor: Fram
         onset = _onset(decisions, needle)
         assert onset.tier == "clear", onset
         assert onset.reason == "above threshold"
+
+
+def test_a_heartbeat_bounds_every_fuzzy_run() -> None:
+    # A slow smooth pan with jitter: after the warm-up nothing stands out, so without a heartbeat the frames
+    # stay fuzzy for long runs; with one, no two clear frames are more than heartbeat_s apart.
+    rng = np.random.default_rng(3)
+    base, direction = _unit(rng.normal(size=DIM)), _unit(rng.normal(size=DIM))
+    trajectory = [base + 0.02 * t * direction + 0.001 * rng.normal(size=DIM) for t in range(120)]
+
+    def clear_times(config: CurvatureConfig) -> list[float]:
+        decisions = _score_all(CurvatureScorer(config), trajectory)
+        return [d.stream_time for d in decisions if d.tier == "clear"]
+
+    without = clear_times(CurvatureConfig(k=ENGINE_DEFAULT_K))
+    assert max(np.diff([*without, len(trajectory)])) > 6, "the case the heartbeat is for: long fuzzy runs"
+    with_beat = CurvatureScorer(CurvatureConfig(k=ENGINE_DEFAULT_K, heartbeat_s=3.0))
+    decisions = _score_all(with_beat, trajectory)
+    times = [d.stream_time for d in decisions if d.tier == "clear"]
+    assert max(np.diff([*times, len(trajectory) - 1])) <= 3.0
+    assert {d.reason for d in decisions if d.tier == "clear"} >= {"heartbeat"}
+    assert set(times) >= set(without), "the heartbeat only adds clear frames"
+    assert _clear_fraction(decisions) < 0.5
+
+
+def test_a_partial_curvature_section_keeps_the_engine_defaults() -> None:
+    from streamer.engine_config import EngineConfig
+
+    curvature = EngineConfig.model_validate({"memory": {"curvature": {"window": 16}}}).memory.curvature
+    assert (curvature.window, curvature.k, curvature.heartbeat_s) == (16, ENGINE_DEFAULT_K, 3.0)
+    assert CurvatureConfig().heartbeat_s == 0.0, "the scorer alone has no heartbeat"

@@ -195,3 +195,22 @@ def test_only_a_looping_file_plays_faster() -> None:
         open_source(str(BIKES), 1.0, loop=False, speed=2.0)
     with pytest.raises(SourceError, match="Only video files can loop"):
         open_source("rtsp://127.0.0.1:9/x", 1.0, loop=True, speed=2.0)
+
+
+def test_a_sped_up_file_is_ingested_at_its_own_rate_of_stream_time() -> None:
+    """The server takes a stream's frames at most `fps` a second of wall time; a file played 4x faster
+    delivers `fps` a second of stream time, so it must be taken 4x as often, not thinned out."""
+    from tiny_adapter import SyntheticFrames, tiny_model
+
+    from streamer.engine import Engine
+    from streamer.server.streams import LocalHub
+
+    async def runner_rate() -> float | None:
+        hub = LocalHub(Engine(SyntheticFrames(tiny_model())))
+        try:
+            hosted = await hub.add("fast", LoopingFile(BIKES, fps=1.0, speed=4.0), fps=1.0)
+            return hosted.runner.fps
+        finally:
+            await hub.close()
+
+    assert asyncio.run(runner_rate()) == 4.0

@@ -151,7 +151,9 @@ class LocalHub(Hub):
         finally:
             self._reserved.discard(stream_id)
         tap = PreviewTap(source)
-        runner = StreamRunner(self.engine, stream_id, tap, fps=fps, executor=self.executor)
+        # The source samples `fps` per second of stream time; a file played faster delivers them faster.
+        rate = fps * source.speed if fps is not None and isinstance(source, LoopingFile) else fps
+        runner = StreamRunner(self.engine, stream_id, tap, fps=rate, executor=self.executor)
         hosted = HostedStream(stream_id, tap, runner)
         self.streams[stream_id] = hosted
         runner.start()

@@ -8,6 +8,7 @@ Other slow tests (real servers, browsers, minutes of video) carry the mark thems
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,21 @@ def make_tiny_llama(**overrides: Any) -> LlamaForCausalLM:
 def tiny_llama() -> LlamaForCausalLM:
     """The default tiny Llama: 3 layers, 4 query heads over 2 key/value heads of 16 channels."""
     return make_tiny_llama()
+
+
+@pytest.fixture(scope="module")
+def tiny_model_one_thread() -> Iterator[LlamaForCausalLM]:
+    """`tiny_adapter.tiny_model()` with torch on one thread while the module's tests run: its tensors are too
+    small to split, and idle workers would only spin."""
+    import torch
+    from tiny_adapter import tiny_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield tiny_model()
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

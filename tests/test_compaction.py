@@ -5,14 +5,12 @@ view, and snapshots carry the compacted memory across a restart."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from engine_probes import choose_blocks
-from tiny_adapter import SyntheticFrames, synthetic_frame, tiny_model
+from tiny_adapter import SyntheticFrames, synthetic_frame
 from transformers import LlamaForCausalLM
 
 from memory.events import EventTimeline
@@ -26,13 +24,8 @@ QUESTION = "What was the ball doing?"
 
 
 @pytest.fixture(scope="module")
-def model() -> Iterator[LlamaForCausalLM]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: idle workers would only spin
-    try:
-        yield tiny_model()
-    finally:
-        torch.set_num_threads(threads)
+def model(tiny_model_one_thread: LlamaForCausalLM) -> LlamaForCausalLM:
+    return tiny_model_one_thread
 
 
 def make_engine(model: LlamaForCausalLM, age: float, folder: Path | None = None) -> Engine:

@@ -3,13 +3,12 @@ parts no head lists, dropped blocks and damaged parts are dealt with."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from engine_probes import first_token_logits
-from tiny_adapter import SyntheticFrames, synthetic_frame, tiny_model
+from tiny_adapter import SyntheticFrames, synthetic_frame
 from transformers import LlamaForCausalLM
 
 from memory.errors import SnapshotError
@@ -24,13 +23,8 @@ SAVE_EVERY = 40
 
 
 @pytest.fixture(scope="module")
-def model() -> Iterator[LlamaForCausalLM]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: idle workers would only spin
-    try:
-        yield tiny_model()
-    finally:
-        torch.set_num_threads(threads)
+def model(tiny_model_one_thread: LlamaForCausalLM) -> LlamaForCausalLM:
+    return tiny_model_one_thread
 
 
 def make_engine(model: LlamaForCausalLM, folder: Path, host_cap: int) -> Engine:

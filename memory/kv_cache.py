@@ -12,6 +12,7 @@ Tensor shapes: keys and values are (batch, kv_heads, tokens, head_dim), batch = 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -69,8 +70,21 @@ class KVStore:
     def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
         self.keys = keys
         self.values = values
-        self.owner: object | None = None  # the cache allowed to write past its length in place
+        self._owner: weakref.ref[object] | None = None
         self.written = 0  # tokens [0, written) hold data some cache may still read
+
+    @property
+    def owner(self) -> object | None:
+        """The cache allowed to write past its length in place (None: none, or it is gone).
+
+        Held weakly: a cache holds its store, and a store that held its cache back would keep both, and
+        all their keys and values, alive until the cyclic garbage collector happened to run, which in a
+        long-running server is rare enough for gigabytes of dropped caches to pile up."""
+        return self._owner() if self._owner is not None else None
+
+    @owner.setter
+    def owner(self, cache: object | None) -> None:
+        self._owner = weakref.ref(cache) if cache is not None else None
 
     @property
     def capacity(self) -> int:
@@ -97,9 +111,15 @@ class StreamingLayer(CacheLayerMixin):
 
     def __init__(self, cache: StreamingCache, index: int) -> None:
         super().__init__()
-        self.cache = cache
+        self._cache = weakref.ref(cache)  # weak: see KVStore.owner
         self.index = index
         self.length = 0
+
+    @property
+    def cache(self) -> StreamingCache:
+        cache = self._cache()
+        assert cache is not None, "a cache layer outlived its cache"
+        return cache
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         if self.cache.store is None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -156,9 +157,15 @@ class _BatchLayer(CacheLayerMixin):
 
     def __init__(self, batch: BatchedCache, index: int) -> None:
         super().__init__()
-        self.batch = batch
+        self._batch = weakref.ref(batch)  # weak, or the batch and its keys and values would form a cycle
         self.index = index
         self.is_initialized = True
+
+    @property
+    def batch(self) -> BatchedCache:
+        batch = self._batch()
+        assert batch is not None, "a cache layer outlived its cache"
+        return batch
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         pass

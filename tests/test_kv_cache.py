@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import torch
 from transformers import LlamaForCausalLM
 
@@ -156,3 +159,29 @@ def test_append_moves_a_segment_to_the_end_exactly(tiny_llama: LlamaForCausalLM)
     empty = StreamingCache(tiny_llama.config.num_hidden_layers)
     empty.append(cache.segment(25, 40), shift)  # an empty cache takes the segment at position 0
     torch.testing.assert_close(empty.keys(0), assemble([cache.segment(25, 40)], shift).keys(0), atol=1e-6, rtol=1e-6)
+
+
+def test_a_dropped_cache_frees_its_keys_and_values_at_once(tiny_llama: LlamaForCausalLM) -> None:
+    """No reference cycle holds a cache's store: dropped, it goes at once, not whenever the cyclic garbage
+    collector next runs (in a long-running server, rarely: gigabytes of dropped caches piled up)."""
+    from streamer.decoding import BatchedCache
+
+    gc.collect()
+    gc.disable()
+    try:
+        cache = StreamingCache(tiny_llama.config.num_hidden_layers)
+        ids = torch.arange(12)[None]
+        with torch.no_grad():
+            tiny_llama(input_ids=ids, past_key_values=cache, use_cache=True)
+        fork = cache.fork()
+        with torch.no_grad():
+            fork.reserve(3)
+            tiny_llama(input_ids=ids[:, :3], past_key_values=fork, use_cache=True)
+        fork.close()
+        batch = BatchedCache(cache, 2, 64)
+        assert cache.store is not None
+        stored, batched = weakref.ref(cache.store.keys[0]), weakref.ref(batch.keys[0])
+        del cache, fork, batch
+        assert stored() is None and batched() is None
+    finally:
+        gc.enable()

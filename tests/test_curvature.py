@@ -270,5 +270,7 @@ def test_a_partial_curvature_section_keeps_the_engine_defaults() -> None:
     from streamer.engine_config import EngineConfig
 
     curvature = EngineConfig.model_validate({"memory": {"curvature": {"window": 16}}}).memory.curvature
-    assert (curvature.window, curvature.k, curvature.heartbeat_s) == (16, ENGINE_DEFAULT_K, 3.0)
+    assert (curvature.window, curvature.k) == (16, ENGINE_DEFAULT_K)
+    beating = EngineConfig.model_validate({"memory": {"curvature": {"heartbeat_s": 3}}}).memory.curvature
+    assert (beating.k, beating.heartbeat_s) == (ENGINE_DEFAULT_K, 3.0)
     assert CurvatureConfig().heartbeat_s == 0.0, "the scorer alone has no heartbeat"

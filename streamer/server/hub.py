@@ -70,7 +70,7 @@ class StreamReport:
             "reconnects": self.reconnects,
             "resident_tokens": self.memory.resident_tokens,
             "budget_tokens": self.memory.budget_tokens,
-            "frames_in_memory": self.memory.frames,
+            "frames_in_memory": sum(self.memory.frames_by_place.values()),  # older ones were compacted away
         }
         if self.worker is not None:
             described["worker"] = self.worker

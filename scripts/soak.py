@@ -4,7 +4,7 @@ What runs (everything real: the CLI's server process, the embedded models, a GSt
 
 - stream `main`: the bikes clip looping, sampled at --fps and played --speed times faster than real time
   until --hours of stream time have passed (ingest is the limit when it cannot keep up);
-- stream `cam`: an RTSP camera (gst-rtsp-server's live test pattern) at 0.25 fps, whose server is killed
+- stream `cam`: an RTSP camera (gst-rtsp-server's live test pattern) at 0.5 fps, whose server is killed
   and started again twice (--outage-s each), at 15% and 25% of the way;
 - --clients websocket clients, each asking about `main` (every fourth question about `cam`) once `main` has
   moved on --ask-every seconds of stream time since its last question, with a malformed message before
@@ -23,9 +23,11 @@ their growth.
     python scripts/soak.py [--hours 2] [--speed 4] [--fps 0.5] [--clients 3] [--ask-every 30]
                            [--outage-s 8] [--out scripts/results/soak.md]
 
-Memory is capped the way a long-running server would be: `memory.compact_after_s` 1800 (records older
-than 30 minutes of stream leave the frame level) beside the default host tier, so both caps are reached
-within the first minutes and the process should stay flat after that.
+Memory is capped the way a long-running server would be, with caps small enough to be reached before a
+process's minute 10, so that from then on the process should stay flat: `memory.compact_after_s` 1800
+(records older than 30 minutes of stream leave the frame level) and a host tier of 4096 KV tokens per
+stream beside the 4096 resident (the defaults, 65,536 on the host, take hours to fill at these rates).
+The KV tokens both streams hold are sampled with the process's memory, to show when the caps were reached.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -58,6 +61,8 @@ from streamer.evaluation.needles import footage_dir
 
 BAD_MESSAGES = ("{not json", json.dumps({"type": "question.shout"}), "bad-empty", "x" * 20_000)
 COMPACT_S = 1800.0  # memory.compact_after_s of the soak's server
+HOST_TOKENS = 4096  # memory.host_budget_tokens of the soak's server
+CAM_FPS = 0.5
 QUESTIONS = ("What is on screen?", "What vehicles are on the street?", "What colours are there?", "Is anyone there?")
 
 
@@ -74,6 +79,8 @@ class Tally:
     after_restart_named: int = 0
     after_restart_before_kill: int = 0
     samples: list[tuple[float, int, int, int]] = field(default_factory=list)  # wall s, pid, RSS bytes, fds
+    held: list[tuple[float, int]] = field(default_factory=list)  # wall s, KV tokens of both streams (device + host)
+    heap: list[tuple[float, int]] = field(default_factory=list)  # wall s, malloc's bytes in use (glibc)
     outages: list[float] = field(default_factory=list)  # s from the RTSP server's return to cam's next frame
     crashes: int = 0
     main_frames: int = 0  # frames `main` had taken in at the last look (restored ones included)
@@ -151,9 +158,9 @@ class Soak:
             "sources": [
                 {"id": "main", "url": str(footage_dir() / "bikes.mp4"), "fps": args.fps, "loop": True,
                  "speed": args.speed},
-                {"id": "cam", "url": self.rtsp.url("live"), "fps": 0.25},
+                {"id": "cam", "url": self.rtsp.url("live"), "fps": CAM_FPS},
             ],
-            "memory": {"compact_after_s": COMPACT_S},
+            "memory": {"compact_after_s": COMPACT_S, "host_budget_tokens": HOST_TOKENS},
             "snapshot": {"dir": str(work / "snapshots"), "every_s": 60},
             "server": {"port": self.port, "token": self.token},
         }  # fmt: skip
@@ -196,6 +203,18 @@ class Soak:
         except (aiohttp.ClientError, TimeoutError):
             return None
 
+    async def heap_in_use(self, http: aiohttp.ClientSession) -> int | None:
+        """malloc's bytes in use in the server process, from /metrics (glibc only)."""
+        try:
+            async with http.get(f"{self.base}/metrics", timeout=aiohttp.ClientTimeout(total=5)) as response:
+                text = await response.text()
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+        for line in text.splitlines():
+            if line.startswith('streamer_heap_bytes{kind="in_use"}'):
+                return int(float(line.split()[-1]))
+        return None
+
     async def monitor(self, http: aiohttp.ClientSession) -> None:
         """Every 10 s: the server's memory and descriptors, and how far `main` has got."""
         while not self.done:
@@ -217,6 +236,13 @@ class Soak:
                     self.main_time = float(status["as_of"])
                     self.tally.main_frames = int(status["total_frames"])
                     self.count_readable(status)
+                    cam = await self.status(http, "cam")
+                    if cam is not None:
+                        held = [int(s["resident_tokens"]) + int(s["host_tokens"]) for s in (status, cam)]
+                        self.tally.held.append((self.wall(), sum(held)))
+                    in_use = await self.heap_in_use(http)
+                    if in_use is not None:
+                        self.tally.heap.append((self.wall(), in_use))
             if len(self.tally.samples) % 6 == 1:
                 print(f"[{self.wall() / 60:5.1f} min] main at {self.main_time / 60:6.1f} min of stream; "
                       f"asked {self.tally.asked}, answered {self.tally.answered}", flush=True)  # fmt: skip
@@ -357,7 +383,7 @@ class Soak:
                 return True
 
 
-def growth(samples: list[tuple[float, int, int, int]], column: int, from_s: float) -> tuple[float, float, float]:
+def growth(samples: Sequence[Sequence[float]], column: int, from_s: float) -> tuple[float, float, float]:
     """(value near `from_s`, value at the end, growth) of one column, each the median of 6 samples (a minute)."""
     later = [s for s in samples if s[0] >= from_s]
     if len(later) < 12:
@@ -365,6 +391,12 @@ def growth(samples: list[tuple[float, int, int, int]], column: int, from_s: floa
     start = statistics.median(s[column] for s in later[:6])
     end = statistics.median(s[column] for s in later[-6:])
     return start, end, end / start - 1
+
+
+def nearest(samples: list[tuple[float, int]], wall_s: float, unit: int = 1) -> str:
+    """The sample nearest `wall_s` within 10 s, in `unit`s, or -."""
+    near = [(abs(t - wall_s), value) for t, value in samples if abs(t - wall_s) <= 10]
+    return f"{min(near)[1] / unit:.0f}" if near else "-"
 
 
 def report(tally: Tally, args: argparse.Namespace, wall_s: float) -> str:
@@ -389,9 +421,18 @@ def report(tally: Tally, args: argparse.Namespace, wall_s: float) -> str:
         first, last, change = growth(mine, 2, mine[0][0] + 600)
         span = (mine[-1][0] - mine[0][0]) / 60
         summary = f"{first / 2**20:.0f} -> {last / 2**20:.0f} MiB ({change * 100:+.1f}%)" if change == change else "-"
+        held = [h for h in tally.held if mine[0][0] <= h[0] <= mine[-1][0]]
+        tokens0, tokens1, _ = growth(held, 1, mine[0][0] + 600)
+        if tokens0 == tokens0:
+            summary += f", KV tokens held {tokens0:.0f} -> {tokens1:.0f}"
+        heap = [h for h in tally.heap if mine[0][0] <= h[0] <= mine[-1][0]]
+        heap0, heap1, heap_change = growth(heap, 1, mine[0][0] + 600)
+        if heap0 == heap0:
+            summary += f", malloc in use {heap0 / 2**20:.0f} -> {heap1 / 2**20:.0f} MiB ({heap_change * 100:+.1f}%)"
         per_process.append(f"process {number} ({span:.0f} min): RSS from its minute 10 {summary}")
     rows = [
-        ("stream", f"{args.hours:g} h of `main` at {args.fps:g} fps, up to {args.speed:g}x; `cam` RTSP 0.25 fps"),
+        ("stream", f"{args.hours:g} h of `main` at {args.fps:g} fps, up to {args.speed:g}x; `cam` RTSP "
+                   f"{CAM_FPS:g} fps"),
         ("wall time", f"{wall_s / 60:.1f} min"),
         ("frames `main` took", f"{tally.main_frames} ({tally.main_frames / (args.hours * 3600):.2f} a stream second)"),
         ("valid questions asked / answered", f"{tally.asked} / {tally.answered}"),
@@ -421,9 +462,13 @@ def report(tally: Tally, args: argparse.Namespace, wall_s: float) -> str:
         "|---|---|",
         *[f"| {name} | {value} |" for name, value in rows],
         "",
-        "RSS and descriptors, one row a minute (wall minute, process, MiB, descriptors):",
+        "One row a minute: wall minute, process, RSS MiB, descriptors, KV tokens both streams hold, malloc MiB in use:",
         "",
-        *[f"    {s[0] / 60:5.1f}  {pids.index(s[1]) + 1}  {s[2] / 2**20:7.1f}  {s[3]}" for s in tally.samples[::6]],
+        *[
+            f"    {s[0] / 60:5.1f}  {pids.index(s[1]) + 1}  {s[2] / 2**20:7.1f}  {s[3]}  "
+            f"{nearest(tally.held, s[0])}  {nearest(tally.heap, s[0], 2**20)}"
+            for s in tally.samples[::6]
+        ],
     ]
     return "\n".join(lines) + "\n"
 

@@ -33,6 +33,7 @@ from streamer.batching import IngestScheduler
 from streamer.decoding import SchedulerLimits, attach_scheduler, ingest_passes
 from streamer.engine_config import EngineConfig as EngineConfig
 from streamer.engine_data import AnswerHandle, FrameInfo, StreamStatus
+from streamer.heap import HeapTrimmer
 from streamer.query import Answer, generate_answer
 from streamer.retrieval import Reading, Selection, select_reading
 from streamer.watches import EventListener, Watches, WatchEvent, WatchInfo, WatchSpec
@@ -106,6 +107,7 @@ class Engine:
         self._answers: weakref.WeakValueDictionary[str, AnswerHandle] = weakref.WeakValueDictionary()
         self._scheduler: IngestScheduler | None = None
         self._watches = Watches()
+        self.heap = HeapTrimmer(self.config.memory.heap_trim_every_s)
         answer = self.config.answer
         if answer.batched:
             attach_scheduler(adapter, SchedulerLimits(answer.max_rows, answer.max_step_tokens, answer.hold_s))
@@ -278,7 +280,9 @@ class Engine:
         in full, fuzzy ones tersely), then the adapter's `encode` at that detail. `detail` forces the encoding.
         """
         with ingest_passes():
-            return self._push_frames(items, detail)
+            infos = self._push_frames(items, detail)
+        self.heap.maybe_trim()
+        return infos
 
     def _push_frames(self, items: Sequence[tuple[str, Frame]], detail: str | None) -> list[FrameInfo]:
         streams = [self._stream(stream_id) for stream_id, _ in items]
@@ -288,12 +292,23 @@ class Engine:
             stream.memory.decide(look.features, frame.stream_time)
             for stream, frame, look in zip(streams, frames, looks, strict=True)
         ]
-        details = [detail or _detail_of(decision) for decision in decisions]
+        details = [
+            detail or self._detail(stream.stream_id, frame, decision)
+            for stream, frame, decision in zip(streams, frames, decisions, strict=True)
+        ]
         encoded = self.adapter.encode(frames, looks, details)
         return [
             FrameInfo.of(self._store(stream, frame, tokens, decision))
             for stream, frame, tokens, decision in zip(streams, frames, encoded, decisions, strict=True)
         ]
+
+    def _detail(self, stream_id: str, frame: Frame, decision: CurvatureDecision | None) -> str:
+        """The policy's detail for the frame, except that a frame a watch is due to check is described in full
+        (a check is a look: see `streamer.watches`)."""
+        detail = _detail_of(decision)
+        if detail == "terse" and self._watches.wants_look(stream_id, frame.stream_time):
+            return "full"
+        return detail
 
     def _store(
         self, stream: Stream, frame: Frame, tokens: FrameTokens, decision: CurvatureDecision | None
@@ -420,6 +435,7 @@ class Engine:
         def closed(handle: AnswerHandle) -> None:
             view.close()
             self._answers.pop(handle.answer_id, None)
+            self.heap.maybe_trim()  # the answer's cache fork was the largest thing it allocated
 
         handle = AnswerHandle(stream_id, question, view.as_of, run, closed, cancel)
         self._answers[handle.answer_id] = handle

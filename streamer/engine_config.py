@@ -57,6 +57,12 @@ class MemoryConfig(BaseModel):
         description="stream seconds a frame's record (description, retrieval vectors, host KV) is kept; older "
         "frames live on in the event timeline only, so memory per stream stays bounded (0: keep every record)",
     )
+    heap_trim_every_s: float = Field(
+        5.0,
+        ge=0,
+        description="wall seconds between giving the heap's freed pages back to the system (glibc malloc_trim), "
+        "so a long-running process's resident memory tracks what it holds (0: never)",
+    )
 
 
 class RetrievalConfig(BaseModel):

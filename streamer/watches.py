@@ -17,14 +17,22 @@ strongly the stream shows the condition now:
   yes/no question over the sink and the frames of the last `RECENT_S` seconds, no generation;
   `p_yes = P(yes) / (P(yes) + P(no))` of the first answer token.
 
-Hysteresis turns the checks into episodes: an episode starts when `p_yes >= on` has held for `hold_s`
-(from the first check that saw it; while a start waits out its hold, every frame is checked), ends at
-the first check with `p_yes < off`, and after an end no episode starts for `cooldown_s`. Each episode
-has one `event_id`, a start event and an end event.
+A check is a look: a frame the policy left fuzzy is described in full when a watch of its stream is due
+(`Engine.push_frames` asks `Watches.wants_look`), so the timeline a check reads is as fresh as the frame,
+and at least every `every_s` seconds something looks for text and objects even where the video barely
+changes (a sign that appears without moving much).
+
+Hysteresis turns the checks into episodes: an episode starts when `p_yes >= on` has been seen by
+`confirm` looks in a row (default 2: the look that saw it and the next frame, described in full to check
+it; detectors and OCR err on single frames, and a recorder's tracker likewise wants a few detections
+before it believes an object) and has held for `hold_s`; while a start is pending every frame is looked
+at and checked. An episode ends at the first check with `p_yes < off`, and after an end no episode starts
+for `cooldown_s`. Each episode has one `event_id`, a start event and an end event.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 import threading
@@ -77,16 +85,19 @@ class WatchSpec:
 
     text: str
     every_s: float = 5.0
-    hold_s: float = 0.0
+    hold_s: float = 2.0
     cooldown_s: float = 10.0
     on: float = DEFAULT_ON
     off: float = DEFAULT_OFF
+    confirm: int = 2
 
     def __post_init__(self) -> None:
         if not self.text.strip():
             raise ValueError("A watch needs a condition, e.g. 'tell me when the sign says CLOSED'.")
         if self.every_s <= 0 or self.hold_s < 0 or self.cooldown_s < 0:
             raise ValueError("every_s must be positive, hold_s and cooldown_s zero or more.")
+        if self.confirm < 1:
+            raise ValueError(f"confirm is the looks that must agree before a start, 1 or more; got {self.confirm}.")
         if not 0 < self.off <= self.on <= 1:
             raise ValueError(f"Watch thresholds need 0 < off <= on <= 1, got on {self.on:g}, off {self.off:g}.")
 
@@ -122,12 +133,14 @@ def parse_condition(text: str) -> Condition:
 @dataclass(frozen=True)
 class WatchReading:
     """What one check found: `p_yes`, since when the condition has held (`onset`), and the frame times
-    that show it (`evidence`, [t0, t1] spans) with a one-line account (`text`)."""
+    that show it (`evidence`, [t0, t1] spans) with a one-line account (`text`). `looked`: the check read a
+    frame that looked for everything (a fully described frame, or image tokens), so it can confirm a start."""
 
     p_yes: float
     onset: float | None = None
     evidence: tuple[tuple[float, float], ...] = ()
     text: str = ""
+    looked: bool = True
 
 
 def read_timeline(condition: Condition, items: Sequence[TimelineItem]) -> WatchReading:
@@ -219,13 +232,14 @@ class WatchState:
     check_ms: float = 0.0  # milliseconds spent reading the stream for this watch, all checks
     last_check: float | None = None
     high_since: float | None = None  # stream time of the first check of the current run at or above `on`
+    high_looks: int = 0  # looks of the current run at or above `on`
     episode: str | None = None  # the open episode's event id
     onset: float = 0.0
     ended_at: float | None = None
 
     def due(self, stream_time: float, clear: bool) -> bool:
-        """Whether a frame at `stream_time` is checked: every clear frame, every frame while a start waits out
-        `hold_s` (the hold needs checks to hold over), else once `every_s` has passed."""
+        """Whether a frame at `stream_time` is checked: every clear frame, every frame while a start waits for
+        its confirming looks or its `hold_s`, else once `every_s` has passed."""
         if clear or self.last_check is None or (self.high_since is not None and self.episode is None):
             return True
         return stream_time - self.last_check >= self.spec.every_s
@@ -239,16 +253,17 @@ class WatchState:
             if reading.p_yes >= spec.off:
                 return None
             event = self._event("end", stream_time, reading, self.onset)
-            self.episode, self.high_since, self.ended_at = None, None, stream_time
+            self.episode, self.high_since, self.high_looks, self.ended_at = None, None, 0, stream_time
             return event
         if reading.p_yes < spec.on:
-            self.high_since = None
+            self.high_since, self.high_looks = None, 0
             return None
         if self.ended_at is not None and stream_time - self.ended_at < spec.cooldown_s:
             return None
         if self.high_since is None:
             self.high_since = stream_time
-        if stream_time - self.high_since < spec.hold_s:
+        self.high_looks += reading.looked
+        if stream_time - self.high_since < spec.hold_s or self.high_looks < spec.confirm:
             return None
         self.episode = f"e{next(_event_ids)}"
         self.onset = reading.onset if reading.onset is not None else self.high_since
@@ -348,9 +363,10 @@ class Watches:
             started = time.perf_counter()
             items = memory.timeline.view(t)
             shared_ms = (time.perf_counter() - started) * 1000 / len(due)
+            looked = record.detail == "full"
             for state in due:
                 started = time.perf_counter()
-                reading = read_timeline(state.condition, items)
+                reading = dataclasses.replace(read_timeline(state.condition, items), looked=looked)
                 self.record(state, t, reading, shared_ms + (time.perf_counter() - started) * 1000)
             return
         view = memory.view()
@@ -365,6 +381,11 @@ class Watches:
     def due(self, stream_id: str, stream_time: float, clear: bool) -> list[WatchState]:
         with self._lock:
             return [s for s in self._states.values() if s.stream_id == stream_id and s.due(stream_time, clear)]
+
+    def wants_look(self, stream_id: str, stream_time: float) -> bool:
+        """Whether a frame at `stream_time` that the policy left fuzzy should be described in full anyway: a
+        watch of the stream is due (its heartbeat, or a start waiting for its confirming look)."""
+        return bool(self.due(stream_id, stream_time, clear=False))
 
     def record(
         self, state: WatchState, stream_time: float, reading: WatchReading, ms: float = 0.0

@@ -194,6 +194,8 @@ def test_a_missing_suite_file_and_bad_questions_are_named(tmp_path: Path, capsys
         (["--variant", "a", "no_such_setting=1"], "--variant a: no_such_setting: extra inputs are not permitted"),
         (["--variant", "a", "top_k"], "--variant a: 'top_k' is not KEY=VALUE"),
         (["--variant", "a", "--variant", "a", "coverage=true"], "--variant names must differ"),
+        (["--suite", "watches", "--policies", "fifo"], "defaults at 1 fps; leave out --policies."),
+        (["--suite", "watches-dev", "--minutes", "3", "4"], "takes one --minutes value, got 2"),
     ],
 )
 def test_bad_eval_options_are_named(

@@ -34,6 +34,7 @@ from server_helpers import STREAM, ask, connect, receive, start_server, wait_for
 from streamer.adapters.embedded import EmbeddedAdapter
 from streamer.engine import Engine
 from streamer.errors import UserError
+from streamer.heap import heap_usage
 from streamer.server.app import ServerThread, create_app
 from streamer.server.config import TOKEN_ENV, StreamerConfig, build_config
 
@@ -238,6 +239,10 @@ def test_metrics_parse_as_prometheus_text(server: ServerThread) -> None:
     assert value("streamer_snapshot_failures_total", stream=STREAM) == 0
     assert value("streamer_stream_up", stream=STREAM) == 1
     assert value("streamer_memory_resident_tokens", stream=STREAM) > 0
+    assert value("streamer_memory_host_tokens", stream=STREAM) >= 0
+    assert value("process_resident_memory_bytes") > 100 * 2**20  # the server process, models loaded
+    if heap_usage() is not None:  # glibc
+        assert value("streamer_heap_bytes", kind="in_use") > 0 and value("streamer_heap_bytes", kind="free") >= 0
     remembered = value("streamer_memory_frames", stream=STREAM)
     assert remembered >= described["frames_in_memory"] > 0
     tiers = [s.labels for s in families["streamer_memory_frames"].samples if s.labels["stream"] == STREAM]

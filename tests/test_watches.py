@@ -4,17 +4,22 @@ engine as frames arrive, from the event timeline (scripted descriptions, real Sm
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import itertools
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
 import pytest
 from aiohttp import web
 from scripted import CAT, ScriptedDescriber, frame_at, sign
 from server_helpers import STREAM, Message, connect, frames_ingested, receive, receive_until, start_server, ws_url
 
 from memory.events import EventTimeline
+from memory.records import FrameRecord
 from streamer.adapters.embedded import EmbeddedAdapter
 from streamer.engine import Engine, EngineConfig
 from streamer.engine_config import MemoryConfig
@@ -24,6 +29,7 @@ from streamer.evaluation.benchmarks.forward import ForwardWatches
 from streamer.evaluation.needles.building import build_stream
 from streamer.evaluation.needles.content import Needle
 from streamer.evaluation.replaying import Probe
+from streamer.vision.describer import FrameDescription
 from streamer.watches import WatchEvent, WatchReading, WatchSpec, WatchState, parse_condition, read_timeline
 
 
@@ -51,20 +57,37 @@ def test_bad_watch_settings_are_refused_in_one_sentence() -> None:
         WatchSpec("when a cat appears", on=0.4, off=0.6)
 
 
-def _run(spec: WatchSpec, p_by_second: Sequence[float]) -> list[WatchEvent]:
+def _run(spec: WatchSpec, p_by_second: Sequence[float], looked: Sequence[bool] = ()) -> list[WatchEvent]:
+    """Feed one check a second; the reading's onset is the first second of the current run at or above `on`;
+    `looked` says which checks read a fully described frame (all, when not given)."""
     state = WatchState("w", "cam", spec, parse_condition(spec.text))
     events = []
+    onset = 0.0
     for second, p_yes in enumerate(p_by_second):
-        event = state.update(float(second), WatchReading(p_yes, onset=float(second)))
+        if second == 0 or p_by_second[second - 1] < spec.on:
+            onset = float(second)
+        reading = WatchReading(p_yes, onset=onset, looked=looked[second] if looked else True)
+        event = state.update(float(second), reading)
         if event is not None:
             events.append(event)
     return events
 
 
 def test_an_episode_starts_once_and_ends_once() -> None:
-    events = _run(WatchSpec("when a cat appears"), [0, 0, 1, 1, 0.7, 1, 0, 0])
-    assert [(e.phase, e.t_detected) for e in events] == [("start", 2.0), ("end", 6.0)]
+    events = _run(WatchSpec("when a cat appears", hold_s=0.0), [0, 0, 1, 1, 0.7, 1, 0, 0])
+    assert [(e.phase, e.t_detected) for e in events] == [("start", 3.0), ("end", 6.0)], "confirmed by 2 looks"
     assert events[0].event_id == events[1].event_id and events[0].t_onset == 2.0
+
+
+def test_a_start_needs_its_confirming_look() -> None:
+    cat = "when a cat appears"
+    assert _run(WatchSpec(cat, hold_s=0.0), [0, 1, 0, 0, 1, 0]) == [], "single-look flickers start nothing"
+    assert [e.t_detected for e in _run(WatchSpec(cat, hold_s=0.0, confirm=1), [0, 1, 0])] == [1.0, 2.0]
+    # Checks of frames that did not look (terse descriptions) neither confirm nor cancel a pending start.
+    late = _run(WatchSpec(cat, hold_s=0.0), [1, 1, 1, 1], looked=[True, False, False, True])
+    assert [(e.phase, e.t_onset, e.t_detected) for e in late] == [("start", 0.0, 3.0)]
+    with pytest.raises(ValueError, match="confirm"):
+        WatchSpec(cat, confirm=0)
 
 
 def test_hold_waits_and_a_flicker_does_not_start_an_episode() -> None:
@@ -73,7 +96,7 @@ def test_hold_waits_and_a_flicker_does_not_start_an_episode() -> None:
 
 
 def test_cooldown_keeps_a_second_episode_from_starting_at_once() -> None:
-    events = _run(WatchSpec("when a cat appears", cooldown_s=3.0), [1, 0, 1, 1, 1, 1, 0])
+    events = _run(WatchSpec("when a cat appears", hold_s=0.0, cooldown_s=3.0, confirm=1), [1, 0, 1, 1, 1, 1, 0])
     assert [(e.phase, e.t_detected) for e in events] == [("start", 0.0), ("end", 1.0), ("start", 4.0), ("end", 6.0)]
     assert events[0].event_id != events[2].event_id
 
@@ -121,11 +144,11 @@ def test_a_watch_fires_once_per_episode_within_seconds_of_onset(scripted_adapter
     stop()
     by_watch = [(e.watch_id, e.phase, e.t_onset, e.t_detected) for e in heard]
     assert [row for row in by_watch if row[0] == "closed"] == [
-        ("closed", "start", 10.0, 10.0),
+        ("closed", "start", 10.0, 12.0),
         ("closed", "end", 10.0, 15.0),
-        ("closed", "start", 40.0, 40.0),
+        ("closed", "start", 40.0, 42.0),
         ("closed", "end", 40.0, 44.0),
-    ], "once per showing, never for OPEN"
+    ], "once per showing (after its 2 s hold), never for OPEN"
     cat = [row for row in by_watch if row[0] != "closed"]
     assert [row[1] for row in cat] == ["start", "end"] and cat[0][2] == 55.0 and cat[0][3] - 55.0 <= 5.0
     assert [number for number, _ in engine.watch_events()] == list(range(1, len(heard) + 1))
@@ -135,6 +158,62 @@ def test_a_watch_fires_once_per_episode_within_seconds_of_onset(scripted_adapter
     assert engine.remove_watch("closed") and not engine.remove_watch("closed")
     engine.remove_stream("cam")
     assert engine.watches() == []
+
+
+class SteadyDescriber(ScriptedDescriber):
+    """The scripted descriptions with features that change only where the description does (plus a little
+    noise), so the curvature policy leaves the frames between changes fuzzy, and terse where asked."""
+
+    def look_batch(self, frames: Sequence[np.ndarray], batched: Any = ()) -> list[FrameDescription]:
+        looks = super().look_batch(frames, batched)
+        steady = []
+        for pixels, look in zip(frames, looks, strict=True):
+            second = int(pixels[0, 0, 0])
+            scripted = self.script.get(second, self.default)
+            seed = zlib.crc32(repr((scripted.text, [o.name for o in scripted.objects], scripted.labels)).encode())
+            base = np.random.default_rng(seed).standard_normal(16)
+            features = (base + 0.01 * np.random.default_rng(second).standard_normal(16)).astype(np.float32)
+            steady.append(dataclasses.replace(look, features=features / np.linalg.norm(features)))
+        return steady
+
+    def finish_batch(
+        self, frames: Sequence[np.ndarray], looks: Sequence[FrameDescription], details: Any, batched: Any = ()
+    ) -> list[FrameDescription]:
+        """As the real describer: a terse description runs no detector and no OCR."""
+        return [
+            look if detail == "full" else dataclasses.replace(look, objects=[], text=[], detail="terse")
+            for look, detail in zip(looks, details, strict=True)
+        ]
+
+
+def test_a_due_watch_makes_a_fuzzy_frame_look(scripted_adapter: EmbeddedAdapter) -> None:
+    """Under the curvature policy most frames are fuzzy (described tersely: no OCR, no detector); a watch
+    makes its stream look at least every `every_s` seconds, and at the frame after a first sighting."""
+
+    steady = EmbeddedAdapter(
+        SteadyDescriber(SCRIPT), scripted_adapter.tokenizer, scripted_adapter.model, "steady", scripted_adapter.embedder
+    )
+
+    def run(watch: WatchSpec | None, seconds: int) -> tuple[list[FrameRecord], list[WatchEvent]]:
+        engine = Engine(steady, EngineConfig())
+        engine.add_stream("cam")
+        heard: list[WatchEvent] = []
+        engine.on_watch_event(heard.append)
+        if watch is not None:
+            engine.add_watch("cam", watch)
+        for second in range(seconds):
+            engine.push_frame("cam", frame_at(second))
+        return list(engine.memory("cam").records), heard
+
+    plain, _ = run(None, 20)
+    assert any(r.tier == "fuzzy" and r.detail == "terse" for r in plain), "no watch: fuzzy frames stay terse"
+    records, heard = run(WatchSpec("tell me when the sign says CLOSED", every_s=4.0), 45)  # CLOSED at 10 and 40
+    looks = [r.stream_time for r in records if r.detail == "full"]
+    assert max(later - earlier for earlier, later in itertools.pairwise(looks)) <= 4.0
+    assert any(r.tier == "fuzzy" and r.detail == "full" for r in records), "looks the policy did not ask for"
+    starts = [e for e in heard if e.phase == "start"]
+    assert [e.t_onset for e in starts] and all(e.t_onset in (10.0, 40.0) for e in starts)
+    assert all(e.t_detected - e.t_onset <= 5.0 for e in starts)
 
 
 def test_ovo_forward_active_probes_are_answered_by_watches(scripted_adapter: EmbeddedAdapter) -> None:

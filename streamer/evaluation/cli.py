@@ -38,7 +38,9 @@ def add_evaluation_commands(commands: argparse._SubParsersAction[argparse.Argume
         "--suite",
         default="default",
         help="'default' (one 6-minute needle stream), 'delayed' (three 20-minute streams, questions 2-20 minutes "
-        "after their needles; 'delayed-dev' is the same on the development seeds) or a suite YAML file",
+        "after their needles; 'delayed-dev' is the same on the development seeds), 'watches' (standing questions "
+        "on three 6-minute event streams: hits, latency, false alarms; 'watches-dev' calibrates their settings on "
+        "the development seeds) or a suite YAML file",
     )
     evaluate.add_argument(
         "--policies",
@@ -186,6 +188,8 @@ def run_eval(args: argparse.Namespace, command: str) -> int:
     from streamer.evaluation.suite import named_spec, prepare_suite, read_suite_file, with_minutes
     from streamer.llm import cache_dir
 
+    if args.suite in WATCH_SUITES:
+        return run_watch_suite(args, command)
     if args.url is not None and (args.policies or args.budgets or args.llm or args.model):
         raise UserError(
             "A running server keeps its own memory policy, budget and model; leave out --policies, --budgets, "
@@ -220,6 +224,42 @@ def run_eval(args: argparse.Namespace, command: str) -> int:
     log(f"Wrote {report} ({len(result.answers)} answers in {result.seconds['total']:.0f} s)")
     if not args.quiet:
         print(report.read_text(encoding="utf-8").split("## Time to first token")[0].rstrip())
+    return 0
+
+
+WATCH_SUITES = ("watches", "watches-dev")
+
+
+def run_watch_suite(args: argparse.Namespace, command: str) -> int:
+    """`--suite watches` / `watches-dev`: the standing-question evaluation, report.md in --out."""
+    from streamer.evaluation.watch_suite import DEV_SEEDS, MINUTES, REPORT_SEEDS, evaluate_watches
+
+    given = [option for option, value in (
+        ("--policies", args.policies), ("--budgets", args.budgets), ("--model", args.model), ("--llm", args.llm),
+        ("--via-websocket", args.via_websocket), ("--url", args.url), ("--variant", args.variant),
+    ) if value]  # fmt: skip
+    if given:
+        raise UserError(
+            f"--suite {args.suite} runs the embedded stack with the engine's defaults at 1 fps; leave out "
+            f"{', '.join(given)}."
+        )
+    if len(args.minutes) > 1:
+        raise UserError(f"--suite {args.suite} takes one --minutes value, got {len(args.minutes)}.")
+    _check_out(args.out)
+    calibrate = args.suite == "watches-dev"
+    report = evaluate_watches(
+        DEV_SEEDS if calibrate else REPORT_SEEDS,
+        args.minutes[0] if args.minutes else MINUTES,
+        calibrate=calibrate,
+        command=command,
+        log=_log(args.quiet),
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "report.md"
+    path.write_text(report, encoding="utf-8")
+    _log(args.quiet)(f"Wrote {path}")
+    if not args.quiet:
+        print(report.rstrip())
     return 0
 
 

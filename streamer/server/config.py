@@ -71,8 +71,9 @@ class WatchConfig(BaseModel):
     id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="the watch's name in events and the API")
     text: str = Field(min_length=1, description="e.g. 'tell me when the sign says CLOSED'")
     every_s: float = Field(5.0, gt=0, description="longest stream time between checks (clear frames are all checked)")
-    hold_s: float = Field(0.0, ge=0, description="how long it must hold before an episode starts")
+    hold_s: float = Field(2.0, ge=0, description="how long it must hold before an episode starts")
     cooldown_s: float = Field(10.0, ge=0, description="no new episode this soon after one ended")
+    confirm: int = Field(2, ge=1, description="looks that must see it in a row before an episode starts")
     webhook: str | None = Field(
         None, description="POST each event as JSON here; must start with a server.webhook_urls entry"
     )

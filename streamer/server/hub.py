@@ -70,6 +70,7 @@ class StreamReport:
             "reconnects": self.reconnects,
             "resident_tokens": self.memory.resident_tokens,
             "budget_tokens": self.memory.budget_tokens,
+            "host_tokens": self.memory.host_tokens,
             "frames_in_memory": sum(self.memory.frames_by_place.values()),  # older ones were compacted away
         }
         if self.worker is not None:

@@ -9,12 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from sources.base import SourceState
 from streamer.decoding import SchedulerStats
+from streamer.heap import heap_usage
 from streamer.server.hub import Hub, StreamReport
 from streamer.watches import WatchInfo
 
@@ -30,6 +39,7 @@ class ServerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
+        ProcessCollector(registry=registry)  # process_resident_memory_bytes, process_open_fds, CPU seconds
         self.ttft = Histogram(
             "streamer_question_ttft_seconds",
             "Time from a question's start to its first answer token.",
@@ -67,6 +77,7 @@ class ServerMetrics:
         registry.register(self.streams)
         self.models = ModelCollector()
         registry.register(self.models)
+        registry.register(HeapCollector())
 
     def protocol_error(self, code: str) -> None:
         """Count one error reply with `code`."""
@@ -109,6 +120,9 @@ class StreamCollector(Collector):
             "streamer_memory_resident_tokens", "KV tokens resident on the compute device.", labels=labels
         )
         budget = GaugeMetricFamily("streamer_memory_budget_tokens", "Resident KV token budget.", labels=labels)
+        host = GaugeMetricFamily(
+            "streamer_memory_host_tokens", "KV tokens kept in host memory after leaving the device.", labels=labels
+        )
         frames = GaugeMetricFamily(
             "streamer_memory_frames",
             "Frames remembered, by tier (clear, fuzzy) and where their KV block is (device, host, gone).",
@@ -139,14 +153,30 @@ class StreamCollector(Collector):
             fps.add_metric([stream_id], report.ingest_fps)
             resident.add_metric([stream_id], memory.resident_tokens)
             budget.add_metric([stream_id], memory.budget_tokens)
+            host.add_metric([stream_id], memory.host_tokens)
             for (tier, location), count in sorted(memory.frames_by_place.items()):
                 frames.add_metric([stream_id, tier, location], count)
         for info in self.watches:
             watch_checks.add_metric([info.stream_id, info.watch_id], info.checks)
             watch_events.add_metric([info.stream_id, info.watch_id], info.events)
             watch_seconds.add_metric([info.stream_id, info.watch_id], info.check_ms / 1000)
-        yield from (decoded, dropped, ingested, reconnects, up, lag, fps, resident, budget, frames, snapshot_failures)
-        yield from (watch_checks, watch_events, watch_seconds)
+        yield from (decoded, dropped, ingested, reconnects, up, lag, fps, resident, budget, host, frames)
+        yield from (snapshot_failures, watch_checks, watch_events, watch_seconds)
+
+
+class HeapCollector(Collector):
+    """The server process's malloc heap (glibc only; nothing elsewhere): in use, free inside its arenas, and
+    mmapped; RSS well above in-use plus the model files means freed memory is being kept."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        usage = heap_usage()
+        if usage is None:
+            return
+        heap = GaugeMetricFamily("streamer_heap_bytes", "The process's malloc heap, by kind.", labels=["kind"])
+        heap.add_metric(["in_use"], usage.in_use)
+        heap.add_metric(["free"], usage.free)
+        heap.add_metric(["mmapped"], usage.mmapped)
+        yield heap
 
 
 class ModelCollector(Collector):

@@ -7,7 +7,7 @@ usable. Error messages never echo the client's input beyond ids that match a sho
 
 Client -> server: `question.ask {question_id, text}`, `question.cancel {question_id}`,
 `stream.attach` (envelope `stream_id`), `stream.detach`, `watch.create {watch_id, text, every_s?, hold_s?,
-cooldown_s?}` (envelope `stream_id`), `watch.delete {watch_id}`, `watch.list`, `ping`.
+cooldown_s?, confirm?}` (envelope `stream_id`), `watch.delete {watch_id}`, `watch.list`, `ping`.
 Server -> client: `session.created {session_id, streams}`, `answer.started {question_id, as_of}`,
 `answer.delta {question_id, seq, text}`, `answer.done {question_id, text, as_of, ttft_ms,
 latency_ms, evidence, cancelled}`, `stream.status {state, fps, lag_ms, frames_dropped, ...}`,
@@ -147,8 +147,9 @@ class WatchFields(BaseModel):
 
     text: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
     every_s: float = Field(5.0, gt=0, le=3600)
-    hold_s: float = Field(0.0, ge=0, le=3600)
+    hold_s: float = Field(2.0, ge=0, le=3600)
     cooldown_s: float = Field(10.0, ge=0, le=86400)
+    confirm: int = Field(2, ge=1, le=100)
     webhook: str | None = Field(None, max_length=2000, description="POST each event here (server.webhook_urls)")
 
     @field_validator("text")
@@ -336,6 +337,7 @@ class WatchSummary(BaseModel):
     every_s: float
     hold_s: float
     cooldown_s: float
+    confirm: int
     checks: int
     active: bool
 

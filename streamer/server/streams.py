@@ -222,6 +222,7 @@ class LocalHub(Hub):
             "total_frames": memory.frames,
             "resident_tokens": memory.resident_tokens,
             "budget_tokens": memory.budget_tokens,
+            "host_tokens": memory.host_tokens,
             "frames": [
                 {
                     "t": round(frame.t, 3),

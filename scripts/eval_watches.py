@@ -24,7 +24,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=list(REPORT_SEEDS))
     parser.add_argument("--minutes", type=float, default=MINUTES)
-    parser.add_argument("--calibrate", action="store_true", help="choose confirm and hold_s on these streams")
+    parser.add_argument("--calibrate", action="store_true", help="choose the on threshold on these streams")
     parser.add_argument("--out", type=Path, help="also write the report here (markdown)")
     parser.add_argument("--cost", type=int, default=0, metavar="FRAMES",
                         help="also time ingest of this many frames with 0 and 10 watches (first seed)")  # fmt: skip

@@ -304,9 +304,10 @@ class Engine:
 
     def _detail(self, stream_id: str, frame: Frame, decision: CurvatureDecision | None) -> str:
         """The policy's detail for the frame, except that a frame a watch is due to check is described in full
-        (a check is a look: see `streamer.watches`)."""
+        (a check is a look: see `streamer.watches`), as is a new picture on a stream with watches."""
         detail = _detail_of(decision)
-        if detail == "terse" and self._watches.wants_look(stream_id, frame.stream_time):
+        step = decision.velocity if decision is not None else 0.0
+        if detail == "terse" and self._watches.wants_look(stream_id, frame.stream_time, step):
             return "full"
         return detail
 
@@ -334,7 +335,8 @@ class Engine:
         timings = dict(tokens.timings_ms)
         timings["prefill"] = (time.perf_counter() - started) * 1000
         stream.stats.add(timings)
-        self._watches.check(stream.stream_id, record, stream.memory, self.adapter)
+        confidence = dict(zip(tokens.items, tokens.confidence, strict=True)) if tokens.confidence else None
+        self._watches.check(stream.stream_id, record, stream.memory, self.adapter, confidence)
         self._snapshot_if_due(stream, frame.stream_time)
         if evicted:
             log.debug(

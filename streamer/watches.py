@@ -7,12 +7,16 @@ strongly the stream shows the condition now:
 
 - With an adapter that describes its frames (the embedded stack), from the memory's event timeline: the
   condition's quoted or capitalised words are text a frame must read, its other content words things a
-  frame must show (an object, a scene label, a colour). `p_yes` is the share of them showing now. A
-  showing ends only at a frame that looked for the item and did not find it, so a fuzzy frame's terse
-  description (no OCR, no detector) neither starts nor ends an episode about text or objects. A small
-  language model reading descriptions cannot answer yes or no better than chance (SmolLM2-135M gave
-  P(yes) 0.13 to 0.15 whether or not the sign it was asked about had been read), which is why the
-  descriptions decide here.
+  frame must show (an object, a scene label, a colour). Each word showing now counts as sure as the
+  perceivers that named it at its latest look: a detection's score, a scene label's probability (labels
+  of one word, "tabby cat" and "Egyptian cat", add up: they are classes of one softmax), text read and
+  colours 1; perceivers that both name it (the detector and the classifier) are independent, so the
+  word's confidence is 1 - (1 - detection)(1 - label). `p_yes` is the mean over the condition's words (0
+  for a word not showing). A showing ends only at a frame that looked for the item and did not find it,
+  so a fuzzy frame's terse description (no OCR, no detector) neither starts nor ends an episode about text
+  or objects, and cannot lower a word's confidence. A small language model reading descriptions cannot
+  answer yes or no better than chance (SmolLM2-135M gave P(yes) 0.13 to 0.15 whether or not the sign it
+  was asked about had been read), which is why the descriptions decide here.
 - With image tokens (a vision-language model), from the model: one forward pass of the condition as a
   yes/no question over the sink and the frames of the last `RECENT_S` seconds, no generation;
   `p_yes = P(yes) / (P(yes) + P(no))` of the first answer token.
@@ -20,7 +24,11 @@ strongly the stream shows the condition now:
 A check is a look: a frame the policy left fuzzy is described in full when a watch of its stream is due
 (`Engine.push_frames` asks `Watches.wants_look`), so the timeline a check reads is as fresh as the frame,
 and at least every `every_s` seconds something looks for text and objects even where the video barely
-changes (a sign that appears without moving much).
+changes (a sign that appears without moving much). A watch is also due at a new picture, a frame whose
+features stepped at least `NEW_PICTURE_STEP` from the previous frame's: the memory's policy keeps only
+what is unusual for its last frames clear, so after a run of cuts a sign's first frame can be fuzzy, and
+waiting for the heartbeat would cost up to `every_s` of latency. Every frame described in full is
+checked by every watch of its stream (a check reads the timeline: a fraction of a millisecond).
 
 Hysteresis turns the checks into episodes: an episode starts when `p_yes >= on` has been seen by
 `confirm` looks in a row (default 2: the look that saw it and the next frame, described in full to check
@@ -34,14 +42,15 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import re
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -55,9 +64,13 @@ from streamer.intent import QUESTION_WORDS
 
 # Seconds of the newest frames a model-read check reads (at least one frame at any sampling rate above 0.2 fps).
 RECENT_S = 5.0
-# Default thresholds of the timeline's p_yes (the share of the condition's words showing): see README.
-DEFAULT_ON = 1.0
+# Default thresholds of p_yes, calibrated on the watch suite's development streams (README, "Standing questions").
+DEFAULT_ON = 0.9
 DEFAULT_OFF = 0.5
+# A frame whose unit feature vector moved at least this far from the previous frame's shows a new picture (a
+# cut, or something held up to the camera). At 1 fps, steps inside a shot measure 0.2-0.4 and a sign's first
+# frame or a new shot 1.0-1.7 (EfficientNet-Lite0 features; see `memory.curvature`).
+NEW_PICTURE_STEP = 0.8
 
 _LEAD = re.compile(
     r"^\s*(?:please\s+)?(?:(?:tell|notify|alert|warn|ping|show)\s+(?:me|us)?\s*)?"
@@ -101,6 +114,15 @@ class WatchSpec:
         if not 0 < self.off <= self.on <= 1:
             raise ValueError(f"Watch thresholds need 0 < off <= on <= 1, got on {self.on:g}, off {self.off:g}.")
 
+    @classmethod
+    def of(cls, fields: Any) -> WatchSpec:
+        """The spec of a client's or a config file's watch (text, every_s, hold_s, cooldown_s, confirm, on); an
+        `on` below the default `off` lowers `off` with it."""
+        on = float(fields.on)
+        return cls(
+            fields.text, fields.every_s, fields.hold_s, fields.cooldown_s, on, min(DEFAULT_OFF, on), fields.confirm
+        )
+
 
 @dataclass(frozen=True)
 class Condition:
@@ -143,8 +165,11 @@ class WatchReading:
     looked: bool = True
 
 
-def read_timeline(condition: Condition, items: Sequence[TimelineItem]) -> WatchReading:
-    """The condition against the event timeline as of a check: the share of its words showing now."""
+def read_timeline(
+    condition: Condition, items: Sequence[TimelineItem], sure: Mapping[str, float] | None = None
+) -> WatchReading:
+    """The condition against the event timeline as of a check: the mean over its words of how sure the stream
+    is of each one now (`sure[word]`, 1 when not given; 0 for a word not showing)."""
     if not condition.words:
         return WatchReading(0.0)
     showing: dict[str, tuple[TimelineItem, float, float]] = {}
@@ -160,12 +185,28 @@ def read_timeline(condition: Condition, items: Sequence[TimelineItem]) -> WatchR
                 showing[word] = (item, current.first, current.last)
     if not showing:
         return WatchReading(0.0)
-    p_yes = len(showing) / len(condition.words)
+    sure = sure or {}
+    p_yes = sum(sure.get(word, 1.0) for word in showing) / len(condition.words)
     onset = max(first for _, first, _ in showing.values())
     spans = tuple(sorted({(first, last) for _, first, last in showing.values()}))
     seen = sorted({(item.kind, item.name) for item, _, _ in showing.values()})
     text = ", ".join(f'"{name}"' if kind == "text" else name for kind, name in seen)
     return WatchReading(p_yes, onset, spans, f"{text} on screen since {clock(onset)}")
+
+
+def word_confidence(condition: Condition, named: Mapping[tuple[str, str], float]) -> dict[str, float]:
+    """How sure one frame's description is of each of the condition's words it names, from the confidence of
+    each (kind, name) item: scene labels of the word add up (disjoint classes of one classifier), other kinds
+    take their best item, and the kinds (independent perceivers) combine as 1 - prod(1 - confidence)."""
+    by_kind: dict[str, dict[str, float]] = {}
+    for (kind, name), confidence in named.items():
+        words = set(normal_words(name))
+        for word in condition.texts if kind == "text" else condition.things:
+            if word in words:
+                kinds = by_kind.setdefault(word, {})
+                earlier = kinds.get(kind, 0.0)
+                kinds[kind] = min(1.0, earlier + confidence) if kind == "scene" else max(earlier, confidence)
+    return {word: 1.0 - math.prod(1.0 - c for c in kinds.values()) for word, kinds in by_kind.items()}
 
 
 def yes_no_ids(adapter: ModelAdapter) -> tuple[list[int], list[int]]:
@@ -236,6 +277,17 @@ class WatchState:
     episode: str | None = None  # the open episode's event id
     onset: float = 0.0
     ended_at: float | None = None
+    sure: dict[str, float] = field(default_factory=dict)  # each word's confidence at its latest sighting
+
+    def saw(self, named: Mapping[tuple[str, str], float], looked: bool) -> None:
+        """Take the confidences of what a checked frame's description names: a look sets every word's (a word
+        it did not name is not showing); a terse description ran fewer perceivers, so it can only raise one."""
+        found = word_confidence(self.condition, named)
+        if looked:
+            self.sure = found
+        else:
+            for word, confidence in found.items():
+                self.sure[word] = max(confidence, self.sure.get(word, 0.0))
 
     def due(self, stream_time: float, clear: bool) -> bool:
         """Whether a frame at `stream_time` is checked: every clear frame, every frame while a start waits for
@@ -352,21 +404,31 @@ class Watches:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
-    def check(self, stream_id: str, record: FrameRecord, memory: StreamMemory, adapter: ModelAdapter) -> None:
+    def check(
+        self,
+        stream_id: str,
+        record: FrameRecord,
+        memory: StreamMemory,
+        adapter: ModelAdapter,
+        confidence: Mapping[tuple[str, str], float] | None = None,
+    ) -> None:
         """Check the stream's watches that are due at the frame just stored (`record`): every watch on a clear
-        frame (one the policy scored clear), the others once their `every_s` has passed."""
+        frame (one the policy scored clear) or one described in full, the others once their `every_s` has
+        passed. `confidence`: how sure the description is of each item of `record.items` (1 where missing)."""
         t = record.stream_time
-        due = self.due(stream_id, t, clear=record.tier == "clear")
+        looked = record.detail == "full"
+        due = self.due(stream_id, t, clear=record.tier == "clear" or looked)
         if not due:
             return
         if adapter.describes_frames:
             started = time.perf_counter()
             items = memory.timeline.view(t)
+            named = {item: (confidence or {}).get(item, 1.0) for item in record.items}
             shared_ms = (time.perf_counter() - started) * 1000 / len(due)
-            looked = record.detail == "full"
             for state in due:
                 started = time.perf_counter()
-                reading = dataclasses.replace(read_timeline(state.condition, items), looked=looked)
+                state.saw(named, looked)
+                reading = dataclasses.replace(read_timeline(state.condition, items, state.sure), looked=looked)
                 self.record(state, t, reading, shared_ms + (time.perf_counter() - started) * 1000)
             return
         view = memory.view()
@@ -382,10 +444,11 @@ class Watches:
         with self._lock:
             return [s for s in self._states.values() if s.stream_id == stream_id and s.due(stream_time, clear)]
 
-    def wants_look(self, stream_id: str, stream_time: float) -> bool:
-        """Whether a frame at `stream_time` that the policy left fuzzy should be described in full anyway: a
-        watch of the stream is due (its heartbeat, or a start waiting for its confirming look)."""
-        return bool(self.due(stream_id, stream_time, clear=False))
+    def wants_look(self, stream_id: str, stream_time: float, step: float = 0.0) -> bool:
+        """Whether a frame at `stream_time` that the policy left fuzzy should be described in full anyway: the
+        stream has a watch and the frame is a new picture (its features moved `step` >= NEW_PICTURE_STEP from
+        the previous frame's), or a watch is due (its heartbeat, or a start waiting for its confirming look)."""
+        return bool(self.due(stream_id, stream_time, clear=step >= NEW_PICTURE_STEP))
 
     def record(
         self, state: WatchState, stream_time: float, reading: WatchReading, ms: float = 0.0

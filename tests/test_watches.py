@@ -30,7 +30,18 @@ from streamer.evaluation.needles.building import build_stream
 from streamer.evaluation.needles.content import Needle
 from streamer.evaluation.replaying import Probe
 from streamer.vision.describer import FrameDescription
-from streamer.watches import WatchEvent, WatchReading, WatchSpec, WatchState, parse_condition, read_timeline
+from streamer.vision.detector import DetectedObject
+from streamer.watches import (
+    NEW_PICTURE_STEP,
+    Watches,
+    WatchEvent,
+    WatchReading,
+    WatchSpec,
+    WatchState,
+    parse_condition,
+    read_timeline,
+    word_confidence,
+)
 
 
 @pytest.mark.parametrize(
@@ -114,6 +125,48 @@ def test_the_timeline_says_what_is_showing_now() -> None:
     assert read_timeline(closed, timeline.view(3.0)).p_yes == 0.0
 
 
+def test_a_word_is_as_sure_as_the_perceivers_that_named_it() -> None:
+    cat = parse_condition("alert when a cat appears")
+    # The detector and the classifier are independent; two labels of one softmax add up.
+    named = {("object", "cat"): 0.9, ("scene", "Egyptian cat"): 0.4, ("scene", "tabby cat"): 0.3, ("colour", "grey"): 1}
+    assert word_confidence(cat, named) == {"cat": pytest.approx(1 - 0.1 * 0.3)}
+    assert word_confidence(cat, {("object", "dog"): 0.9}) == {}
+    assert word_confidence(parse_condition("when the sign says CLOSED"), {("text", "Closed"): 1.0}) == {"closed": 1.0}
+    state = WatchState("w", "cam", WatchSpec(cat_text := "alert when a cat appears"), parse_condition(cat_text))
+    state.saw({("object", "cat"): 0.9}, looked=True)
+    state.saw({("scene", "tabby cat"): 0.3}, looked=False)
+    assert state.sure == {"cat": 0.9}, "a terse description cannot lower what a look saw"
+    state.saw({("object", "cat"): 0.6}, looked=True)
+    assert state.sure == {"cat": 0.6}, "a look replaces it"
+    timeline = EventTimeline()
+    timeline.observe(0, 0.0, [("object", "cat")], full=True)
+    assert read_timeline(cat, timeline.view(0.0), state.sure).p_yes == 0.6
+    both = parse_condition("notify me if a red car enters")
+    timeline.observe(1, 1.0, [("object", "car")], full=True)
+    assert read_timeline(both, timeline.view(1.0), {"car": 0.8}).p_yes == pytest.approx(0.4), "red is not showing"
+
+
+def test_a_new_picture_makes_a_watch_look() -> None:
+    watches = Watches()
+    assert not watches.wants_look("cam", 0.0, step=1.0), "no watch: the policy decides alone"
+    watches.add("cam", WatchSpec("when a cat appears", every_s=60.0))
+    [state] = watches.due("cam", 0.0, clear=True)
+    state.update(0.0, WatchReading(0.0))
+    assert not watches.wants_look("cam", 1.0, step=NEW_PICTURE_STEP / 2), "the same shot: wait for the heartbeat"
+    assert watches.wants_look("cam", 1.0, step=NEW_PICTURE_STEP), "a new picture: look now"
+    assert not watches.wants_look("other", 1.0, step=1.0)
+
+
+def test_watch_defaults_agree_everywhere() -> None:
+    from streamer.server.config import WatchConfig
+    from streamer.server.protocol import WatchFields
+
+    spec = WatchSpec("when a cat appears")
+    for fields in (WatchFields(text=spec.text), WatchConfig(id="w", text=spec.text)):
+        assert WatchSpec.of(fields) == spec
+    assert WatchSpec.of(WatchFields(text=spec.text, on=0.3)).off == 0.3, "a low on lowers off with it"
+
+
 # --- the engine, with scripted descriptions and the real SmolLM2-135M ------------------------------------------
 
 # CLOSED is shown twice, OPEN once between, a cat once; footage elsewhere.
@@ -186,6 +239,22 @@ class SteadyDescriber(ScriptedDescriber):
         ]
 
 
+def _curvature_run(
+    adapter: EmbeddedAdapter, watch: WatchSpec | None, seconds: int
+) -> tuple[list[FrameRecord], list[WatchEvent]]:
+    """`seconds` frames through an engine with the default (curvature) policy and `watch`, if any: the records
+    and the watch's events."""
+    engine = Engine(adapter, EngineConfig())
+    engine.add_stream("cam")
+    heard: list[WatchEvent] = []
+    engine.on_watch_event(heard.append)
+    if watch is not None:
+        engine.add_watch("cam", watch)
+    for second in range(seconds):
+        engine.push_frame("cam", frame_at(second))
+    return list(engine.memory("cam").records), heard
+
+
 def test_a_due_watch_makes_a_fuzzy_frame_look(scripted_adapter: EmbeddedAdapter) -> None:
     """Under the curvature policy most frames are fuzzy (described tersely: no OCR, no detector); a watch
     makes its stream look at least every `every_s` seconds, and at the frame after a first sighting."""
@@ -193,27 +262,59 @@ def test_a_due_watch_makes_a_fuzzy_frame_look(scripted_adapter: EmbeddedAdapter)
     steady = EmbeddedAdapter(
         SteadyDescriber(SCRIPT), scripted_adapter.tokenizer, scripted_adapter.model, "steady", scripted_adapter.embedder
     )
-
-    def run(watch: WatchSpec | None, seconds: int) -> tuple[list[FrameRecord], list[WatchEvent]]:
-        engine = Engine(steady, EngineConfig())
-        engine.add_stream("cam")
-        heard: list[WatchEvent] = []
-        engine.on_watch_event(heard.append)
-        if watch is not None:
-            engine.add_watch("cam", watch)
-        for second in range(seconds):
-            engine.push_frame("cam", frame_at(second))
-        return list(engine.memory("cam").records), heard
-
-    plain, _ = run(None, 20)
+    plain, _ = _curvature_run(steady, None, 20)
     assert any(r.tier == "fuzzy" and r.detail == "terse" for r in plain), "no watch: fuzzy frames stay terse"
-    records, heard = run(WatchSpec("tell me when the sign says CLOSED", every_s=4.0), 45)  # CLOSED at 10 and 40
+    watch = WatchSpec("tell me when the sign says CLOSED", every_s=4.0)
+    records, heard = _curvature_run(steady, watch, 45)  # CLOSED at 10 and 40
     looks = [r.stream_time for r in records if r.detail == "full"]
     assert max(later - earlier for earlier, later in itertools.pairwise(looks)) <= 4.0
     assert any(r.tier == "fuzzy" and r.detail == "full" for r in records), "looks the policy did not ask for"
     starts = [e for e in heard if e.phase == "start"]
     assert [e.t_onset for e in starts] and all(e.t_onset in (10.0, 40.0) for e in starts)
     assert all(e.t_detected - e.t_onset <= 5.0 for e in starts)
+
+
+class MontageDescriber(SteadyDescriber):
+    """The scripted descriptions with new features every second (a cut a second, so no cut stands out to the
+    curvature policy), terse where asked."""
+
+    look_batch = ScriptedDescriber.look_batch
+
+
+def test_on_a_montage_a_watch_looks_at_every_new_picture(scripted_adapter: EmbeddedAdapter) -> None:
+    a = scripted_adapter
+    montage = EmbeddedAdapter(MontageDescriber(SCRIPT), a.tokenizer, a.model, "montage", a.embedder)
+    plain, _ = _curvature_run(montage, None, 45)
+    assert sum(r.detail == "terse" for r in plain) >= 10, "the policy leaves most cuts of a montage fuzzy"
+    records, heard = _curvature_run(montage, WatchSpec("tell me when the sign says CLOSED", every_s=60.0), 45)
+    assert all(r.detail == "full" for r in records), "every frame is a new picture: every one is looked at"
+    assert [(e.phase, e.t_onset, e.t_detected) for e in heard if e.phase == "start"] == [
+        ("start", 10.0, 12.0),
+        ("start", 40.0, 42.0),
+    ]
+
+
+def test_a_weak_detection_starts_nothing_unless_the_watch_asks_for_less(scripted_adapter: EmbeddedAdapter) -> None:
+    """A cat the detector is 0.7 sure of, with no scene label to back it: below the default `on`."""
+    a = scripted_adapter
+    weak = FrameDescription(np.zeros(4), [], [DetectedObject("cat", 0.7, 1)], colours=["brown"])
+    adapter = EmbeddedAdapter(
+        ScriptedDescriber({t: weak for t in range(5, 12)}), a.tokenizer, a.model, "weak", a.embedder
+    )
+
+    def starts(spec: WatchSpec) -> list[WatchEvent]:
+        engine = Engine(adapter, EngineConfig(memory=MemoryConfig(policy="fifo")))
+        engine.add_stream("cam")
+        heard: list[WatchEvent] = []
+        engine.on_watch_event(heard.append)
+        engine.add_watch("cam", spec)
+        for second in range(15):
+            engine.push_frame("cam", frame_at(second))
+        return [e for e in heard if e.phase == "start"]
+
+    assert starts(WatchSpec("alert when a cat appears")) == []
+    [start] = starts(WatchSpec("alert when a cat appears", on=0.6))
+    assert start.t_onset == 5.0 and start.p_yes == 0.7
 
 
 def test_ovo_forward_active_probes_are_answered_by_watches(scripted_adapter: EmbeddedAdapter) -> None:

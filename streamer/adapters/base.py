@@ -67,6 +67,8 @@ class FrameTokens:
     question can re-read it); None for image tokens.
     items: the salient things the frame shows as (kind, name) pairs, for the memory's event timeline
     (`memory.events`); empty when the adapter names none (image tokens).
+    confidence: how sure the perceiver that named each item is (a detection's score, a scene label's
+    probability), in the order of `items`; empty when every item is certain.
     """
 
     embeds: torch.Tensor
@@ -78,6 +80,7 @@ class FrameTokens:
     positions: torch.Tensor | None = None
     token_ids: list[int] | None = None
     items: tuple[tuple[str, str], ...] = ()
+    confidence: tuple[float, ...] = ()
 
     @property
     def length(self) -> int:

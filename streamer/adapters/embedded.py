@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from streamer.adapters.base import FrameLook, FrameTokens, ModelAdapter
 from streamer.clock import clock
 from streamer.llm import load_llm, resolve_llm
 from streamer.vision.text_embedder import TextEmbedder
+
+if TYPE_CHECKING:
+    from streamer.vision.describer import FrameDescription
 
 SYSTEM_PROMPT = (
     "You watch a live video. Each line below describes one video frame: [time] what was seen. "
@@ -148,6 +151,17 @@ class EmbeddedAdapter(ModelAdapter):
                     frame_timings,
                     token_ids=ids[0].tolist(),
                     items=tuple(description.items()),
+                    confidence=item_confidence(description),
                 )
             )
         return tokens
+
+
+def item_confidence(description: FrameDescription) -> tuple[float, ...]:
+    """How sure the describer is of each of `description.items()`, in their order: a detection's score, a scene
+    label's probability; text lines (read only at the OCR's own minimum confidence) and colours count as sure."""
+    sure = [1.0] * len(description.text)
+    sure += [float(found.score) for found in description.objects]
+    sure += [float(probability) for _, probability in description.labels]
+    sure += [1.0] * len(description.colours)
+    return tuple(sure)

@@ -262,10 +262,7 @@ def initial_watches(source: SourceConfig) -> list[tuple[str, WatchSpec, str | No
     """A configured stream's watches: (watch id, spec, webhook)."""
     from streamer.watches import WatchSpec
 
-    return [
-        (w.id, WatchSpec(w.text, w.every_s, w.hold_s, w.cooldown_s, confirm=w.confirm), w.webhook)
-        for w in source.watches
-    ]
+    return [(w.id, WatchSpec.of(w), w.webhook) for w in source.watches]
 
 
 def load_engine(config: StreamerConfig) -> Engine:

@@ -74,6 +74,7 @@ class WatchConfig(BaseModel):
     hold_s: float = Field(2.0, ge=0, description="how long it must hold before an episode starts")
     cooldown_s: float = Field(10.0, ge=0, description="no new episode this soon after one ended")
     confirm: int = Field(2, ge=1, description="looks that must see it in a row before an episode starts")
+    on: float = Field(0.9, gt=0, le=1, description="how sure the stream must be of it (p_yes) to start an episode")
     webhook: str | None = Field(
         None, description="POST each event as JSON here; must start with a server.webhook_urls entry"
     )

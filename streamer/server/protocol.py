@@ -7,7 +7,7 @@ usable. Error messages never echo the client's input beyond ids that match a sho
 
 Client -> server: `question.ask {question_id, text}`, `question.cancel {question_id}`,
 `stream.attach` (envelope `stream_id`), `stream.detach`, `watch.create {watch_id, text, every_s?, hold_s?,
-cooldown_s?, confirm?}` (envelope `stream_id`), `watch.delete {watch_id}`, `watch.list`, `ping`.
+cooldown_s?, confirm?, on?}` (envelope `stream_id`), `watch.delete {watch_id}`, `watch.list`, `ping`.
 Server -> client: `session.created {session_id, streams}`, `answer.started {question_id, as_of}`,
 `answer.delta {question_id, seq, text}`, `answer.done {question_id, text, as_of, ttft_ms,
 latency_ms, evidence, cancelled}`, `stream.status {state, fps, lag_ms, frames_dropped, ...}`,
@@ -150,6 +150,7 @@ class WatchFields(BaseModel):
     hold_s: float = Field(2.0, ge=0, le=3600)
     cooldown_s: float = Field(10.0, ge=0, le=86400)
     confirm: int = Field(2, ge=1, le=100)
+    on: float = Field(0.9, gt=0, le=1, description="p_yes at which an episode starts")
     webhook: str | None = Field(None, max_length=2000, description="POST each event here (server.webhook_urls)")
 
     @field_validator("text")
@@ -338,6 +339,7 @@ class WatchSummary(BaseModel):
     hold_s: float
     cooldown_s: float
     confirm: int
+    on: float
     checks: int
     active: bool
 

@@ -1,7 +1,7 @@
 """Standing questions over HTTP, and the one way both HTTP and the websocket create a watch.
 
 `GET /watches` lists them (`?stream_id=` for one stream), `POST /watches` creates one
-(`{"stream_id", "text", "watch_id"?, "every_s"?, "hold_s"?, "cooldown_s"?, "confirm"?, "webhook"?}`, 201),
+(`{"stream_id", "text", "watch_id"?, "every_s"?, "hold_s"?, "cooldown_s"?, "confirm"?, "on"?, "webhook"?}`, 201),
 `DELETE /watches/ID` removes one (204), and `GET /events?since=N` gives the recent watch events numbered
 after N (the engine keeps the newest `streamer.watches.EVENTS_KEPT`), with `last`, the number to pass next time.
 
@@ -117,7 +117,7 @@ async def create_watch(
         raise WatchRefused(
             ErrorCode.TOO_MANY_WATCHES, 429, f"A stream holds at most {max_watches} watches; delete one first."
         )
-    spec = WatchSpec(fields.text, fields.every_s, fields.hold_s, fields.cooldown_s, confirm=fields.confirm)
+    spec = WatchSpec.of(fields)
     try:
         info = await hub.add_watch(stream_id, spec, watch_id)
     except ValueError as error:
@@ -137,6 +137,7 @@ def watch_summary(info: WatchInfo) -> WatchSummary:
         hold_s=spec.hold_s,
         cooldown_s=spec.cooldown_s,
         confirm=spec.confirm,
+        on=spec.on,
         checks=info.checks,
         active=info.active,
     )

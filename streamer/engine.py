@@ -262,7 +262,7 @@ class Engine:
         executor: where encoding runs; replaces the scheduler's while no stream is attached to it.
         """
         if self._scheduler is None:
-            self._scheduler = IngestScheduler(self, executor)
+            self._scheduler = IngestScheduler(self, executor, self.adapter.frame_batch)
         elif not self._scheduler.streams:
             self._scheduler.executor = executor
         return self._scheduler

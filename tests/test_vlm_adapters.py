@@ -18,7 +18,7 @@ from skimage import data
 
 from sources.frame import Frame
 from streamer.adapters.tiny import build_llava_onevision, build_qwen2_5_vl, build_smolvlm
-from streamer.adapters.vlm import VisionLanguageAdapter
+from streamer.adapters.vlm import VisionLanguageAdapter, bgr_to_image
 from streamer.engine import Engine, EngineConfig
 from streamer.engine_config import AnswerConfig, MemoryConfig, RetrievalConfig
 from streamer.errors import UserError
@@ -104,6 +104,32 @@ def test_terse_frames_pool_vision_tokens_over_2x2_cells(
     grid = full.embeds[0, before : before + rows * cols].reshape(rows, cols, hidden)
     first_cell = terse.embeds[0, before]
     torch.testing.assert_close(first_cell, grid[:2, :2].reshape(4, hidden).mean(0), atol=1e-5, rtol=1e-5)
+
+
+def test_frames_encoded_together_equal_frames_encoded_alone(
+    family: tuple[str, VisionLanguageAdapter], frames: list[Frame]
+) -> None:
+    """Several streams' frames in one vision pass (the ingest scheduler's batch on a GPU): each frame's tokens
+    and positions are what it gets alone, whether its size matches the others' or not."""
+    _, adapter = family
+    same_size = [Frame(frames[0].pixels[:, ::-1].copy(), 9.0 + i, frames[0].capture_time, 10 + i) for i in range(2)]
+    batch = [*frames, *same_size]
+    details = ["terse" if i % 2 else "full" for i in range(len(batch))]
+    looks = adapter.look(batch)
+    together = adapter.encode(batch, looks, details)
+    groups = adapter.format.join([adapter.format.pixel_inputs(adapter.image_processor, bgr_to_image(f.pixels),
+                                                              adapter.model.config) for f in batch])  # fmt: skip
+    assert any(len(indices) >= 3 for indices, _ in groups), "equal sizes share a pass"
+    for frame, look, detail, joint in zip(batch, looks, details, together, strict=True):
+        (alone,) = adapter.encode([frame], [look], [detail])
+        assert joint.detail == detail and joint.text == alone.text
+        torch.testing.assert_close(joint.embeds, alone.embeds, atol=1e-5, rtol=1e-4)
+        if alone.positions is None:
+            assert joint.positions is None
+        else:
+            assert torch.equal(joint.positions, alone.positions)
+    assert adapter.frame_batch == 1, "on a CPU frames are encoded one at a time"
+    assert Engine(adapter).scheduler().max_batch == adapter.frame_batch
 
 
 def test_answer_streams_text(family: tuple[str, VisionLanguageAdapter], frames: list[Frame]) -> None:

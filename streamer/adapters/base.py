@@ -147,6 +147,12 @@ class ModelAdapter(ABC):
         return int(self.model.config.get_text_config().num_hidden_layers)
 
     @property
+    def frame_batch(self) -> int:
+        """Frames (of several streams) the ingest scheduler gives `encode` at once: 1 unless encoding them
+        together pays, as a VLM's vision tower does on a GPU."""
+        return 1
+
+    @property
     def device(self) -> torch.device:
         return torch.device(self.model.device)
 

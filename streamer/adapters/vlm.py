@@ -47,6 +47,8 @@ SYSTEM_PROMPT = (
 )
 FRAMES_HEADER = "Here are the video's frames."
 _SLOT = "\x00frames\x00"
+# Frames of several streams a GPU encodes in one vision pass (the ingest scheduler's batch).
+GPU_FRAME_BATCH = 4
 
 
 class VisionFormat(ABC):
@@ -61,8 +63,22 @@ class VisionFormat(ABC):
         """The image processor's tensors for one frame, as the vision tower expects them."""
 
     @abstractmethod
-    def vision_tokens(self, model: Any, pixels: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Projected vision tokens: (rows, cols, hidden) on their spatial grid, and (k, hidden) after the grid."""
+    def vision_tokens(self, model: Any, pixels: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Projected vision tokens of the frames in `pixels` (several frames' `pixel_inputs` joined by
+        `join`), one pair per frame: (rows, cols, hidden) on its spatial grid, and (k, hidden) after it."""
+
+    def join(self, inputs: Sequence[dict[str, torch.Tensor]]) -> list[tuple[list[int], dict[str, torch.Tensor]]]:
+        """Frames' `pixel_inputs` as batches for one vision pass each: (indices into `inputs`, the joined
+        tensors). Frames whose tensors have the same shapes go together, their tensors concatenated along
+        the first dimension (each frame is one sample of the tower's batch)."""
+        groups: dict[tuple[tuple[str, tuple[int, ...]], ...], list[int]] = {}
+        for i, pixels in enumerate(inputs):
+            shape = tuple((name, tuple(tensor.shape)) for name, tensor in sorted(pixels.items()))
+            groups.setdefault(shape, []).append(i)
+        return [
+            (indices, {name: torch.cat([inputs[i][name] for i in indices]) for name in inputs[indices[0]]})
+            for indices in groups.values()
+        ]
 
     @abstractmethod
     def frame_text(self, stream_time: float) -> tuple[str, str]:
@@ -85,10 +101,12 @@ class SmolVLMFormat(VisionFormat):
         inputs = image_processor(images=[[image]], do_image_splitting=False, size=tile, return_tensors="pt")
         return {"pixel_values": inputs["pixel_values"], "pixel_attention_mask": inputs["pixel_attention_mask"]}
 
-    def vision_tokens(self, model: Any, pixels: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens: torch.Tensor = model.get_image_features(**pixels).pooler_output[0]  # (rows * cols, hidden)
-        side = math.isqrt(tokens.shape[0])  # the connector's output grid is square, row-major
-        return tokens.view(side, side, -1), tokens[:0]
+    def vision_tokens(self, model: Any, pixels: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        found = []
+        for tokens in model.get_image_features(**pixels).pooler_output:  # per frame: (rows * cols, hidden)
+            side = math.isqrt(tokens.shape[0])  # the connector's output grid is square, row-major
+            found.append((tokens.view(side, side, -1), tokens[:0]))
+        return found
 
     def frame_text(self, stream_time: float) -> tuple[str, str]:
         return f"\nFrame from {clock(stream_time)}:<fake_token_around_image><global-img>", "<fake_token_around_image>"
@@ -110,11 +128,13 @@ class LlavaOnevisionFormat(VisionFormat):
         inputs = image_processor(images=[image], image_grid_pinpoints=[[side, side]], return_tensors="pt")
         return {"pixel_values_videos": inputs["pixel_values"][:, :1]}  # (1 video, 1 frame, C, H, W)
 
-    def vision_tokens(self, model: Any, pixels: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens: torch.Tensor = model.get_video_features(**pixels).pooler_output[0]  # grid, then newline
-        grid, newline = tokens[:-1], tokens[-1:]
-        side = math.isqrt(grid.shape[0])
-        return grid.view(side, side, -1), newline
+    def vision_tokens(self, model: Any, pixels: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        found = []
+        for tokens in model.get_video_features(**pixels).pooler_output:  # per frame (a 1-frame video): grid, newline
+            grid, newline = tokens[:-1], tokens[-1:]
+            side = math.isqrt(grid.shape[0])
+            found.append((grid.view(side, side, -1), newline))
+        return found
 
     def frame_text(self, stream_time: float) -> tuple[str, str]:
         return f"\nFrame from {clock(stream_time)}:", ""
@@ -145,11 +165,20 @@ class QwenVLFormat(VisionFormat):
         )
         return {"pixel_values": inputs["pixel_values"], "image_grid_thw": inputs["image_grid_thw"]}
 
-    def vision_tokens(self, model: Any, pixels: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens: torch.Tensor = model.get_image_features(**pixels).pooler_output[0]  # merged patches, row-major
+    def join(self, inputs: Sequence[dict[str, torch.Tensor]]) -> list[tuple[list[int], dict[str, torch.Tensor]]]:
+        """All frames in one pass, whatever their sizes: the tower takes every frame's patches in one
+        sequence and attends within each frame only (its `image_grid_thw` row)."""
+        names = ("pixel_values", "image_grid_thw")
+        return [(list(range(len(inputs))), {name: torch.cat([pixels[name] for pixels in inputs]) for name in names})]
+
+    def vision_tokens(self, model: Any, pixels: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         merge = int(model.config.vision_config.spatial_merge_size)
-        _, rows, cols = (int(n) // merge for n in pixels["image_grid_thw"][0])
-        return tokens.view(rows, cols, -1), tokens[:0]
+        found = []
+        per_frame = model.get_image_features(**pixels).pooler_output  # per frame: merged patches, row-major
+        for tokens, grid_thw in zip(per_frame, pixels["image_grid_thw"], strict=True):
+            _, rows, cols = (int(n) // merge for n in grid_thw)
+            found.append((tokens.view(rows, cols, -1), tokens[:0]))
+        return found
 
     def frame_text(self, stream_time: float) -> tuple[str, str]:
         return f"\nFrame from {clock(stream_time)}:<|vision_start|>", "<|vision_end|>"
@@ -275,19 +304,50 @@ class VisionLanguageAdapter(ModelAdapter):
         """`tensor` on the model's device, in the model's dtype if it holds real numbers."""
         return tensor.to(self.device, self.model.dtype if tensor.is_floating_point() else tensor.dtype)
 
-    def encode(self, frames: Sequence[Frame], looks: Sequence[FrameLook], details: Sequence[str]) -> list[FrameTokens]:
-        """Frame by frame: the vision tower is the costly part and runs for every frame; the detail (from
-        the thumbnail features of `look`) only decides whether its tokens are pooled."""
-        return [self._encode(frame, look, detail) for frame, look, detail in zip(frames, looks, details, strict=True)]
+    @property
+    def frame_batch(self) -> int:
+        """On a GPU the vision tower takes several streams' newest frames in one pass (`encode`); on a CPU
+        a batch costs what its frames cost one by one, and every frame of it would wait for the others."""
+        return GPU_FRAME_BATCH if self.device.type == "cuda" else 1
 
     @torch.inference_mode()
-    def _encode(self, frame: Frame, look: FrameLook, detail: str) -> FrameTokens:
+    def encode(self, frames: Sequence[Frame], looks: Sequence[FrameLook], details: Sequence[str]) -> list[FrameTokens]:
+        """Every frame goes through the vision tower, the frames of one call together (grouped by `join`:
+        one pass per group); the detail (from the thumbnail features of `look`) only decides whether a
+        frame's tokens are pooled. A frame's timings are its share of its group's."""
         started = time.perf_counter()
-        pixels = self.format.pixel_inputs(self.image_processor, bgr_to_image(frame.pixels), self.model.config)
-        pixels = {name: self.on_device(tensor) for name, tensor in pixels.items()}
-        prepared = time.perf_counter()
-        grid, tail = self.format.vision_tokens(self.model, pixels)
-        encoded = time.perf_counter()
+        inputs = [
+            {
+                name: self.on_device(tensor)
+                for name, tensor in self.format.pixel_inputs(
+                    self.image_processor, bgr_to_image(frame.pixels), self.model.config
+                ).items()
+            }
+            for frame in frames
+        ]
+        preprocess_ms = (time.perf_counter() - started) * 1000 / max(1, len(frames))
+        tokens: list[tuple[torch.Tensor, torch.Tensor]] = [(torch.empty(0), torch.empty(0))] * len(frames)
+        encoder_ms = [0.0] * len(frames)
+        for indices, pixels in self.format.join(inputs):
+            began = time.perf_counter()
+            for i, found in zip(indices, self.format.vision_tokens(self.model, pixels), strict=True):
+                tokens[i] = found
+            for i in indices:
+                encoder_ms[i] = (time.perf_counter() - began) * 1000 / len(indices)
+        return [
+            self._frame_tokens(frame, look, detail, grid, tail, {"preprocess": preprocess_ms, "vision_encoder": ms})
+            for frame, look, detail, (grid, tail), ms in zip(frames, looks, details, tokens, encoder_ms, strict=True)
+        ]
+
+    def _frame_tokens(
+        self,
+        frame: Frame,
+        look: FrameLook,
+        detail: str,
+        grid: torch.Tensor,
+        tail: torch.Tensor,
+        timings_ms: dict[str, float],
+    ) -> FrameTokens:
         if detail == "terse":
             grid = pool_grid(grid)
         vision = torch.cat([grid.reshape(-1, grid.shape[-1]), tail]).unsqueeze(0)
@@ -296,9 +356,4 @@ class VisionLanguageAdapter(ModelAdapter):
         rows, cols = grid.shape[:2]
         positions = mrope_positions(embeds.shape[1], before.shape[1], rows, cols) if self.format.mrope else None
         text = f"[{clock(frame.stream_time)}] video frame, {rows}x{cols} vision tokens"
-        timings = {
-            **look.timings_ms,
-            "preprocess": (prepared - started) * 1000,
-            "vision_encoder": (encoded - prepared) * 1000,
-        }
-        return FrameTokens(embeds, text, detail, look.features, None, timings, positions)
+        return FrameTokens(embeds, text, detail, look.features, None, {**look.timings_ms, **timings_ms}, positions)

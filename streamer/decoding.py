@@ -102,7 +102,8 @@ class SchedulerLimits:
 @dataclass
 class SchedulerStats:
     """Counters since start: passes run, the seconds they waited for their turn and ran; decode steps, the
-    rows they decoded (mean batch = rows / steps) and their seconds; rows decoding and passes waiting now."""
+    rows they decoded (mean batch = rows / steps) and their seconds; rows decoding and passes waiting now;
+    the decode batch's size (slots x tokens, its memory) now."""
 
     passes: int = 0
     pass_wait_s: float = 0.0
@@ -113,6 +114,9 @@ class SchedulerStats:
     decoding: int = 0
     waiting: int = 0
     max_batch: int = 0
+    resizes: int = 0  # times the decode batch was made smaller
+    batch_slots: int = 0  # the decode batch's rows of room now, and the tokens each holds
+    batch_tokens: int = 0
 
 
 class DecodeRow:
@@ -230,8 +234,11 @@ class BatchedCache(Cache):
     def fits(self, length: int) -> bool:
         return self.rows < self.slots and length < self.capacity
 
-    def grown(self, slots: int, tokens: int) -> BatchedCache:
-        """A larger batch holding the same rows."""
+    def resized(self, slots: int, tokens: int) -> BatchedCache:
+        """A batch of `slots` slots of `tokens` tokens holding the same rows (larger, or smaller when the
+        rows still fit)."""
+        if slots < self.rows or tokens <= max(self.lengths, default=0):
+            raise ValueError(f"{self.rows} rows of up to {max(self.lengths, default=0)} tokens do not fit")
         fresh = BatchedCache.__new__(BatchedCache)
         fresh.stream_layers = [_BatchLayer(fresh, i) for i in range(len(self.stream_layers))]
         Cache.__init__(fresh, layers=list(fresh.stream_layers))
@@ -508,11 +515,16 @@ class ModelScheduler:
         elif not batch.fits(length + row.remaining + 1):
             slots = batch.slots * 2 if batch.rows >= batch.slots else batch.slots
             tokens = max(batch.capacity, length + row.remaining + 64)
-            batch = batch.grown(min(slots, self.limits.max_rows), tokens)
+            batch = batch.resized(min(slots, self.limits.max_rows), tokens)
         row.slot = batch.add(row.cache)
         self._batch = batch
         self._rows.append(row)
-        self.stats.decoding = len(self._rows)
+        self._count_rows()
+
+    def _count_rows(self) -> None:
+        stats, batch = self.stats, self._batch
+        stats.decoding = len(self._rows)
+        stats.batch_slots, stats.batch_tokens = (0, 0) if batch is None else (batch.slots, batch.capacity)
 
     def _leave(self, rows: list[DecodeRow], error: BaseException | None = None) -> None:
         batch = self._batch
@@ -527,7 +539,24 @@ class ModelScheduler:
             row.finish(error)
         if not self._rows:
             self._batch = None
-        self.stats.decoding = len(self._rows)
+        else:
+            self._fit()
+        self._count_rows()
+
+    def _fit(self) -> None:
+        """Shrink the batch when its rows use a quarter of its slots, or half of its tokens, or less: it grows
+        to the most rows and the longest context that joined, and under steady questions it never
+        empties, so without this it would hold a burst's or one long context's memory for good."""
+        batch = self._batch
+        assert batch is not None
+        slots = batch.slots
+        while slots > 4 and batch.rows <= slots // 4:
+            slots //= 2
+        need = max(batch.lengths[row.slot] + row.remaining for row in self._rows) + 1
+        tokens = need + 64 if need + 64 <= batch.capacity // 2 else batch.capacity
+        if (slots, tokens) != (batch.slots, batch.capacity):
+            self._batch = batch.resized(slots, tokens)
+            self.stats.resizes += 1
 
     def _decode(self) -> None:
         batch = self._batch

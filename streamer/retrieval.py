@@ -35,14 +35,32 @@ class Reading:
     focus: list[int] = field(default_factory=list)
 
 
-def timeline_line(item: TimelineItem) -> str:
-    """One line a language model reads, e.g. `"Kestrel" (text), shown 2 times: 00:42-00:46, 03:10-03:14`."""
+# Showings a timeline line lists at most: the first 3, the last 2, and the 3 nearest a time the question
+# names. An item of a long stream is shown hundreds of times (a looping clip, a parked car), and a line
+# that listed every showing would cost its prefill, and every answer that reads it, more each hour.
+_FIRST_SHOWINGS, _LAST_SHOWINGS, _NEAR_SHOWINGS = 3, 2, 3
+
+
+def timeline_line(item: TimelineItem, near: Sequence[float] = ()) -> str:
+    """One line a language model reads, e.g. `"Kestrel" (text), shown 2 times: 00:42-00:46, 03:10-03:14`.
+
+    The count is every showing; the spans listed are the first and last few and those nearest the times
+    in `near`, the others summed up in place (`(40 more)`)."""
     shown = f'"{item.name}"' if item.kind == "text" else item.name
-    count = len(item.showings)
+    showings = item.showings
+    count = len(showings)
+    kept = set(range(min(count, _FIRST_SHOWINGS))) | set(range(max(0, count - _LAST_SHOWINGS), count))
+    for t in near:
+        by_distance = sorted(range(count), key=lambda i: max(showings[i].first - t, t - showings[i].last, 0.0))
+        kept.update(by_distance[:_NEAR_SHOWINGS])
     spans = []
-    for showing in item.showings:
-        first, last = clock(showing.first), clock(showing.last)
+    previous = -1
+    for i in sorted(kept):
+        if i > previous + 1:
+            spans.append(f"({i - previous - 1} more)")
+        first, last = clock(showings[i].first), clock(showings[i].last)
         spans.append(first if first == last else f"{first}-{last}")
+        previous = i
     return f"{shown} ({item.kind}), shown {count} time{'s' if count != 1 else ''}: {', '.join(spans)}"
 
 
@@ -225,17 +243,17 @@ def select_reading(
     if anchored_mask.any():
         anchored = ids[anchored_mask]
         nearest = anchored[np.argsort(distance[anchored_mask], kind="stable")]
-        return Reading(_in_time_order(_blocks(view, anchored) + recent), _lines(extra), nearest.tolist())
+        return Reading(_in_time_order(_blocks(view, anchored) + recent), _lines(extra, intent.times), nearest.tolist())
     if intent.times and settings.intent:
         # The frames are gone, but the timeline still knows what was shown then.
         near = [item for item in timeline if _shown_near(item, intent.times, anchor_seconds)]
         near.sort(key=lambda item: _KIND_RANK.get(item.kind, 4))
         if near:
-            return Reading(_in_time_order(recent), _lines([*near[:_ONSET_LINES], *extra]))
+            return Reading(_in_time_order(recent), _lines([*near[:_ONSET_LINES], *extra], intent.times))
     if intent.now and not (intent.count or intent.order):
-        return Reading(_in_time_order(recent), _lines(extra))
+        return Reading(_in_time_order(recent), _lines(extra, intent.times))
     topic = topic_items(timeline, intent)
-    lines = _lines([*(topic[:3] if intent.count or intent.order else []), *extra])
+    lines = _lines([*(topic[:3] if intent.count or intent.order else []), *extra], intent.times)
     if intent.recency is not None and topic:
         shown = _blocks(view, sorted(set(showing_frames(topic, intent.recency))))
         if shown:
@@ -262,11 +280,11 @@ def _blocks(view: MemoryView, ids: Iterable[int]) -> list[Block]:
     return [by_id[i] for i in map(int, ids) if i in by_id]
 
 
-def _lines(items: Sequence[TimelineItem]) -> list[str]:
-    """The items' timeline lines, each once, ordered by first showing."""
+def _lines(items: Sequence[TimelineItem], near: Sequence[float] = ()) -> list[str]:
+    """The items' timeline lines, each once, ordered by first showing; `near`: times the question names."""
     unique = {(item.kind, item.name): item for item in items}
     ordered = sorted(unique.values(), key=lambda item: (item.first, item.kind, item.name))
-    return [timeline_line(item) for item in ordered]
+    return [timeline_line(item, near) for item in ordered]
 
 
 def _shown_near(item: TimelineItem, times: Sequence[float], slack: float) -> bool:

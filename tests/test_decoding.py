@@ -12,7 +12,7 @@ import torch
 from tiny_adapter import SyntheticFrames, synthetic_frame, tiny_model
 
 from memory.kv_cache import StreamingCache
-from streamer.decoding import BatchedCache, ModelScheduler, SchedulerLimits, ingest_passes
+from streamer.decoding import BatchedCache, ModelScheduler, SchedulerLimits, TokenPicker, ingest_passes
 from streamer.engine import Engine, EngineConfig
 from streamer.engine_config import AnswerConfig
 from streamer.engine_data import AnswerHandle
@@ -65,6 +65,29 @@ def test_a_batched_step_equals_each_rows_own(adapter: SyntheticFrames) -> None:
         together = adapter.batch_next_token_logits(tokens, batch)
     for row, (token, cache) in enumerate(zip(tokens, caches, strict=True)):
         torch.testing.assert_close(together[row], adapter.next_token_logits(adapter.token_embeds(token), cache))
+
+
+def test_the_decode_batch_shrinks_when_its_long_rows_leave(adapter: SyntheticFrames) -> None:
+    """A long context and a burst of rows grow the batch; once they have left, the rows still decoding get
+    a batch their size again, and their tokens are what they are alone."""
+    scheduler, alone = ModelScheduler(adapter), ModelScheduler(adapter)
+    try:
+        solo = list(alone.decode(filled_cache(adapter, 20, 0), TokenPicker(False), 7, 40))
+        caches = [filled_cache(adapter, 600 if seed == 1 else 20, seed) for seed in range(14)]
+        steady = scheduler.decode(caches[0], TokenPicker(False), 7, 40)
+        others = [scheduler.decode(cache, TokenPicker(False), 5, 2) for cache in caches[1:]]
+        tokens = []
+        for token in steady:
+            tokens.append(token)
+            if len(tokens) == 10:
+                assert all(len(list(row)) == 2 for row in others), "the other rows have left"
+                stats = scheduler.stats
+                assert stats.max_batch == 14 and stats.batch_slots == 4 and stats.batch_tokens < 200
+                assert stats.resizes >= 1
+        assert tokens == solo
+    finally:
+        scheduler.close()
+        alone.close()
 
 
 def test_reads_batched_together_equal_each_read_alone(adapter: SyntheticFrames) -> None:

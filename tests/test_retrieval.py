@@ -10,6 +10,7 @@ import numpy as np
 from memory.events import Showing, TimelineItem
 from memory.frame_table import FrameTable
 from streamer.funnel import normal_words
+from streamer.grounding import timeline_facts
 from streamer.retrieval import adaptive_keyframes, began_near, named_by, timeline_line
 
 
@@ -39,6 +40,19 @@ def test_timeline_lines_name_the_item_and_every_showing() -> None:
         '"Kestrel" (text), shown 2 times: 00:10-00:12, 00:52'
     )
     assert timeline_line(_item("object", "cat", (3725, 3730))) == "cat (object), shown 1 time: 1:02:05-1:02:10"
+
+
+def test_a_line_of_an_item_shown_hundreds_of_times_stays_short() -> None:
+    """A long stream shows the same thing again and again: the line keeps the count, the first and last
+    showings and those nearest a named time, and sums up the rest, so reading it costs the same each hour."""
+    item = _item("object", "car", *((60.0 * i, 60.0 * i + 5) for i in range(500)))
+    line = timeline_line(item, near=[3 * 3600 + 2])
+    assert line.startswith("car (object), shown 500 times: 00:00-00:05, 01:00-01:05, 02:00-02:05, (176 more), ")
+    assert "2:59:00-2:59:05, 3:00:00-3:00:05, 3:01:00-3:01:05, (316 more), 8:18:00-8:18:05, 8:19:00-8:19:05" in line
+    assert len(line) < 200
+    (fact,) = timeline_facts([line])
+    assert fact.count == 500 and len(fact.spans) == 8 and fact.starts[0] == 0 and fact.starts[-1] == 499 * 60
+    assert "more" not in timeline_line(_item("object", "car", *((60.0 * i, 60.0 * i) for i in range(5))))
 
 
 def test_items_an_option_names_and_items_that_began_at_a_time() -> None:

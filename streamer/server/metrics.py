@@ -200,6 +200,11 @@ class ModelCollector(Collector):
         )
         decoding = GaugeMetricFamily("streamer_decode_batch_rows", "Answers decoding together now.", labels=labels)
         largest = GaugeMetricFamily("streamer_decode_batch_max", "The largest decode batch so far.", labels=labels)
+        held = GaugeMetricFamily(
+            "streamer_decode_batch_kv_tokens",
+            "KV tokens the decode batch has room for now (rows of room x tokens each): its memory.",
+            labels=labels,
+        )
         for worker, stats in sorted(self.stats.items()):
             passes.add_metric([worker], stats.passes)
             waited.add_metric([worker], stats.pass_wait_s)
@@ -208,4 +213,5 @@ class ModelCollector(Collector):
             rows.add_metric([worker], stats.step_rows)
             decoding.add_metric([worker], stats.decoding)
             largest.add_metric([worker], stats.max_batch)
-        yield from (passes, waited, waiting, steps, rows, decoding, largest)
+            held.add_metric([worker], stats.batch_slots * stats.batch_tokens)
+        yield from (passes, waited, waiting, steps, rows, decoding, largest, held)

@@ -171,6 +171,9 @@ class StreamingCache(Cache):
         self.store = store
         self._first_capacity = 256
         self.base_length = length  # tokens inherited from the cache this one was forked from
+        # When a copy is needed, room for twice the tokens held (appends amortised), but no more than
+        # this many when set: a cache kept under a token budget never uses more than the budget's room.
+        self.most_tokens = 0
         for layer in layers:
             layer.length = length
             layer.is_initialized = store is not None
@@ -212,7 +215,8 @@ class StreamingCache(Cache):
         if store.owner in (None, self) and store.written == self.length and needed <= store.capacity:
             store.owner = self
             return
-        fresh = KVStore.allocate(store.keys, max(needed + 256, 2 * self.length))
+        room = 2 * self.length if not self.most_tokens else min(2 * self.length, self.most_tokens)
+        fresh = KVStore.allocate(store.keys, max(needed + 256, room))
         for layer in range(len(self.layers)):
             fresh.keys[layer][..., : self.length, :] = store.keys[layer][..., : self.length, :]
             fresh.values[layer][..., : self.length, :] = store.values[layer][..., : self.length, :]

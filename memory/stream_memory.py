@@ -125,6 +125,16 @@ class StreamMemory:
     and `state_dict` / `load_state_dict` for a snapshot file (`memory.snapshot`).
     """
 
+    @property
+    def cache(self) -> StreamingCache:
+        """The resident KV: its store never has room for more than the budget and one chunk past it."""
+        return self._cache
+
+    @cache.setter
+    def cache(self, cache: StreamingCache) -> None:
+        cache.most_tokens = self.budget_tokens + self.evict_chunk
+        self._cache = cache
+
     def __init__(self, num_layers: int, rotate: KeyRotation, settings: MemorySettings) -> None:
         if settings.budget_tokens <= settings.answer_reserve:
             raise BudgetError(
@@ -132,10 +142,10 @@ class StreamMemory:
                 "reserved for answering; raise --budget."
             )
         self.settings = settings
-        self.cache = StreamingCache(num_layers)
         self.budget_tokens = settings.budget_tokens
         self.answer_reserve = settings.answer_reserve
         self.evict_chunk = settings.evict_chunk
+        self.cache = StreamingCache(num_layers)
         self.host_budget_tokens = settings.host_budget_tokens
         self.rotate = rotate
         self.index = BlockIndex(settings.internal_weight, settings.text_weight)

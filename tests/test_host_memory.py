@@ -209,8 +209,14 @@ def test_positions_stay_exact_through_many_evictions_and_compressions() -> None:
     memory = engine.memory("cam")
     sink = adapter.system_embeds()
     checked = 0
+    held = memory.view()  # a question in flight: every frame appended copies the resident store
+    room = 0
     for index in range(400):
         engine.push_frame("cam", synthetic_frame(index))
+        assert memory.cache.store is not None
+        room = max(room, memory.cache.store.capacity)
+        held.close()
+        held = memory.view()
         if index % 50 != 49:
             continue
         # Every whole block on the device holds the keys its tokens would have at its position now.
@@ -236,3 +242,6 @@ def test_positions_stay_exact_through_many_evictions_and_compressions() -> None:
         snapshot.close()
     assert memory.dropped_tokens > 4 * config.memory.budget_tokens and memory.compressed_tokens > 0
     assert checked > 50
+    # The copies have room for what the budget lets the store hold and 256 tokens more, not for twice
+    # what they held (782 here).
+    assert room <= config.memory.budget_tokens + 256, room

@@ -71,6 +71,20 @@ def test_parent_appending_while_fork_is_open_copies_first(tiny_llama: LlamaForCa
     )
 
 
+def test_a_copy_has_room_for_twice_the_tokens_unless_capped(tiny_llama: LlamaForCausalLM) -> None:
+    rooms = []
+    for most in (0, 150):
+        parent = StreamingCache(tiny_llama.config.num_hidden_layers)
+        parent.most_tokens = most
+        prefill(tiny_llama, parent, tokens(300, 2))
+        fork = parent.fork()  # a question holds the tail: the next append copies
+        prefill(tiny_llama, parent, tokens(10, 3))
+        assert parent.store is not fork.store and parent.length == 310
+        assert parent.store is not None
+        rooms.append(parent.store.capacity)
+    assert rooms == [600, 310 + 256]  # twice the 300 held; capped: what the append needs and 256 more
+
+
 def test_two_open_forks_do_not_overwrite_each_other(tiny_llama: LlamaForCausalLM) -> None:
     history, first, second = tokens(50, 6), tokens(8, 7), tokens(8, 8)
     parent = StreamingCache(tiny_llama.config.num_hidden_layers)

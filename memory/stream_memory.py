@@ -127,7 +127,8 @@ class StreamMemory:
 
     @property
     def cache(self) -> StreamingCache:
-        """The resident KV: its store never has room for more than the budget and one chunk past it."""
+        """The resident KV: a copy of its store has room for the budget and one chunk past it (or, if more,
+        for what the append that made the copy needs and 256 tokens), not twice what it held."""
         return self._cache
 
     @cache.setter

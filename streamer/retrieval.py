@@ -8,12 +8,13 @@ sink, then the chosen frame blocks in time order (re-positioned to be contiguous
 from __future__ import annotations
 
 import functools
+import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from memory.events import TimelineItem
+from memory.events import Showing, TimelineItem
 from memory.index import zscore
 from memory.stream_memory import Block, MemoryView
 from streamer.clock import clock
@@ -51,8 +52,7 @@ def timeline_line(item: TimelineItem, near: Sequence[float] = ()) -> str:
     count = len(showings)
     kept = set(range(min(count, _FIRST_SHOWINGS))) | set(range(max(0, count - _LAST_SHOWINGS), count))
     for t in near:
-        by_distance = sorted(range(count), key=lambda i: max(showings[i].first - t, t - showings[i].last, 0.0))
-        kept.update(by_distance[:_NEAR_SHOWINGS])
+        kept.update(heapq.nsmallest(_NEAR_SHOWINGS, range(count), key=functools.partial(_away, showings, t)))
     spans = []
     previous = -1
     for i in sorted(kept):
@@ -278,6 +278,12 @@ def _blocks(view: MemoryView, ids: Iterable[int]) -> list[Block]:
     """The view's blocks of frames `ids` (in that order), skipping frames it cannot read."""
     by_id = view.by_id
     return [by_id[i] for i in map(int, ids) if i in by_id]
+
+
+def _away(showings: Sequence[Showing], t: float, index: int) -> float:
+    """Seconds from time `t` to showing `index` (0 within it)."""
+    showing = showings[index]
+    return max(showing.first - t, t - showing.last, 0.0)
 
 
 def _lines(items: Sequence[TimelineItem], near: Sequence[float] = ()) -> list[str]:

@@ -172,6 +172,11 @@ class StreamMemory:
         self.dropped_tokens = 0
         self.compressed_tokens = 0
         self.lock = threading.RLock()
+        # Held for a whole `append` (one frame at a time; a snapshot of the state waits for the frame); while
+        # the frame's prefill runs, `lock` is free and `_before_frame` is the resident cache's (store, length)
+        # before it, which is what a view taken meanwhile reads.
+        self.appending = threading.RLock()
+        self._before_frame: tuple[KVStore | None, int] | None = None
 
     @property
     def resident_tokens(self) -> int:
@@ -281,18 +286,29 @@ class StreamMemory:
 
     def append(self, record: FrameRecord, prefill: Callable[[StreamingCache], np.ndarray | None]) -> list[FrameRecord]:
         """Add one frame: make room for its `record.tokens`, have `prefill(cache)` write its tokens at the end of
-        the resident cache (returning the block's key summary, or None), register and index it; all under
-        the memory's lock, so a question's view sees the frame entirely or not at all. Returns the
-        records that left the device to make room."""
-        with self.lock:
-            evicted = self._make_room(record.tokens, record.stream_time)
-            before = self.cache.length
-            record.key_summary = prefill(self.cache)
-            written = self.cache.length - before
-            if written != record.tokens:
-                raise ValueError(f"the frame's prefill wrote {written} tokens, its record says {record.tokens}")
-            self._add(record)
-            self._compact(record.stream_time)
+        the resident cache (returning the block's key summary, or None), register and index it. A question's
+        view sees the frame entirely or not at all, and does not wait for its prefill: one taken while the
+        prefill runs is the memory as it was before the frame (room already made). Returns the records
+        that left the device to make room."""
+        with self.appending:
+            with self.lock:
+                evicted = self._make_room(record.tokens, record.stream_time)
+                before = self.cache.length
+                self._before_frame = (self.cache.store, before)
+            try:
+                summary = prefill(self.cache)
+            except BaseException:
+                with self.lock:
+                    self._before_frame = None
+                raise
+            with self.lock:
+                self._before_frame = None
+                written = self.cache.length - before
+                if written != record.tokens:
+                    raise ValueError(f"the frame's prefill wrote {written} tokens, its record says {record.tokens}")
+                record.key_summary = summary
+                self._add(record)
+                self._compact(record.stream_time)
         return evicted
 
     @property
@@ -366,8 +382,12 @@ class StreamMemory:
             as_of = self.records[-1].stream_time if self.records else 0.0
             by_id: dict[int, Block] = dict(self.offloaded)
             by_id.update((b.record.frame_id, b) for b in self.blocks)
+            before = self._before_frame
+            # During a frame's prefill, the tokens before it: the prefill writes only after them, and a
+            # cache that does not own the store's tail copies before it appends.
+            cache = StreamingCache(self.cache.num_layers, *before) if before is not None else self.cache.fork()
             return MemoryView(
-                self.cache.fork(),
+                cache,
                 tuple(self.blocks),
                 tuple(self.offloaded.values()),
                 self.sink_tokens,
@@ -391,7 +411,7 @@ class StreamMemory:
         them); "frames" still counts every frame id given, "first" is the oldest held, and "host" lists every
         frame on the host. With nothing excluded the records are every record held, in frame id order.
         """
-        with self.lock:
+        with self.appending, self.lock:
             length = self.cache.length
             layers = range(self.cache.num_layers)
             records = [r for r in self.records if r.frame_id not in exclude]
@@ -441,7 +461,7 @@ class StreamMemory:
             store.keys[layer][..., :length, :] = k.to(device, dtype)
             store.values[layer][..., :length, :] = v.to(device, dtype)
         store.written = length
-        with self.lock:
+        with self.appending, self.lock:
             self.cache = StreamingCache(len(keys), store, length)
             self.records = []
             self.first_id = first

@@ -7,13 +7,17 @@ can share forward passes. The `ModelScheduler` runs in steps. At each step bound
    they came, on the ingest thread itself while the scheduler waits (the ingest thread's torch thread
    pool does the work, not a second pool competing with it): ingest is bounded by the streams' frame
    rate, so it cannot starve answers, and a frame never waits longer than one step;
-2. waiting **answer** passes, in the order they came, up to `max_step_tokens` tokens in all (at
-   least one pass): a chunk of a question's prefill (its timeline lines and the question, split
-   into chunks of at most `max_step_tokens`), an option's score, a question's query summary;
-3. one **decode** step: one token for every decoding row (at most `max_rows`), in one forward pass
-   over a `BatchedCache` that holds each row's context left-aligned with its own length, attention
-   mask and positions. A question whose prefill is done joins at the next boundary; a finished or
-   cancelled row leaves at once.
+2. waiting **answer** passes that are not reads, in the order they came, up to `max_step_tokens` tokens
+   in all (at least one): a chunk of a long question's prefill (its timeline lines and the question,
+   split into chunks of at most `max_step_tokens`), an option's score, a question's query summary;
+3. one **decode** step: one token for every decoding row (at most `max_rows`), over a `BatchedCache`
+   that holds each row's context left-aligned with its own length, attention mask and positions.
+   Waiting **reads** (a question's last chunk, whose logits give its first token), up to
+   `max_step_tokens` tokens, those that came while the passes above ran included, go in the same
+   forward pass: the rows' and the reads' new tokens are packed into one sequence
+   (`streamer.adapters.packed`), so the weights are read once for all of them, and a question's first
+   token waits for no decode step of its own. A question whose first token is chosen joins at the next
+   boundary; a finished or cancelled row leaves at once.
 
 A row's tokens are chosen in this thread from its own logits (`TokenPicker`, greedy with the
 answer's repetition controls) and handed to the thread that asked, which turns them into text.
@@ -33,7 +37,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
@@ -114,6 +117,7 @@ class SchedulerStats:
     decoding: int = 0
     waiting: int = 0
     max_batch: int = 0
+    step_reads: int = 0  # question reads that went through the model in a decode step's pass
     resizes: int = 0  # times the decode batch was made smaller
     batch_slots: int = 0  # the decode batch's rows of room now, and the tokens each holds
     batch_tokens: int = 0
@@ -318,8 +322,9 @@ class _Pass:
         self.done = threading.Event()
 
 
-def _one(run: Callable[[], Any]) -> list[Any]:
-    return [run()]
+def _read(item: _Pass) -> Read:
+    assert item.read is not None
+    return item.read
 
 
 class ModelScheduler:
@@ -351,8 +356,8 @@ class ModelScheduler:
     def run(self, fn: Callable[[], T], tokens: int = 1, read: Read | None = None) -> T:
         """Run `fn` (one model pass over `tokens` tokens) on the scheduler's thread at the next boundary and
         return its result; an ingest pass when the calling thread is inside `ingest_passes()`. A pass that
-        is a `read` (`fn` appends the embeds to the cache and returns the next token's logits) may be run
-        together with the other reads of its step instead, in one batched pass with the same result."""
+        is a `read` (`fn` appends the embeds to the cache and returns the next token's logits) is run in
+        the next decode step's pass instead (`ModelAdapter.packed_logits`), with the same result."""
         if self.on_thread():
             with self.adapter.forward_lock:
                 return fn()
@@ -423,36 +428,46 @@ class ModelScheduler:
                 while not (self._closed or self._ingest or self._answers or self._joining or self._rows):
                     self._lock.wait()
                 if self._coming and self._rows and not (self._ingest or self._answers or self._closed):
-                    # A question is being prepared: its prefill goes before the next decode step, so its
-                    # first token does not wait behind a whole step.
+                    # A question is being prepared: its read joins the next decode step if it comes in
+                    # time, so its first token does not wait behind a whole step.
                     self._lock.wait(self.limits.hold_s)
                 if self._closed:
                     break
-                passes = list(self._ingest)
+                ingest = list(self._ingest)
                 self._ingest.clear()
-                budget = self.limits.max_step_tokens
-                first = True
-                while self._answers and (first or self._answers[0].tokens <= budget):
-                    item = self._answers.popleft()
-                    passes.append(item)
-                    budget -= item.tokens
-                    first = False
+                passes = self._take_answers(reads=False)
+            # Ingest's passes first, then the answer passes that are not reads, each on its own.
+            for item in ingest:
+                self._give_turn(item)
+            for item in passes:
+                self._run(item)
+            with self._lock:
+                # Reads go with the decode step, those that came while the passes above ran included.
+                reads = self._take_answers(reads=True)
                 joining = list(self._joining)
                 self._joining.clear()
-            # Ingest's passes first (they come first in `passes`), then the answers' reads of this boundary
-            # as one pass when there are several, then the other answer passes.
-            reads = [item for item in passes if item.read is not None and not item.ingest]
-            grouped = reads if len(reads) > 1 else []
-            for item in passes:
-                if item.ingest:
-                    self._give_turn(item)
-                elif item not in grouped:
-                    self._run([item], partial(_one, item.run))
-                elif item is grouped[0]:
-                    inputs = [read.read for read in grouped if read.read is not None]
-                    self._run(grouped, partial(self.adapter.batch_read_logits, inputs))
-            self._step(joining)
+            self._step(joining, reads)
         self._end_all(RuntimeError("the model scheduler closed"))
+
+    def _take_answers(self, reads: bool) -> list[_Pass]:
+        """The waiting answer passes that are reads (`reads`), or those that are not, in the order they came,
+        up to `max_step_tokens` tokens in all (at least one). Holds `_lock`."""
+        budget = self.limits.max_step_tokens
+        taken: list[_Pass] = []
+        kept: deque[_Pass] = deque()
+        full = False
+        for item in self._answers:
+            if full or (item.read is not None) != reads:
+                kept.append(item)
+            elif not taken or item.tokens <= budget:
+                taken.append(item)
+                budget -= item.tokens
+            else:
+                full = True
+                kept.append(item)
+        self._answers = kept
+        self.stats.waiting -= len(taken)
+        return taken
 
     def _give_turn(self, item: _Pass) -> None:
         """Let an ingest pass run on its own thread, and wait until it has."""
@@ -466,28 +481,24 @@ class ModelScheduler:
         item.done.wait()
         stats.pass_s += time.perf_counter() - started
 
-    def _run(self, items: list[_Pass], run: Callable[[], list[Any]]) -> None:
-        """Run the passes `items` by `run` (one result per item), each result or error to its thread."""
+    def _run(self, item: _Pass) -> None:
+        """Run one answer pass; its result or error to its thread."""
         started = time.perf_counter()
         stats = self.stats
-        stats.passes += len(items)
-        stats.pass_wait_s += sum(started - item.queued for item in items)
-        with self._lock:
-            stats.waiting -= len(items)
+        stats.passes += 1
+        stats.pass_wait_s += started - item.queued
         try:
             with self.adapter.forward_lock:
-                results = run()
-        except BaseException as error:  # handed to every thread that asked
-            for item in items:
-                item.future.set_exception(error)
+                result = item.run()
+        except BaseException as error:  # handed to the thread that asked
+            item.future.set_exception(error)
         else:
-            for item, result in zip(items, results, strict=True):
-                item.future.set_result(result)
+            item.future.set_result(result)
         stats.pass_s += time.perf_counter() - started
 
-    def _step(self, joining: list[DecodeRow]) -> None:
+    def _step(self, joining: list[DecodeRow], reads: list[_Pass]) -> None:
         """Join `joining` (rows past `max_rows` wait for a later step), drop closed rows, decode one token
-        for every row."""
+        for every row, with `reads` in the same pass."""
         self._leave([row for row in self._rows if row.closed])
         waiting = []
         for row in joining:
@@ -500,12 +511,8 @@ class ModelScheduler:
         if waiting:
             with self._lock:
                 self._joining.extendleft(reversed(waiting))
-        if not self._rows:
-            return
-        try:
-            self._decode()
-        except BaseException as error:
-            self._leave(list(self._rows), error)
+        if self._rows or reads:
+            self._decode(reads)
 
     def _join(self, row: DecodeRow) -> None:
         length = row.cache.length
@@ -558,18 +565,42 @@ class ModelScheduler:
             self._batch = batch.resized(slots, tokens)
             self.stats.resizes += 1
 
-    def _decode(self) -> None:
+    def _decode(self, reads: list[_Pass]) -> None:
+        """One pass: a decode step for every row (if any) and `reads` packed with it
+        (`ModelAdapter.packed_logits`); each read's logits, or the pass's error, to its thread."""
         batch = self._batch
-        assert batch is not None
         ordered = sorted(self._rows, key=lambda r: r.slot)
+        tokens = [row.token for row in ordered]
         started = time.perf_counter()
-        with self.adapter.forward_lock:
-            logits = self.adapter.batch_next_token_logits([row.token for row in ordered], batch)
-        batch.advance()
         stats = self.stats
-        stats.step_s += time.perf_counter() - started
+        stats.passes += len(reads)
+        stats.pass_wait_s += sum(started - item.queued for item in reads)
+        found: list[torch.Tensor] = []
+        try:
+            with self.adapter.forward_lock:
+                if reads or self.adapter.packs_passes:
+                    logits, found = self.adapter.packed_logits(tokens, batch, [_read(item) for item in reads])
+                else:
+                    assert batch is not None
+                    logits = self.adapter.batch_next_token_logits(tokens, batch)
+        except BaseException as error:  # handed to every thread that asked, and every row leaves with it
+            for item in reads:
+                item.future.set_exception(error)
+            if ordered:
+                self._leave(ordered, error)
+            return
+        for item, result in zip(reads, found, strict=True):
+            item.future.set_result(result)
+        elapsed = time.perf_counter() - started
+        if not ordered:
+            stats.pass_s += elapsed
+            return
+        assert batch is not None
+        batch.advance()
+        stats.step_s += elapsed
         stats.steps += 1
         stats.step_rows += len(ordered)
+        stats.step_reads += len(reads)
         stats.max_batch = max(stats.max_batch, len(ordered))
         done = []
         for row, row_logits in zip(ordered, logits, strict=True):

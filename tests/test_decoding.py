@@ -90,22 +90,80 @@ def test_the_decode_batch_shrinks_when_its_long_rows_leave(adapter: SyntheticFra
         alone.close()
 
 
-def test_reads_batched_together_equal_each_read_alone(adapter: SyntheticFrames) -> None:
+@pytest.mark.parametrize("rows", [0, 3])
+def test_reads_packed_into_a_decode_step_equal_each_pass_alone(adapter: SyntheticFrames, rows: int) -> None:
+    """Reads of different lengths after contexts of different lengths, packed into one pass with a decode
+    step of `rows` rows (or none): each read's logits and new keys are its own pass's, each row's logits
+    its own step's, and the caches forked from are untouched."""
     contexts = [filled_cache(adapter, tokens, seed) for seed, tokens in enumerate((30, 8, 61))]
     questions = [adapter.embed_ids(torch.tensor([ids])) for ids in ([5, 9, 14], [77] * 9, [1, 2, 3, 4, 5])]
     alone = [context.fork() for context in contexts]
     together = [context.fork() for context in contexts]
     expected = [adapter.next_token_logits(q, cache) for q, cache in zip(questions, alone, strict=True)]
+    decoding = [filled_cache(adapter, tokens, seed) for seed, tokens in enumerate((44, 3, 70)[:rows], start=10)]
+    tokens = [11, 200, 42][:rows]
+    step_alone = [
+        adapter.next_token_logits(adapter.token_embeds(t), c.fork()) for t, c in zip(tokens, decoding, strict=True)
+    ]
+    batch = BatchedCache(decoding[0], 4, 128) if rows else None
+    for cache in decoding:
+        assert batch is not None
+        batch.add(cache)
     with adapter.forward_lock:
-        found = adapter.batch_read_logits(list(zip(questions, together, strict=True)))
-    for one, other, cache, batched in zip(expected, found, alone, together, strict=True):
+        step, found = adapter.packed_logits(tokens, batch, list(zip(questions, together, strict=True)))
+    assert step.shape[0] == rows
+    for row, logits in enumerate(step_alone):
+        torch.testing.assert_close(step[row], logits, rtol=1e-5, atol=1e-5)
+    for one, other, cache, packed in zip(expected, found, alone, together, strict=True):
         torch.testing.assert_close(other, one, rtol=1e-5, atol=1e-5)
-        assert batched.length == cache.length
+        assert packed.length == cache.length
         for layer in range(adapter.num_layers):
-            torch.testing.assert_close(batched.keys(layer), cache.keys(layer), rtol=1e-5, atol=1e-5)
-            torch.testing.assert_close(batched.values(layer), cache.values(layer), rtol=1e-5, atol=1e-5)
-    # The contexts they were forked from are as they were.
+            torch.testing.assert_close(packed.keys(layer), cache.keys(layer), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(packed.values(layer), cache.values(layer), rtol=1e-5, atol=1e-5)
+    # The contexts they were forked from are as they were; the step wrote each row's token at its place.
     assert [context.length for context in contexts] == [30, 8, 61]
+    if batch is not None:
+        batch.advance()
+        assert batch.lengths == [c.length + 1 for c in decoding]
+
+
+def test_a_read_goes_in_the_decode_step_of_the_rows_decoding(adapter: SyntheticFrames) -> None:
+    """A question's read that comes while another pass runs goes in the next decode step's pass, not a pass
+    of its own: its logits are its own pass's, and the row's tokens are what it decodes alone."""
+    scheduler, alone = ModelScheduler(adapter), ModelScheduler(adapter)
+    release, holding = threading.Event(), threading.Event()
+    try:
+        solo = list(alone.decode(filled_cache(adapter, 20, 0), TokenPicker(False), 7, 30))
+        question = adapter.embed_ids(torch.tensor([[4, 8, 15, 16, 23, 42]]))
+        expected = adapter.next_token_logits(question, filled_cache(adapter, 12, 1))
+
+        def hold() -> None:
+            holding.set()
+            release.wait(10)
+
+        blocker = threading.Thread(target=scheduler.run, args=(hold,))
+        blocker.start()
+        assert holding.wait(10)
+        row = scheduler.decode(filled_cache(adapter, 20, 0), TokenPicker(False), 7, 30)
+        context, found = filled_cache(adapter, 12, 1), []
+        adapter.scheduler = scheduler  # the read goes through the scheduler, as a question's does
+        reader = threading.Thread(target=lambda: found.append(adapter.next_token_logits(question, context)))
+        reader.start()
+        while scheduler.stats.waiting < 1:
+            time.sleep(0.001)
+        release.set()
+        reader.join(10)
+        blocker.join(10)
+        adapter.scheduler = None
+        assert list(row) == solo
+        torch.testing.assert_close(found[0], expected, rtol=1e-5, atol=1e-5)
+        assert context.length == 18
+        stats = scheduler.stats
+        assert stats.step_reads == 1 and stats.passes == 2 and stats.steps == 30
+    finally:
+        adapter.scheduler = None
+        scheduler.close()
+        alone.close()
 
 
 def engine_with_streams(adapter: SyntheticFrames, **answer: object) -> Engine:
@@ -161,6 +219,7 @@ def test_questions_asked_together_get_what_they_get_alone(adapter: SyntheticFram
 
     batched = ask_together(together, 0.01, ingest)
     assert scheduler.stats.max_batch >= 4, "questions asked at once must be decoded together"
+    assert scheduler.stats.step_reads >= 1, "a question read while others decode goes in their step's pass"
     for one, other in zip(solo, batched, strict=True):
         assert other.tokens == one.tokens == 12
         assert other.text == one.text
@@ -223,3 +282,39 @@ def test_ingest_passes_go_before_answer_passes(adapter: SyntheticFrames) -> None
         assert scheduler.stats.passes == 5
     finally:
         scheduler.close()
+
+
+def test_a_question_does_not_wait_for_a_frame_being_prefilled(adapter: SyntheticFrames) -> None:
+    """A question asked while a frame waits for its prefill takes its view at once: the memory as it was
+    before that frame, answered as a question asked before it is; the frame lands whole, for later ones."""
+    engine = engine_with_streams(adapter)
+    scheduler = adapter.scheduler
+    assert scheduler is not None
+    release, holding = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        holding.set()
+        release.wait(30)
+
+    before = engine.ask("north", "What is moving?")
+    blocker = threading.Thread(target=scheduler.run, args=(hold,))
+    blocker.start()
+    assert holding.wait(10)
+    pusher = threading.Thread(target=engine.push_frame, args=("north", synthetic_frame(6)))
+    pusher.start()
+    while scheduler.stats.waiting < 1:  # the frame's prefill waits for its turn
+        time.sleep(0.001)
+    asked: list[AnswerHandle] = []
+    asker = threading.Thread(target=lambda: asked.append(engine.ask("north", "What is moving?")))
+    asker.start()
+    asker.join(5)
+    taken_at_once = not asker.is_alive()
+    release.set()
+    for thread in (asker, pusher, blocker):
+        thread.join(30)
+    assert taken_at_once, "the question waited for the frame's prefill"
+    during, first = asked[0].result(), before.result()
+    assert during.as_of == first.as_of == synthetic_frame(5).stream_time
+    assert (during.text, during.frames_read) == (first.text, first.frames_read)
+    later = engine.ask("north", "What is moving?").result()
+    assert later.as_of == synthetic_frame(6).stream_time

@@ -17,8 +17,10 @@ import cv2
 import numpy as np
 import torch
 
-from memory.kv_cache import KVSegment, StreamingCache
+from memory.kv_cache import StreamingCache
 from sources.frame import Frame
+from streamer.adapters.cpu_linear import pack_linears
+from streamer.adapters.packed import PackedPass
 from streamer.rope import RotaryShift
 
 if TYPE_CHECKING:
@@ -123,6 +125,8 @@ class ModelAdapter(ABC):
             model._streamer_forward_lock = lock
         self.forward_lock: threading.RLock = lock
         self.scheduler: ModelScheduler | None = None
+        with lock:  # on a CPU, the language model's weights packed for the matrix library, once per model
+            pack_linears(model, model.get_decoder().layers)
 
     def run_pass(
         self, fn: Callable[[], T], tokens: int = 1, read: tuple[torch.Tensor, StreamingCache] | None = None
@@ -367,41 +371,40 @@ class ModelAdapter(ABC):
         read = (embeds[:, start:end], cache) if self.position_ids(0, 1) is None else None
         return self.run_pass(run, end - start, read)
 
-    @torch.inference_mode()
-    def batch_read_logits(self, reads: Sequence[tuple[torch.Tensor, StreamingCache]]) -> list[torch.Tensor]:
-        """`next_token_logits` for several (embeds, cache) pairs in one pass (1-D positions only): the
-        caches are copied into a `BatchedCache`, the embeds read right-padded to the longest with each
-        row's own positions and mask, and each row's new keys and values written back to its cache.
-        The caller holds `forward_lock`."""
-        from streamer.decoding import BatchedCache
+    @property
+    def packs_passes(self) -> bool:
+        """Whether a decode step and reads can share one pass (`packed_logits`): plain 1-D positions only."""
+        return self.position_ids(0, 1) is None
 
+    @torch.inference_mode()
+    def packed_logits(
+        self, tokens: Sequence[int], batch: BatchedCache | None, reads: Sequence[tuple[torch.Tensor, StreamingCache]]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One pass (`streamer.adapters.packed`) for a decode step of `batch`'s rows, row i's token `tokens[i]`
+        (none: no step), and for `reads`, each (embeds, cache) reading its embeds after its cache, which they
+        are appended to. Returns the step's next logits (rows, vocab) and each read's next-token logits
+        (vocab,), what `batch_next_token_logits` and `next_token_logits` give. The caller holds
+        `forward_lock` and advances `batch` after the step."""
         sizes = [int(embeds.shape[1]) for embeds, _ in reads]
-        longest = max(sizes)
-        batch = BatchedCache(reads[0][1], len(reads), max(cache.length for _, cache in reads) + longest)
-        for _, cache in reads:
-            batch.add(cache)
-        lengths = list(batch.lengths)
-        mask = batch.prepare(longest)
-        padded = torch.zeros(len(reads), longest, reads[0][0].shape[-1], dtype=reads[0][0].dtype, device=self.device)
-        for row, (embeds, _) in enumerate(reads):
-            padded[row, : sizes[row]] = embeds[0]
-        positions = torch.tensor(lengths, device=self.device)[:, None] + torch.arange(longest, device=self.device)
-        last = torch.tensor([[size - 1] for size in sizes], device=self.device)  # the logits each row needs
-        out = self.model(
-            inputs_embeds=padded,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=batch,
-            use_cache=True,
-            logits_to_keep=last,
-        )
-        found = []
-        for row, ((_, cache), size, length) in enumerate(zip(reads, sizes, lengths, strict=True)):
-            found.append(out.logits[row, 0].float())
-            keys = [batch.keys[layer][row : row + 1, :, length : length + size] for layer in range(self.num_layers)]
-            values = [batch.values[layer][row : row + 1, :, length : length + size] for layer in range(self.num_layers)]
-            cache.append(KVSegment(keys, values, length), self.rotate_keys)
-        return found
+        for (_, cache), size in zip(reads, sizes, strict=True):
+            cache.reserve(size)
+        packed = PackedPass(self.num_layers, batch if tokens else None, [c for _, c in reads], sizes, self.device)
+        pieces = [embeds for embeds, _ in reads]
+        if tokens:
+            pieces.insert(0, self.embed_ids(torch.tensor([list(tokens)], device=self.device)))
+        # The model's own mask is not used (each row's attention has its own); a 4-D one is taken as given.
+        placeholder = torch.zeros(1, 1, packed.tokens, 1, device=self.device)
+        with packed.running(self.model):
+            out = self.model(
+                inputs_embeds=torch.cat(pieces, dim=1),
+                attention_mask=placeholder,
+                position_ids=torch.tensor([packed.positions], device=self.device),
+                past_key_values=packed,
+                use_cache=True,
+                logits_to_keep=torch.tensor(packed.last_tokens(), device=self.device),
+            )
+        logits = out.logits[0].float()
+        return logits[: len(tokens)], list(logits[len(tokens) :])
 
     def batch_position_ids(self, lengths: Sequence[int]) -> torch.Tensor:
         """`position_ids` for one new token in each of several rows whose caches hold `lengths` tokens."""

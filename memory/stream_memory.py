@@ -101,6 +101,7 @@ class MemorySettings:
     internal_weight, text_weight: the retrieval index's weights (`memory.index.BlockIndex`).
     compact_after_s: stream seconds a frame stays at the frame level; older frames are compacted away in
     chunks of an eighth of what is held (0: never).
+    index_device: the torch device (a GPU) the retrieval index's vectors live on; None: faiss on the CPU.
     """
 
     budget_tokens: int
@@ -115,6 +116,7 @@ class MemorySettings:
     internal_weight: float = 0.0
     text_weight: float = 1.0
     compact_after_s: float = 0.0
+    index_device: str | None = None
 
 
 class StreamMemory:
@@ -149,7 +151,7 @@ class StreamMemory:
         self.cache = StreamingCache(num_layers)
         self.host_budget_tokens = settings.host_budget_tokens
         self.rotate = rotate
-        self.index = BlockIndex(settings.internal_weight, settings.text_weight)
+        self.index = BlockIndex(settings.internal_weight, settings.text_weight, settings.index_device)
         self.table = FrameTable()
         self.policy = make_policy(settings.policy, settings.curvature)
         self.policy.content_vector = self.content_vector
@@ -471,7 +473,7 @@ class StreamMemory:
                 self.timeline = EventTimeline(self.timeline.rejoin_s)
             else:
                 self.timeline = EventTimeline.from_state(saved_timeline)
-            self.index = type(self.index)(self.index.internal_weight, self.index.text_weight)
+            self.index = type(self.index)(self.index.internal_weight, self.index.text_weight, self.index.device)
             self.index.first = self.index.count = first
             self.table = FrameTable()
             self.table.first = first

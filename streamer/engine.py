@@ -144,6 +144,8 @@ class Engine:
             internal_weight=config.retrieval.internal_weight,
             text_weight=config.retrieval.text_weight,
             compact_after_s=config.memory.compact_after_s,
+            # On a GPU the retrieval index scans its vectors there, beside the model.
+            index_device=str(self.adapter.device) if self.adapter.device.type == "cuda" else None,
         )
 
     def _restore(self, stream: Stream) -> None:

@@ -44,9 +44,7 @@ def make_engine(model: LlamaForCausalLM, age: float, folder: Path | None = None)
 
 def held_bytes(memory: StreamMemory) -> int:
     """Bytes the index keeps for its frames (key summaries and text vectors)."""
-    index = memory.index
-    text = index.text.ntotal * index.text.d * 4 if index.text is not None else 0
-    return sum(layer.ntotal * layer.code_size for layer in index.layers) + text
+    return memory.index.nbytes
 
 
 def test_compaction_bounds_the_records_and_keeps_the_rest_exact(model: LlamaForCausalLM) -> None:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import torch
+from tiny_adapter import SyntheticFrames, tiny_model
 
 from memory.index import BlockIndex, zscore
+from streamer.engine import Engine, EngineConfig
 
 
 def unit(v: np.ndarray) -> np.ndarray:
@@ -53,7 +57,7 @@ def test_key_summaries_are_kept_in_half_precision_and_score_as_in_full() -> None
     index = BlockIndex(internal_weight=1.0, text_weight=0.0)
     for frame in summaries:
         index.add(frame, None)
-    assert all(layer.code_size == 2 * dim for layer in index.layers), "2 bytes per value"
+    assert index.nbytes == frames * layers * dim * 2, "2 bytes per value"
     one = index.key_summary(17)
     assert one is not None
     np.testing.assert_array_equal(one, summaries[17].astype(np.float16).astype(np.float32))
@@ -66,3 +70,48 @@ def test_key_summaries_are_kept_in_half_precision_and_score_as_in_full() -> None
     assert scores is not None
     np.testing.assert_allclose(scores, exact, atol=2e-3)
     assert BlockIndex().key_summary(0) is None and BlockIndex().key_summaries() is None
+
+
+def test_an_index_on_a_device_scores_and_compacts_as_faiss_does() -> None:
+    """The index's tensor form (the one a GPU gets; here on the CPU) against faiss: the same key summaries
+    and text vectors, the same bytes, the same fused scores before and after compaction, and a frozen
+    copy keeps scoring what it saw."""
+    rng = np.random.default_rng(3)
+    layers, dim, frames = 5, 24, 300
+    summaries = rng.normal(size=(frames, layers, dim)).astype(np.float32)
+    texts = [unit(rng.normal(size=12)) for _ in range(frames)]
+    faiss_index, tensor_index = BlockIndex(1.0, 0.5), BlockIndex(1.0, 0.5, device="cpu")
+    for summary, text in zip(summaries, texts, strict=True):
+        assert faiss_index.add(summary, text) == tensor_index.add(summary, text)
+    query, text_query = rng.normal(size=(layers, dim)).astype(np.float32), texts[123]
+
+    def same(upto: int | None = None) -> None:
+        a, b = faiss_index.scores(query, text_query, upto), tensor_index.scores(query, text_query, upto)
+        assert a is not None and b is not None
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+
+    same()
+    same(upto=77)
+    assert tensor_index.nbytes == faiss_index.nbytes == frames * (layers * dim * 2 + 12 * 4)
+    # Both keep float16 (faiss rounds an odd value one unit apart).
+    np.testing.assert_allclose(tensor_index.key_summaries(), faiss_index.key_summaries(), atol=1e-3)
+    np.testing.assert_allclose(tensor_index.key_summary(42), faiss_index.key_summary(42), atol=1e-3)
+    seen = tensor_index.frozen()
+    before = seen.scores(query, text_query)
+    for index in (faiss_index, tensor_index):
+        index.compact(100)
+        index.add(summaries[0], texts[0])  # a frame after the compaction
+    same()
+    after = tensor_index.scores(query, text_query)
+    assert after is not None and after.shape == (frames - 100 + 1,)
+    np.testing.assert_array_equal(seen.scores(query, text_query, upto=frames), before)
+    np.testing.assert_allclose(tensor_index.key_summaries([150, 300]), faiss_index.key_summaries([150, 300]), atol=1e-3)
+
+
+def test_an_engine_on_a_gpu_keeps_its_index_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The index goes where the model is when that is a GPU, and stays in faiss on a CPU."""
+    adapter = SyntheticFrames(tiny_model())
+    engine = Engine(adapter, EngineConfig())
+    assert engine.memory_settings().index_device is None
+    monkeypatch.setattr(SyntheticFrames, "device", property(lambda _self: torch.device("cuda", 1)))
+    assert engine.memory_settings().index_device == "cuda:1"

@@ -261,6 +261,11 @@ def test_metrics_parse_as_prometheus_text(server: ServerThread) -> None:
     assert value("streamer_model_passes_total", worker="local") >= described["frames_ingested"]
     assert value("streamer_model_pass_wait_seconds_total", worker="local") >= 0
     assert value("streamer_decode_rows_total", worker="local") >= value("streamer_decode_steps_total", worker="local")
+    assert (
+        0
+        <= value("streamer_decode_step_reads_total", worker="local")
+        <= value("streamer_model_passes_total", worker="local")
+    )
     assert value("streamer_decode_batch_rows", worker="local") == 0
     assert value("streamer_decode_batch_kv_tokens", worker="local") == 0, "no row decoding: the batch is freed"
 

@@ -198,6 +198,11 @@ class ModelCollector(Collector):
         rows = CounterMetricFamily(
             "streamer_decode_rows", "Tokens decoded in steps; over decode steps, the mean batch size.", labels=labels
         )
+        reads = CounterMetricFamily(
+            "streamer_decode_step_reads",
+            "Question reads that went in a decode step's pass (the rest were passes of their own).",
+            labels=labels,
+        )
         decoding = GaugeMetricFamily("streamer_decode_batch_rows", "Answers decoding together now.", labels=labels)
         largest = GaugeMetricFamily("streamer_decode_batch_max", "The largest decode batch so far.", labels=labels)
         held = GaugeMetricFamily(
@@ -211,7 +216,8 @@ class ModelCollector(Collector):
             waiting.add_metric([worker], stats.waiting)
             steps.add_metric([worker], stats.steps)
             rows.add_metric([worker], stats.step_rows)
+            reads.add_metric([worker], stats.step_reads)
             decoding.add_metric([worker], stats.decoding)
             largest.add_metric([worker], stats.max_batch)
             held.add_metric([worker], stats.batch_slots * stats.batch_tokens)
-        yield from (passes, waited, waiting, steps, rows, decoding, largest, held)
+        yield from (passes, waited, waiting, steps, rows, reads, decoding, largest, held)

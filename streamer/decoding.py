@@ -511,8 +511,16 @@ class ModelScheduler:
         if waiting:
             with self._lock:
                 self._joining.extendleft(reversed(waiting))
-        if self._rows or reads:
+        if not (self._rows or reads):
+            return
+        try:
             self._decode(reads)
+        except BaseException as error:  # handed to every thread that asked, and every row leaves with it
+            for item in reads:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            if self._rows:
+                self._leave(list(self._rows), error)
 
     def _join(self, row: DecodeRow) -> None:
         length = row.cache.length
@@ -567,7 +575,7 @@ class ModelScheduler:
 
     def _decode(self, reads: list[_Pass]) -> None:
         """One pass: a decode step for every row (if any) and `reads` packed with it
-        (`ModelAdapter.packed_logits`); each read's logits, or the pass's error, to its thread."""
+        (`ModelAdapter.packed_logits`); each read's logits to its thread."""
         batch = self._batch
         ordered = sorted(self._rows, key=lambda r: r.slot)
         tokens = [row.token for row in ordered]
@@ -576,19 +584,12 @@ class ModelScheduler:
         stats.passes += len(reads)
         stats.pass_wait_s += sum(started - item.queued for item in reads)
         found: list[torch.Tensor] = []
-        try:
-            with self.adapter.forward_lock:
-                if reads or self.adapter.packs_passes:
-                    logits, found = self.adapter.packed_logits(tokens, batch, [_read(item) for item in reads])
-                else:
-                    assert batch is not None
-                    logits = self.adapter.batch_next_token_logits(tokens, batch)
-        except BaseException as error:  # handed to every thread that asked, and every row leaves with it
-            for item in reads:
-                item.future.set_exception(error)
-            if ordered:
-                self._leave(ordered, error)
-            return
+        with self.adapter.forward_lock:
+            if reads or self.adapter.packs_passes:
+                logits, found = self.adapter.packed_logits(tokens, batch, [_read(item) for item in reads])
+            else:
+                assert batch is not None
+                logits = self.adapter.batch_next_token_logits(tokens, batch)
         for item, result in zip(reads, found, strict=True):
             item.future.set_result(result)
         elapsed = time.perf_counter() - started

@@ -141,11 +141,12 @@ def test_a_read_goes_in_the_decode_step_of_the_rows_decoding(adapter: SyntheticF
             holding.set()
             release.wait(10)
 
+        decoding, context, found = filled_cache(adapter, 20, 0), filled_cache(adapter, 12, 1), []
+        # The blocking pass holds the model's lock: everything that runs the model directly is done first.
         blocker = threading.Thread(target=scheduler.run, args=(hold,))
         blocker.start()
         assert holding.wait(10)
-        row = scheduler.decode(filled_cache(adapter, 20, 0), TokenPicker(False), 7, 30)
-        context, found = filled_cache(adapter, 12, 1), []
+        row = scheduler.decode(decoding, TokenPicker(False), 7, 30)
         adapter.scheduler = scheduler  # the read goes through the scheduler, as a question's does
         reader = threading.Thread(target=lambda: found.append(adapter.next_token_logits(question, context)))
         reader.start()
@@ -164,6 +165,63 @@ def test_a_read_goes_in_the_decode_step_of_the_rows_decoding(adapter: SyntheticF
         adapter.scheduler = None
         scheduler.close()
         alone.close()
+
+
+def test_a_failed_step_fails_its_rows_and_reads_and_the_scheduler_goes_on(
+    adapter: SyntheticFrames, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scheduler = ModelScheduler(adapter)
+    release, holding = threading.Event(), threading.Event()
+    packed = adapter.packed_logits
+    failures = [RuntimeError("the device ran out of memory")]
+
+    def failing_once(*args: object) -> object:
+        if failures:
+            raise failures.pop()
+        return packed(*args)  # type: ignore[arg-type]
+
+    def hold() -> None:
+        holding.set()
+        release.wait(10)
+
+    monkeypatch.setattr(adapter, "packed_logits", failing_once)
+    question = adapter.embed_ids(torch.tensor([[4, 8, 15, 16]]))
+    try:
+        decoding, context = filled_cache(adapter, 20, 0), filled_cache(adapter, 12, 1)
+        blocker = threading.Thread(target=scheduler.run, args=(hold,))
+        blocker.start()
+        assert holding.wait(10)
+        row = scheduler.decode(decoding, TokenPicker(False), 7, 30)
+        errors: list[BaseException] = []
+
+        def read() -> None:
+            try:
+                adapter.next_token_logits(question, context)
+            except RuntimeError as error:
+                errors.append(error)
+
+        adapter.scheduler = scheduler
+        reader = threading.Thread(target=read)
+        reader.start()
+        while scheduler.stats.waiting < 1:
+            time.sleep(0.001)
+        release.set()
+        reader.join(10)
+        with pytest.raises(RuntimeError, match="ran out of memory"):
+            list(row)
+        assert [str(e) for e in errors] == ["the device ran out of memory"]
+        # The scheduler goes on: the next read is answered.
+        adapter.scheduler = None
+        expected = adapter.next_token_logits(question, filled_cache(adapter, 12, 1))
+        context = filled_cache(adapter, 12, 1)
+        adapter.scheduler = scheduler
+        found = adapter.next_token_logits(question, context)
+        torch.testing.assert_close(found, expected, rtol=1e-5, atol=1e-5)
+        assert scheduler.stats.decoding == 0
+    finally:
+        adapter.scheduler = None
+        blocker.join(10)
+        scheduler.close()
 
 
 def engine_with_streams(adapter: SyntheticFrames, **answer: object) -> Engine:

@@ -76,7 +76,8 @@ def kv_bytes(memory: StreamMemory) -> tuple[int, int]:
 def record_bytes(memory: StreamMemory) -> int:
     """Bytes of what the memory keeps for every frame forever: its key summary, in the index only."""
     assert all(r.key_summary is None for r in memory.records), "records let go of their key summaries"
-    return sum(layer.ntotal * layer.code_size for layer in memory.index.layers)
+    summaries = memory.index.summaries
+    return summaries.nbytes if summaries is not None else 0
 
 
 def informativeness(memory: StreamMemory, frame_id: int) -> tuple[float, int]:

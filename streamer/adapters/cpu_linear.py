@@ -11,11 +11,14 @@ embeddings (the embeddings stay, and the packed copy is extra).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any, TypeGuard
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 # The number of rows the packed layout is tuned for: decode steps of several answers and short reads.
 PACKED_ROWS = 16
@@ -52,20 +55,38 @@ def _packable(module: Any) -> TypeGuard[nn.Linear]:
     return type(module) is nn.Linear and module.weight.device.type == "cpu" and module.weight.dtype == torch.float32
 
 
+def _works(linear: nn.Linear) -> bool:
+    """Whether this build packs `linear` and gives its outputs (a build whose oneDNN lacks the operators for
+    this CPU raises, or could compute something else: then nothing is packed)."""
+    probe = torch.randn(3, linear.in_features, generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.inference_mode():
+            return bool(torch.allclose(PackedLinear(linear)(probe), linear(probe), rtol=1e-4, atol=1e-4))
+    except RuntimeError:
+        return False
+
+
 def pack_linears(model: Any, layers: Iterable[nn.Module]) -> int:
     """Replace every float32 CPU `nn.Linear` inside `layers` (the decoder layers) and the model's output layer
-    by a `PackedLinear`; returns how many were replaced (0 without oneDNN, on another device or dtype)."""
+    by a `PackedLinear`; returns how many were replaced (0 without oneDNN, on another device or dtype, or
+    when a packed layer does not give the layer's outputs here)."""
     if not available():
         return 0
-    replaced = 0
-    for layer in layers:
-        for parent in list(layer.modules()):
-            for name, child in list(parent.named_children()):
-                if _packable(child):
-                    setattr(parent, name, PackedLinear(child))
-                    replaced += 1
+    found = [
+        (parent, name, child)
+        for layer in layers
+        for parent in list(layer.modules())
+        for name, child in list(parent.named_children())
+        if _packable(child)
+    ]
+    if found and not _works(found[0][2]):
+        log.warning("oneDNN cannot pack this model's linear layers here; they stay as they are.")
+        return 0
+    for parent, name, child in found:
+        setattr(parent, name, PackedLinear(child))
+    replaced = len(found)
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if _packable(output):
+    if replaced and _packable(output):
         model.set_output_embeddings(PackedLinear(output))
         replaced += 1
     return replaced

@@ -77,8 +77,7 @@ class _FaissStore:
 
     def tail(self, start: int) -> _FaissStore:
         """A new store with the frames from position `start` on."""
-        fresh = _FaissStore(0, 0, self.half)
-        fresh.indexes = [self._index(index.d) for index in self.indexes]
+        fresh = _FaissStore(len(self.indexes), self.indexes[0].d, self.half)
         if self.ntotal > start:
             fresh.add(self.get(np.arange(start, self.ntotal)))
         return fresh
@@ -95,7 +94,8 @@ class _TensorStore:
 
     @property
     def nbytes(self) -> int:
-        return self.ntotal * self.data[0].numel() * self.data.element_size() if self.ntotal else 0
+        _, parts, dim = self.data.shape
+        return self.ntotal * parts * dim * self.data.element_size()
 
     def add(self, vectors: np.ndarray) -> None:
         """Append frames: (frames, parts, dim). Rows already written never change (a grown tensor is a new
@@ -117,7 +117,8 @@ class _TensorStore:
         return torch.einsum("npd,pd->pn", self.data[:n].float(), wanted).cpu().numpy()
 
     def tail(self, start: int) -> _TensorStore:
-        fresh = _TensorStore(0, 0, self.half, self.data.device)
+        _, parts, dim = self.data.shape
+        fresh = _TensorStore(parts, dim, self.half, self.data.device)
         fresh.data = self.data[start : self.ntotal].clone()
         fresh.ntotal = max(0, self.ntotal - start)
         return fresh

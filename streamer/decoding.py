@@ -19,8 +19,9 @@ can share forward passes. The `ModelScheduler` runs in steps. At each step bound
    token waits for no decode step of its own. A question whose first token is chosen joins at the next
    boundary; a finished or cancelled row leaves at once.
 
-A row's tokens are chosen in this thread from its own logits (`TokenPicker`, greedy with the
-answer's repetition controls) and handed to the thread that asked, which turns them into text.
+A step's tokens are chosen in this thread, every row's from its own logits with its answer's repetition
+controls, in a few operations for all the rows (`pick_tokens`), and handed to the thread that asked,
+which turns them into text.
 Everything else that runs the model (evaluation tools, the embedded describer's setup) takes the
 adapter's `forward_lock` directly; the scheduler takes it for every pass too, so hooks that read a
 pass's activations never see another's.
@@ -28,19 +29,19 @@ pass's activations never see another's.
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
-from transformers import LogitsProcessorList, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from memory.kv_cache import StreamingCache
@@ -70,25 +71,49 @@ def ingest_passes() -> Iterator[None]:
 
 
 class TokenPicker:
-    """Greedy choice of an answer's next token; with `controls`, the answer's own tokens are penalised and
-    no three-token sequence repeats (transformers' logits processors). Keeps the ids it chose."""
+    """Greedy choice of an answer's next token; with `controls`, the answer's own tokens are penalised
+    (transformers' repetition penalty: a logit divided by `REPETITION_PENALTY`, or multiplied when negative)
+    and no `NO_REPEAT_NGRAM`-token sequence repeats. Keeps the ids it chose."""
 
     def __init__(self, controls: bool = True) -> None:
         self.ids: list[int] = []
-        self.processors = LogitsProcessorList(
-            [RepetitionPenaltyLogitsProcessor(REPETITION_PENALTY), NoRepeatNGramLogitsProcessor(NO_REPEAT_NGRAM)]
-            if controls
-            else []
-        )
+        self.controls = controls
 
     def pick(self, logits: torch.Tensor) -> int:
         """The next token for `logits` (vocab,), recorded as chosen."""
-        if self.ids and self.processors:
-            generated = torch.tensor([self.ids], device=logits.device)
-            logits = self.processors(generated, logits[None])[0]  # type: ignore[arg-type]
-        token = int(torch.argmax(logits))
-        self.ids.append(token)
-        return token
+        return pick_tokens([self], logits[None])[0]
+
+    def banned(self) -> list[int]:
+        """The tokens that would repeat one of the answer's `NO_REPEAT_NGRAM`-token sequences."""
+        ids, size = self.ids, NO_REPEAT_NGRAM
+        if not self.controls or len(ids) < size:
+            return []
+        prefix = ids[len(ids) + 1 - size :]
+        starts = range(len(ids) + 1 - size)
+        return [ids[start + size - 1] for start in starts if ids[start : start + size - 1] == prefix]
+
+
+def pick_tokens(pickers: Sequence[TokenPicker], logits: torch.Tensor) -> list[int]:
+    """Each picker's next token from its row of `logits` (rows, vocab), the controls of all rows applied
+    together (a decode step's rows in a few operations rather than a few each), recorded as chosen."""
+    rows: list[int] = []
+    ids: list[int] = []
+    for row, picker in enumerate(pickers):
+        if picker.controls:
+            rows.extend([row] * len(picker.ids))
+            ids.extend(picker.ids)
+    if ids:
+        logits = logits.clone()
+        at = (torch.tensor(rows, device=logits.device), torch.tensor(ids, device=logits.device))
+        chosen = logits[at]
+        logits[at] = torch.where(chosen < 0, chosen * REPETITION_PENALTY, chosen / REPETITION_PENALTY)
+        bans = [(row, token) for row, picker in enumerate(pickers) for token in picker.banned()]
+        if bans:
+            logits[tuple(torch.tensor(column, device=logits.device) for column in zip(*bans, strict=True))] = -math.inf
+    tokens: list[int] = torch.argmax(logits, dim=-1).tolist()
+    for picker, token in zip(pickers, tokens, strict=True):
+        picker.ids.append(token)
+    return tokens
 
 
 @dataclass(frozen=True)
@@ -603,12 +628,11 @@ class ModelScheduler:
         stats.step_rows += len(ordered)
         stats.step_reads += len(reads)
         stats.max_batch = max(stats.max_batch, len(ordered))
-        done = []
-        for row, row_logits in zip(ordered, logits, strict=True):
-            if row.closed:
-                done.append(row)
-                continue
-            token = row.picker.pick(row_logits)
+        done = [row for row in ordered if row.closed]
+        going = [index for index, row in enumerate(ordered) if not row.closed]
+        picked = pick_tokens([ordered[index].picker for index in going], logits[going]) if going else []
+        for index, token in zip(going, picked, strict=True):
+            row = ordered[index]
             row.remaining -= 1
             row.tokens.put(token)
             row.token = token

@@ -289,9 +289,10 @@ def generate_answer(
     free text like an open question. With `grounded`, an open question that the read texts answer (a
     count, one of the alternatives it offers, written text) is answered from them (`grounded_open_answer`).
     Otherwise tokens are generated greedily, one line at most, with the answer's own repeated tokens
-    penalised and no three-token sequence repeated (transformers' logits processors), so an answer cannot
-    loop; `controls` False generates without the penalties and the one-line stop. TTFT and latency count
-    from `started` (`time.perf_counter()` when the question was taken, before its frames were chosen).
+    penalised and no three-token sequence repeated (`TokenPicker`: the rules of transformers' repetition
+    penalty and no-repeat n-gram processors), so an answer cannot loop; `controls` False generates
+    without the penalties and the one-line stop. TTFT and latency count from `started`
+    (`time.perf_counter()` when the question was taken, before its frames were chosen).
     """
     start = time.perf_counter() if started is None else started
 

@@ -10,9 +10,19 @@ from collections.abc import Callable
 import pytest
 import torch
 from tiny_adapter import SyntheticFrames, synthetic_frame, tiny_model
+from transformers import LogitsProcessorList, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
 
 from memory.kv_cache import StreamingCache
-from streamer.decoding import BatchedCache, ModelScheduler, SchedulerLimits, TokenPicker, ingest_passes
+from streamer.decoding import (
+    NO_REPEAT_NGRAM,
+    REPETITION_PENALTY,
+    BatchedCache,
+    ModelScheduler,
+    SchedulerLimits,
+    TokenPicker,
+    ingest_passes,
+    pick_tokens,
+)
 from streamer.engine import Engine, EngineConfig
 from streamer.engine_config import AnswerConfig
 from streamer.engine_data import AnswerHandle
@@ -41,6 +51,40 @@ def filled_cache(adapter: SyntheticFrames, tokens: int, seed: int) -> StreamingC
     ids = torch.randint(0, adapter.vocab, (1, tokens), generator=torch.Generator().manual_seed(seed))
     adapter.prefill(adapter.embed_ids(ids), cache)
     return cache
+
+
+def test_tokens_picked_for_a_step_are_those_transformers_controls_pick_row_by_row() -> None:
+    generator = torch.Generator().manual_seed(3)
+    vocab = 50
+    histories = [[], [4], [4, 9, 4], [7, 8, 3, 7, 8], [1, 1, 1, 1], [2, 5, 2, 5, 2, 5], [6, 0, 6, 0, 6, 3, 6, 0]]
+    logits = torch.randn(len(histories), vocab, generator=generator) * 3
+    # Make the banned or penalised tokens the likeliest, so the controls decide the pick.
+    for row, ids in enumerate(histories):
+        logits[row, ids] += 20
+    logits[-1, 6] += 10  # the last history's most likely token repeats "6 0 6"
+    pickers = [TokenPicker() for _ in histories] + [TokenPicker(controls=False)]
+    for picker, ids in zip(pickers, [*histories, histories[-1]], strict=True):
+        picker.ids = list(ids)
+    rows = torch.cat([logits, logits[-1:]])
+    reference = LogitsProcessorList(
+        [RepetitionPenaltyLogitsProcessor(REPETITION_PENALTY), NoRepeatNGramLogitsProcessor(NO_REPEAT_NGRAM)]
+    )
+
+    def transformers_pick(row: int, ids: list[int]) -> int:
+        scores = logits[row : row + 1].clone()
+        if ids:
+            scores = reference(torch.tensor([ids]), scores)  # type: ignore[arg-type]
+        return int(torch.argmax(scores[0]))
+
+    expected = [transformers_pick(row, ids) for row, ids in enumerate(histories)] + [int(torch.argmax(logits[-1]))]
+    before = rows.clone()
+    assert pick_tokens(pickers, rows) == expected
+    assert torch.equal(rows, before)  # the caller's logits are left as they were
+    assert [picker.ids[-1] for picker in pickers] == expected
+    assert expected[-2] != expected[-1]  # the controls changed a pick
+    single = TokenPicker()
+    single.ids = [7, 8, 3, 7, 8]
+    assert single.pick(logits[3]) == expected[3] and single.ids[-1] == expected[3]
 
 
 def test_a_batched_step_equals_each_rows_own(adapter: SyntheticFrames) -> None:
